@@ -1,0 +1,1 @@
+"""Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see DESIGN.md)."""

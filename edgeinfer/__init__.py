@@ -1,0 +1,80 @@
+"""edgeinfer: run language models cheaply on the user's own device.
+
+    import edgeinfer as ei
+    model = ei.load("smollm2-135m-instruct")
+    print(model.generate("The capital of France is", max_tokens=8, temperature=0).text)
+"""
+
+from __future__ import annotations
+
+from .backends import Backend, Capabilities, EvalItem, backend_names, register_backend
+from .chat_template import render_chat
+from .device import Artifact, Choice, Probe, choose, probe_system
+from .engine import Completion, CompletionStream, Engine
+from .errors import (
+    BackendError,
+    BackendUnavailableError,
+    ChatTemplateError,
+    ChecksumMismatchError,
+    ContextOverflowError,
+    CorruptModelError,
+    DeviceError,
+    EdgeInferError,
+    EmptyPromptError,
+    InvalidRequestError,
+    LockFileError,
+    ModelError,
+    ModelLoadError,
+    ModelNotAvailableError,
+    UnknownModelError,
+)
+from .loader import load
+from .lock import ModelEntry, ModelLock
+from .model import Conversation, Model
+from .resolve import ResolvedModel, resolve
+from .sampling import SamplingParams
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "Backend",
+    "BackendError",
+    "BackendUnavailableError",
+    "Capabilities",
+    "ChatTemplateError",
+    "ChecksumMismatchError",
+    "Choice",
+    "Completion",
+    "CompletionStream",
+    "ContextOverflowError",
+    "Conversation",
+    "CorruptModelError",
+    "DeviceError",
+    "EdgeInferError",
+    "EmptyPromptError",
+    "Engine",
+    "EvalItem",
+    "InvalidRequestError",
+    "LockFileError",
+    "Model",
+    "ModelEntry",
+    "ModelError",
+    "ModelLoadError",
+    "ModelLock",
+    "ModelNotAvailableError",
+    "Probe",
+    "ResolvedModel",
+    "SamplingParams",
+    "Stats",
+    "UnknownModelError",
+    "__version__",
+    "backend_names",
+    "choose",
+    "load",
+    "probe_system",
+    "register_backend",
+    "render_chat",
+    "resolve",
+]

@@ -1,0 +1,129 @@
+"""The backend contract: backends own tensors and KV memory; the engine owns the decode loop."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..sampling import NumpySampler, SamplingParams
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded model can do; read by the engine, never changed after load."""
+
+    n_ctx: int  # context window of each sequence, in tokens
+    n_vocab: int
+    max_sequences: int  # KV sequences that can live at once (seq ids 0..max_sequences-1)
+    n_batch: int  # most tokens one eval may carry
+    bos_token: str = ""
+    eos_token: str = ""
+    chat_template: str | None = None
+    architecture: str = ""
+    quantization: str = ""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """Tokens to append to one sequence; logits come back for its last position."""
+
+    seq_id: int
+    tokens: Sequence[int]
+
+
+class Sampler(Protocol):
+    """Picks a token from one output row of the last eval."""
+
+    def accept(self, token: int) -> None: ...
+    def sample(self, row: int) -> int: ...
+    def close(self) -> None: ...
+
+
+class LogitsSampler:
+    """A Sampler for any backend: numpy sampling on ``backend.logits(row)``."""
+
+    def __init__(self, backend: Backend, params: SamplingParams) -> None:
+        self._backend = backend
+        self._inner = NumpySampler(params)
+
+    def accept(self, token: int) -> None:
+        self._inner.accept(token)
+
+    def sample(self, row: int) -> int:
+        token = self._inner.sample(self._backend.logits(row))
+        self._inner.accept(token)
+        return token
+
+    def close(self) -> None:
+        pass
+
+
+class Backend(ABC):
+    """A loaded model. Sequence ids are small ints below ``caps.max_sequences``."""
+
+    name: str = ""
+    device: str = "cpu"
+    caps: Capabilities
+
+    # --- text <-> tokens
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special`` adds BOS where the model wants it."""
+
+    @abstractmethod
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a generated token stands for (control tokens render as b'')."""
+
+    @abstractmethod
+    def is_end(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ...)."""
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # --- compute
+    @abstractmethod
+    def eval(self, items: Sequence[EvalItem]) -> list[int]:
+        """Append tokens to sequences and run the model; returns one output row per item.
+
+        A row stays valid until the next ``eval``; read it with ``logits(row)`` or a Sampler.
+        """
+
+    @abstractmethod
+    def logits(self, row: int) -> np.ndarray:
+        """Next-token logits (n_vocab floats) of an output row of the last eval."""
+
+    def make_sampler(self, params: SamplingParams) -> Sampler:
+        """A sampler for ``params``; backends with native samplers override this."""
+        return LogitsSampler(self, params)
+
+    # --- KV memory of one sequence
+    @abstractmethod
+    def seq_length(self, seq_id: int) -> int:
+        """Tokens currently held in the KV cache of ``seq_id``."""
+
+    @abstractmethod
+    def kv_truncate(self, seq_id: int, n: int) -> None:
+        """Keep only the first ``n`` positions of ``seq_id``."""
+
+    @abstractmethod
+    def kv_copy(self, src: int, dst: int, n: int) -> None:
+        """Make ``dst`` hold the first ``n`` positions of ``src`` (``dst`` is cleared first)."""
+
+    def kv_drop(self, seq_id: int) -> None:
+        self.kv_truncate(seq_id, 0)
+
+    @abstractmethod
+    def state_save(self, seq_id: int) -> bytes:
+        """Serialize the KV state of one sequence."""
+
+    @abstractmethod
+    def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
+        """Restore a state from ``state_save`` into ``seq_id`` (which is cleared first)."""
+
+    def close(self) -> None:
+        """Free native memory; the backend is unusable afterwards."""

@@ -1,0 +1,337 @@
+"""llama.cpp backend on llama-cpp-python's low-level API: llama_batch with several sequences,
+per-sequence KV memory and state, and llama.cpp's native sampler chain."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+
+from ..errors import BackendError, ContextOverflowError, InvalidRequestError, ModelLoadError
+from ..gguf_check import diagnose_gguf, require_gguf_magic
+from ..sampling import SamplingParams
+from .base import Backend, Capabilities, EvalItem
+
+log = logging.getLogger("edgeinfer.llama_cpp")
+
+_init_lock = threading.Lock()
+_initialized = False
+# Recent llama.cpp error lines, quoted in load errors (llama.cpp reports load failures only there).
+_recent_errors: collections.deque[str] = collections.deque(maxlen=20)
+_FTYPE_NAMES = {
+    getattr(ll, k): k.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_")
+    for k in dir(ll) if k.startswith("LLAMA_FTYPE_") and "GUESSED" not in k
+}
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO}
+
+
+def _on_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    message = (text or b"").decode(errors="replace").rstrip("\n")
+    if not message:
+        return
+    if level == 4:
+        _recent_errors.append(message)
+    log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+_log_callback = None  # a live reference: a collected ctypes callback crashes the process
+
+
+def ensure_initialized() -> None:
+    """Initialise llama.cpp once and route its logging to Python's ``logging``."""
+    global _initialized, _log_callback
+    with _init_lock:
+        if _initialized:
+            return
+        _log_callback = ll.llama_log_callback(_on_llama_log)
+        ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        ll.llama_backend_init()
+        _initialized = True
+
+
+class NativeSampler:
+    """llama.cpp's sampler chain: penalties -> top-k -> top-p -> min-p -> temperature -> dist."""
+
+    def __init__(self, backend: LlamaCppBackend, params: SamplingParams) -> None:
+        self._ll = ll
+        self._ctx = backend._ctx
+        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = lambda s: ll.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        if params.repeat_penalty != 1.0:
+            add(ll.llama_sampler_init_penalties(
+                backend.caps.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+        if params.greedy:
+            add(ll.llama_sampler_init_greedy())
+            return
+        if params.top_k:
+            add(ll.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            add(ll.llama_sampler_init_min_p(params.min_p, 1))
+        add(ll.llama_sampler_init_temp(params.temperature))
+        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        add(ll.llama_sampler_init_dist(seed))
+
+    def accept(self, token: int) -> None:
+        self._ll.llama_sampler_accept(self._chain, token)
+
+    def sample(self, row: int) -> int:
+        # llama_sampler_sample also accepts the token into the chain (penalty history).
+        return self._ll.llama_sampler_sample(self._chain, self._ctx, row)
+
+    def close(self) -> None:
+        if self._chain:
+            self._ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaCppBackend(Backend):
+    """One llama.cpp model and context holding up to ``max_sequences`` KV sequences."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        n_threads: int = 0,
+        n_gpu_layers: int = 0,
+        max_sequences: int = 4,
+        device: str = "cpu",
+    ) -> None:
+        ensure_initialized()
+        self._ll = ll
+        self._model = self._ctx = self._batch = None
+        self.device = device
+        path = Path(path)
+        require_gguf_magic(path)
+
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        _recent_errors.clear()
+        model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise diagnose_gguf(path, list(_recent_errors))
+        self._model = model
+        self._vocab = ll.llama_model_get_vocab(model)
+        n_ctx_train = ll.llama_model_n_ctx_train(model)
+        n_ctx = n_ctx or min(4096, n_ctx_train)
+        if n_ctx < 16:
+            raise InvalidRequestError(f"n_ctx={n_ctx} is too small; use at least 16")
+
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
+        cparams.n_seq_max = max_sequences
+        cparams.n_threads = cparams.n_threads_batch = n_threads or 1
+        cparams.kv_unified = True  # every sequence may use the whole window; they share cells
+        cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
+        cparams.no_perf = True
+        ctx = ll.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context for {path.name} (n_ctx={n_ctx}): "
+                "try a smaller n_ctx. " + " | ".join(_recent_errors)
+            )
+        self._ctx = ctx
+        self._mem = ll.llama_get_memory(ctx)
+        self._n_batch = cparams.n_batch
+        self._batch = ll.llama_batch_init(self._n_batch, 0, max_sequences)
+        self._len = [0] * max_sequences
+        self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.n_ctx_train = n_ctx_train
+        self.n_layers = ll.llama_model_n_layer(model)
+        template = ll.llama_model_chat_template(model, None)
+        self.caps = Capabilities(
+            n_ctx=n_ctx,
+            n_vocab=self._n_vocab,
+            max_sequences=max_sequences,
+            n_batch=self._n_batch,
+            bos_token=self._special_text(ll.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(ll.llama_vocab_eos(self._vocab)),
+            chat_template=template.decode("utf-8", errors="replace") if template else None,
+            architecture=self.metadata("general.architecture"),
+            quantization=_FTYPE_NAMES.get(ll.llama_model_ftype(model), self._describe()),
+        )
+
+    # --- metadata
+    def metadata(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(4096)
+        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else ""
+
+    def _describe(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        self._ll.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode(errors="replace")
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    # --- text <-> tokens
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._ll.llama_token * n_max)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (self._ll.llama_token * n_max)()
+            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            raise BackendError(f"llama.cpp failed to tokenize the text ({n})")
+        return list(buf[:n])
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = self._piece_buf
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token, special=False)
+        return piece
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+
+    # --- compute
+    def _check_seq(self, seq_id: int) -> None:
+        if not 0 <= seq_id < len(self._len):
+            raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{len(self._len) - 1}")
+
+    def eval(self, items: Sequence[EvalItem]) -> list[int]:
+        n_ctx = self.caps.n_ctx
+        body: list[tuple[int, int, int]] = []  # (token, pos, seq) that need no logits
+        lasts: list[tuple[int, int, int]] = []  # the last token of each item: logits wanted
+        for item in items:
+            self._check_seq(item.seq_id)
+            n0, toks = self._len[item.seq_id], item.tokens
+            if not toks:
+                raise InvalidRequestError("eval needs at least one token per sequence")
+            if n0 + len(toks) > n_ctx:
+                raise ContextOverflowError(
+                    f"sequence {item.seq_id} would hold {n0 + len(toks)} tokens; the context "
+                    f"holds {n_ctx}",
+                    prompt_tokens=n0 + len(toks),
+                    n_ctx=n_ctx,
+                )
+            body.extend((t, n0 + j, item.seq_id) for j, t in enumerate(toks[:-1]))
+            lasts.append((toks[-1], n0 + len(toks) - 1, item.seq_id))
+        if len(lasts) > self._n_batch:
+            raise InvalidRequestError(f"at most {self._n_batch} sequences per eval")
+        chunks = [body[i : i + self._n_batch] for i in range(0, len(body), self._n_batch)]
+        if chunks and len(chunks[-1]) + len(lasts) <= self._n_batch:
+            final = chunks.pop() + lasts
+        else:
+            final = lasts
+        for chunk in chunks:
+            self._decode(chunk, 0)
+        self._decode(final, len(final) - len(lasts))
+        return list(range(len(final) - len(lasts), len(final)))
+
+    def _decode(self, entries: list[tuple[int, int, int]], first_output: int) -> None:
+        batch = self._batch
+        token, pos, n_seq, seq, want = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        for i, (t, p, s) in enumerate(entries):
+            token[i] = t
+            pos[i] = p
+            n_seq[i] = 1
+            seq[i][0] = s
+            want[i] = i >= first_output
+        batch.n_tokens = len(entries)
+        rc = self._ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(
+                f"llama_decode failed ({rc}): "
+                + ("no free KV cells; free sequences or use a larger n_ctx" if rc == 1 else
+                   "the batch was rejected or computation failed")
+            )
+        for _t, p, s in entries:
+            if p + 1 > self._len[s]:
+                self._len[s] = p + 1
+
+    def logits(self, row: int) -> np.ndarray:
+        ptr = self._ll.llama_get_logits_ith(self._ctx, row)
+        if not ptr:
+            raise BackendError(f"no logits for output row {row}")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def make_sampler(self, params: SamplingParams) -> NativeSampler:
+        return NativeSampler(self, params)
+
+    # --- KV memory
+    def seq_length(self, seq_id: int) -> int:
+        self._check_seq(seq_id)
+        return self._len[seq_id]
+
+    def kv_truncate(self, seq_id: int, n: int) -> None:
+        self._check_seq(seq_id)
+        if n >= self._len[seq_id]:
+            return
+        if not self._ll.llama_memory_seq_rm(self._mem, seq_id, n, -1):
+            raise BackendError(f"this model's memory cannot drop part of a sequence (seq {seq_id})")
+        self._len[seq_id] = n
+
+    def kv_copy(self, src: int, dst: int, n: int) -> None:
+        self._check_seq(src)
+        self._check_seq(dst)
+        n = min(n, self._len[src])
+        self._ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        self._len[dst] = n
+
+    def kv_drop(self, seq_id: int) -> None:
+        self._check_seq(seq_id)
+        self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+        self._len[seq_id] = 0
+
+    def state_save(self, seq_id: int) -> bytes:
+        self._check_seq(seq_id)
+        size = self._ll.llama_state_seq_get_size(self._ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = self._ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
+        return bytes(buf[:written])
+
+    def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
+        self.kv_drop(seq_id)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not self._ll.llama_state_seq_set_data(self._ctx, buf, len(data), seq_id):
+            raise BackendError("llama.cpp rejected the saved state (another model or settings?)")
+        self._len[seq_id] = n_tokens
+
+    def close(self) -> None:
+        ll = self._ll
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

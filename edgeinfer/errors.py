@@ -1,0 +1,71 @@
+"""One exception tree for everything edgeinfer raises, each with a message a user can act on."""
+
+from __future__ import annotations
+
+
+class EdgeInferError(Exception):
+    """Base of every error edgeinfer raises on purpose."""
+
+
+# --- models: finding, verifying, loading -------------------------------------------------------
+class ModelError(EdgeInferError):
+    """Something is wrong with a model name, file or its entry in models.lock."""
+
+
+class UnknownModelError(ModelError):
+    """The name is neither in models.lock nor a path to a model file."""
+
+
+class ModelNotAvailableError(ModelError):
+    """No source could provide the model (not cached, package not installed, hub not allowed)."""
+
+
+class ChecksumMismatchError(ModelError):
+    """A file's sha256 differs from the one pinned in models.lock."""
+
+
+class CorruptModelError(ModelError):
+    """The file is not a valid model (wrong magic, truncated, inconsistent header)."""
+
+
+class ModelLoadError(ModelError):
+    """The backend refused to load a file that looked valid."""
+
+
+class LockFileError(ModelError):
+    """models.lock cannot be read or has an invalid entry."""
+
+
+# --- backends and devices ------------------------------------------------------------------------
+class BackendError(EdgeInferError):
+    """A backend failed while running a model."""
+
+
+class BackendUnavailableError(BackendError):
+    """The requested backend is not installed or cannot run this artifact."""
+
+
+class DeviceError(BackendError):
+    """The requested device is not present or not supported by the backend build."""
+
+
+# --- requests ----------------------------------------------------------------------------------
+class InvalidRequestError(EdgeInferError):
+    """The request itself is invalid (bad parameter, empty prompt)."""
+
+
+class EmptyPromptError(InvalidRequestError):
+    """The prompt has no tokens."""
+
+
+class ContextOverflowError(InvalidRequestError):
+    """The prompt (plus what must be generated) does not fit in the context window."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+
+
+class ChatTemplateError(InvalidRequestError):
+    """The model's chat template is missing, unsafe, or failed to render."""

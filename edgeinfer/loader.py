@@ -1,0 +1,95 @@
+"""ei.load(): name or path -> verified file -> device choice -> backend -> Model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from .backends import get_backend
+from .device import Artifact, Probe, choose, probe_system
+from .errors import BackendUnavailableError, UnknownModelError
+from .lock import ModelLock
+from .model import Model
+from .resolve import resolve
+
+
+@lru_cache(maxsize=1)
+def cached_probe() -> Probe:
+    """The machine probe, taken once per process."""
+    return probe_system()
+
+
+def artifact_format(path: Path) -> str:
+    """'gguf', 'onnx' or 'hf' from what is on disk."""
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            return "onnx"
+        if (path / "config.json").is_file():
+            return "hf"
+        return "unknown"
+    with open(path, "rb") as handle:
+        return "gguf" if handle.read(4) == b"GGUF" or path.suffix == ".gguf" else "unknown"
+
+
+def _gguf_layers(path: Path) -> int | None:
+    """Block count from GGUF metadata (read only when a GPU needs layers sized)."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        arch = reader.fields["general.architecture"].contents()
+        return int(reader.fields[f"{arch}.block_count"].contents())
+    except Exception:  # noqa: BLE001 - sizing falls back to a default layer count
+        return None
+
+
+def locate_model(name_or_path: str | Path, *, offline: bool | None = None,
+                 lock: ModelLock | None = None, progress: bool = False) -> tuple[Path, str, str | None]:
+    """(path, display name, pinned sha256 or None) for a models.lock name or a file path."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.exists():
+        return candidate, candidate.stem if candidate.is_file() else candidate.name, None
+    lock = lock or ModelLock.load()
+    try:
+        entry = lock.get(str(name_or_path))
+    except UnknownModelError:
+        if any(sep in str(name_or_path) for sep in ("/", "\\")) or Path(str(name_or_path)).suffix:
+            raise UnknownModelError(
+                f"{name_or_path}: no such file, and not a model name in models.lock "
+                f"(known: {', '.join(sorted(lock.entries))})"
+            ) from None
+        raise
+    resolved = resolve(entry, offline=offline, progress=progress)
+    return resolved.path, entry.name, entry.sha256
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    n_gpu_layers: int | None = None,
+    max_sequences: int = 4,
+    offline: bool | None = None,
+    probe: Probe | None = None,
+    progress: bool = False,
+) -> Model:
+    """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path."""
+    path, name, sha = locate_model(name_or_path, offline=offline, progress=progress)
+    fmt = artifact_format(path)
+    if fmt == "hf":
+        raise BackendUnavailableError(
+            f"{name} is a Hugging Face checkpoint; convert it first: "
+            f"edgeinfer convert {path} --format gguf -o {name}.gguf"
+        )
+    probe = probe or cached_probe()
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
+    layers = _gguf_layers(path) if fmt == "gguf" and probe.gpus and n_gpu_layers is None else None
+    choice = choose(probe, Artifact(fmt, size, layers), backend=backend, device=device,
+                    n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+    factory = get_backend(choice.backend)
+    be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
+                 max_sequences=max_sequences, device=choice.device)
+    return Model(be, name=name, path=path, sha256=sha, choice=choice)

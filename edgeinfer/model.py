@@ -1,0 +1,150 @@
+"""Model: the public face of a loaded artifact (generate, stream, chat, tokenize)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Backend
+from .chat_template import Message, render_chat
+from .device import Choice
+from .engine import Completion, CompletionStream, Engine
+from .errors import InvalidRequestError
+from .sampling import SamplingParams
+
+_PARAM_NAMES = frozenset(f.name for f in fields(SamplingParams))
+
+
+def make_params(params: SamplingParams | None = None, **overrides: Any) -> SamplingParams:
+    """SamplingParams from an optional base plus keyword overrides; unknown names are refused."""
+    unknown = set(overrides) - _PARAM_NAMES
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown generation option(s) {sorted(unknown)}; valid: {sorted(_PARAM_NAMES)}"
+        )
+    if "stop" in overrides and isinstance(overrides["stop"], str):
+        overrides["stop"] = (overrides["stop"],)
+    elif overrides.get("stop") is not None:
+        overrides["stop"] = tuple(overrides["stop"])
+    base = params or SamplingParams()
+    return base.with_overrides(**overrides)
+
+
+class Model:
+    """A loaded model. Calls on one Model are serialized; use several Models for parallelism."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        name: str,
+        path: Path | None = None,
+        sha256: str | None = None,
+        choice: Choice | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.path = path
+        self.sha256 = sha256
+        self.choice = choice
+        self.chat_template = chat_template or backend.caps.chat_template
+        self.engine = Engine(backend, model_name=name)
+
+    def __repr__(self) -> str:
+        return f"<Model {self.name} {self.backend.name}/{self.backend.device} n_ctx={self.n_ctx}>"
+
+    @property
+    def n_ctx(self) -> int:
+        return self.backend.caps.n_ctx
+
+    # --- tokens
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.backend.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.backend.detokenize(tokens)
+
+    # --- plain completion
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                 **options: Any) -> Completion:
+        """Complete ``prompt`` (text or token ids) and return the whole result."""
+        return self.stream(prompt, params, **options).result()
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+               **options: Any) -> CompletionStream:
+        """Complete ``prompt``, yielding text as it is generated."""
+        tokens = self._prompt_tokens(prompt)
+        return CompletionStream(self.engine.generate(tokens, make_params(params, **options)))
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenize(prompt, add_special=True, parse_special=False) if prompt else []
+        tokens = list(prompt)
+        if any(not isinstance(t, int) or not 0 <= t < self.backend.caps.n_vocab for t in tokens):
+            raise InvalidRequestError(f"token ids must be ints in [0, {self.backend.caps.n_vocab})")
+        return tokens
+
+    # --- chat
+    def chat_prompt(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's chat template."""
+        caps = self.backend.caps
+        text = render_chat(self.chat_template, messages, bos_token=caps.bos_token,
+                           eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt)
+        tokens = self.tokenize(text, add_special=True, parse_special=True)
+        if len(tokens) >= 2 and tokens[0] == tokens[1] and caps.bos_token and text.startswith(caps.bos_token):
+            tokens = tokens[1:]  # the template already wrote BOS; tokenize added another
+        return tokens
+
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
+                    **options: Any) -> CompletionStream:
+        tokens = self.chat_prompt(messages)
+        return CompletionStream(self.engine.generate(tokens, make_params(params, **options)))
+
+    def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
+                      **options: Any) -> Completion:
+        return self.stream_chat(messages, params, **options).result()
+
+    def chat(self, system: str | None = None, messages: Sequence[Message] | None = None) -> Conversation:
+        """A multi-turn conversation; each turn reuses the KV cache of the turns before it."""
+        return Conversation(self, system=system, messages=messages)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Conversation:
+    """Messages so far, plus the model that answers them."""
+
+    def __init__(self, model: Model, *, system: str | None = None,
+                 messages: Sequence[Message] | None = None) -> None:
+        self.model = model
+        self.messages: list[Message] = [dict(m) for m in messages or ()]
+        if system:
+            self.messages.insert(0, {"role": "system", "content": system})
+
+    def stream(self, text: str, params: SamplingParams | None = None, **options: Any) -> CompletionStream:
+        """Add a user turn and stream the answer; the answer is recorded when the stream ends."""
+        if not text.strip():
+            raise InvalidRequestError("the message is empty")
+        turn = [*self.messages, {"role": "user", "content": text}]
+        inner = self.model.stream_chat(turn, params, **options)
+
+        def run():  # noqa: ANN202
+            yield from inner
+            self.messages[:] = [*turn, {"role": "assistant", "content": inner.completion.text}]
+            return inner.completion
+
+        return CompletionStream(run())
+
+    def send(self, text: str, params: SamplingParams | None = None, **options: Any) -> Completion:
+        """Add a user turn and return the whole answer."""
+        return self.stream(text, params, **options).result()

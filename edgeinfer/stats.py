@@ -1,0 +1,47 @@
+"""Per-completion statistics, filled by the engine so nobody has to re-measure by hand."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Stats:
+    """What one completion cost. Times are seconds; rates are tokens per second."""
+
+    model: str = ""
+    backend: str = ""
+    device: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused instead of computed
+    completion_tokens: int = 0
+    ttft_s: float = 0.0  # request start -> first token sampled
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # first token -> last token
+    total_s: float = 0.0
+    finish_reason: str = ""
+    route: str = ""
+
+    @property
+    def computed_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.computed_prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = self.completion_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            computed_prompt_tokens=self.computed_prompt_tokens,
+            prefill_tok_s=round(self.prefill_tok_s, 2),
+            decode_tok_s=round(self.decode_tok_s, 2),
+        )
+        for key in ("ttft_s", "prefill_s", "decode_s", "total_s"):
+            d[key] = round(d[key], 4)
+        return d
