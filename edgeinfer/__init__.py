@@ -31,8 +31,8 @@ from .errors import (
 from .loader import load
 from .lock import ModelEntry, ModelLock
 from .model import Conversation, Model
-from .resolve import ResolvedModel, resolve
 from .sampling import SamplingParams
+from .sources import ResolvedModel, resolve
 from .stats import Stats
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import struct
 from pathlib import Path
 
 from .errors import CorruptModelError, EdgeInferError, ModelLoadError, ModelNotAvailableError
@@ -25,24 +27,95 @@ def require_gguf_magic(path: Path) -> None:
         )
 
 
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    """Little-endian reader over a file's bytes that raises EOFError past the end."""
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str):  # noqa: ANN201
+        size = struct.calcsize("<" + fmt)
+        if self.pos + size > len(self.data):
+            raise EOFError(f"header ends early at byte {self.pos}")
+        (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> bytes:
+        n = self.take("Q")
+        if self.pos + n > len(self.data):
+            raise EOFError(f"string runs past the end at byte {self.pos}")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def value(self, vtype: int):  # noqa: ANN201
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type, count = self.take("I"), self.take("Q")
+            if item_type in _SCALAR and item_type != _STRING:
+                self.pos += count * struct.calcsize(_SCALAR[item_type])
+                return None
+            for _ in range(count):
+                self.value(item_type)
+            return None
+        if vtype not in _SCALAR:
+            raise ValueError(f"unknown metadata value type {vtype}")
+        return self.take(_SCALAR[vtype])
+
+
+def gguf_data_end(path: Path) -> int:
+    """Bytes a GGUF file must have to hold every tensor its header lists."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _data_end(_Cursor(data))
+
+
+def _data_end(cur: _Cursor) -> int:
+    import gguf
+
+    if cur.take("4s") != GGUF_MAGIC:
+        raise ValueError("bad magic")
+    cur.take("I")  # version
+    n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+    alignment = 32
+    for _ in range(n_kv):
+        key = cur.string()
+        value = cur.value(cur.take("I"))
+        if key == b"general.alignment" and isinstance(value, int):
+            alignment = value
+    end = 0
+    for _ in range(n_tensors):
+        cur.string()
+        dims = [cur.take("Q") for _ in range(cur.take("I"))]
+        qtype, offset = cur.take("I"), cur.take("Q")
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+        n = 1
+        for d in dims:
+            n *= d
+        end = max(end, offset + n // block * type_size)
+    data_start = -(-cur.pos // alignment) * alignment
+    return data_start + end
+
+
 def diagnose_gguf(path: Path, llama_errors: list[str]) -> EdgeInferError:
     """Explain why llama.cpp refused ``path``: truncated/inconsistent file, or something else."""
     detail = " | ".join(llama_errors[-3:])
+    size = path.stat().st_size
     try:
-        import gguf
-
-        reader = gguf.GGUFReader(str(path))
-        size = path.stat().st_size
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-        if end > size:
+        need = gguf_data_end(path)
+        if need > size:
             return CorruptModelError(
-                f"{path.name} is truncated: its tensors need {end} bytes but the file has {size}; "
-                + _REFETCH
+                f"{path.name} is truncated: its header lists {need} bytes of data but the file has "
+                f"{size}; {_REFETCH}"
             )
-    except (ValueError, IndexError, KeyError, OSError, EOFError) as exc:
+    except EOFError as exc:
+        return CorruptModelError(f"{path.name} is truncated inside its header ({exc}); {_REFETCH}")
+    except (ValueError, KeyError, struct.error) as exc:
         return CorruptModelError(f"{path.name} has a damaged GGUF header ({exc}); {_REFETCH}")
-    except ImportError:
-        pass
     if "unknown model architecture" in detail:
         return ModelLoadError(
             f"this llama.cpp build does not know the architecture of {path.name}: upgrade "

@@ -10,7 +10,7 @@ from .device import Artifact, Probe, choose, probe_system
 from .errors import BackendUnavailableError, UnknownModelError
 from .lock import ModelLock
 from .model import Model
-from .resolve import resolve
+from .sources import resolve
 
 
 @lru_cache(maxsize=1)
@@ -75,8 +75,12 @@ def load(
     offline: bool | None = None,
     probe: Probe | None = None,
     progress: bool = False,
+    **backend_options: object,
 ) -> Model:
-    """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path."""
+    """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
+
+    ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``).
+    """
     path, name, sha = locate_model(name_or_path, offline=offline, progress=progress)
     fmt = artifact_format(path)
     if fmt == "hf":
@@ -91,5 +95,5 @@ def load(
                     n_gpu_layers=n_gpu_layers, n_threads=n_threads)
     factory = get_backend(choice.backend)
     be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
-                 max_sequences=max_sequences, device=choice.device)
+                 max_sequences=max_sequences, device=choice.device, **backend_options)
     return Model(be, name=name, path=path, sha256=sha, choice=choice)

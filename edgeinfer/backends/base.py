@@ -127,3 +127,4 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free native memory; the backend is unusable afterwards."""
+        return None

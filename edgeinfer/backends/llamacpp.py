@@ -107,6 +107,7 @@ class LlamaCppBackend(Backend):
         n_gpu_layers: int = 0,
         max_sequences: int = 4,
         device: str = "cpu",
+        flash_attn: bool = False,
     ) -> None:
         ensure_initialized()
         self._ll = ll
@@ -136,6 +137,9 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = True  # every sequence may use the whole window; they share cells
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
+        cparams.flash_attn_type = (
+            ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         ctx = ll.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()

@@ -15,7 +15,7 @@ from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
 from ..loader import artifact_format, cached_probe, load, locate_model
 from ..lock import ModelLock
 from ..model import Model, make_params
-from ..resolve import cache_path, digest, locate, resolve
+from ..sources import cache_path, digest, locate, resolve
 
 _SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
 
@@ -175,9 +175,10 @@ def list_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     header = ("name", "role", "format", "quantization", "size_mb", "available")
-    widths = [max(len(str(r[h] or "-")) for r in [dict(zip(header, header)), *rows]) for h in header]
-    for r in [dict(zip(header, header)), *rows]:
-        print("  ".join(str(r[h] or "-").ljust(w) for h, w in zip(header, widths)))
+    table = [{h: h for h in header}, *rows]
+    widths = {h: max(len(str(r[h] or "-")) for r in table) for h in header}
+    for r in table:
+        print("  ".join(str(r[h] or "-").ljust(widths[h]) for h in header))
     return 0
 
 

@@ -22,7 +22,8 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], metal")
     g.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    g.add_argument("--gpu-layers", type=int, default=None, help="layers to offload (default: sized from free VRAM)")
+    g.add_argument("--gpu-layers", type=int, default=None,
+                   help="layers to offload (default: sized from free VRAM)")
     g.add_argument("--offline", action="store_true", default=None, help="never contact the hub")
 
 
@@ -40,7 +41,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeinfer", description="Run language models cheaply on this device.")
+    parser = argparse.ArgumentParser(
+        prog="edgeinfer", description="Run language models cheaply on this device."
+    )
     parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs (llama.cpp included)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

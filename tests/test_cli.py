@@ -1,0 +1,95 @@
+"""The `edgeinfer` command, run as a user would: a real process, offline."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+EDGEINFER = [sys.executable, "-m", "edgeinfer"]
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*EDGEINFER, *args], capture_output=True, text=True, input=stdin, env=env,
+                          timeout=300)
+
+
+def test_run_answers_from_the_bundled_model():
+    r = cli("run", "smollm2-135m-instruct", "What is the capital of France?", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "llama" not in r.stderr.lower()  # llama.cpp's logs go to logging, not the terminal
+
+
+def test_run_json_has_text_stats_and_the_choice():
+    r = cli("run", "smollm2", "Say hello.", "--json", "--max-tokens", "8", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["text"] and out["mode"] == "chat"
+    assert out["stats"]["completion_tokens"] <= 8 and out["stats"]["backend"] == "llama.cpp"
+    assert out["choice"]["device"] == "cpu" and out["choice"]["reasons"]
+
+
+def test_run_reads_stdin_and_raw_mode():
+    r = cli("run", "smollm2", "-", "--raw", "--max-tokens", "4", "--temperature", "0", stdin="The sky is")
+    assert r.returncode == 0 and r.stdout.strip()
+
+
+def test_errors_are_one_clear_line_with_a_nonzero_exit():
+    r = cli("run", "no-such-model", "hi")
+    assert r.returncode == 1 and r.stderr.startswith("error: unknown model 'no-such-model'")
+    assert "Traceback" not in r.stderr
+    r = cli("run", "smollm2", "hi", "--temperature", "-1")
+    assert r.returncode == 2 and "temperature" in r.stderr
+    r = cli("run", "smollm2", "   ")
+    assert r.returncode == 2 and "empty" in r.stderr
+    r = cli("run", "no-such-model", "hi", "--json")
+    assert json.loads(r.stdout)["error"]["type"] == "UnknownModelError"
+
+
+def test_env_reports_probe_choice_and_versions():
+    r = cli("env", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["versions"]["llama-cpp-python"]
+    assert out["plan"]["choice"]["backend"] == "llama.cpp"
+    assert out["probe"]["physical_cores"] >= 1
+    text = cli("env").stdout
+    assert "fastest quantizations on this CPU" in text
+
+
+def test_list_pull_and_lock_verify():
+    r = cli("list", "--json")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["smollm2-135m-instruct"]["available"].startswith("package")
+    r = cli("pull", "smollm2")
+    assert r.returncode == 0 and "sha256 verified" in r.stdout
+    r = cli("lock", "verify", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = {row["name"]: row["status"] for row in json.loads(r.stdout)}
+    assert status["smollm2-135m-instruct"] == "ok"
+
+
+def test_chat_is_interactive_multi_turn_and_streams():
+    pexpect = pytest.importorskip("pexpect")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = ["-m", "edgeinfer", "chat", "--temperature", "0", "--max-tokens", "40", "--show-stats"]
+    child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=120)
+    try:
+        child.expect(">>> ")
+        child.sendline("What is the capital of France?")
+        child.expect("Paris")
+        child.expect(r"\((\d+) cached\)")
+        child.expect(">>> ")
+        child.sendline("Repeat the name of that city.")
+        child.expect(r"\((\d+) cached\)")
+        assert int(child.match.group(1)) > 20  # the second turn reused the first turn's KV cache
+        child.expect(">>> ")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0

@@ -1,0 +1,121 @@
+"""Engine logic on the fake backend: stop conditions, limits, prefix reuse, cancellation, stats."""
+
+import pytest
+from fake_backend import FakeBackend
+
+from edgeinfer.errors import ContextOverflowError, EmptyPromptError
+from edgeinfer.model import Model, make_params
+
+GREEDY = dict(temperature=0)
+
+
+def model(**kw) -> Model:
+    return Model(FakeBackend(**kw), name="fake")
+
+
+def test_greedy_continuation_and_max_tokens():
+    c = model().generate("a", max_tokens=5, **GREEDY)
+    assert c.text == "bcdef" and c.finish_reason == "length"
+    assert c.stats.completion_tokens == 5 and c.stats.prompt_tokens == 1
+
+
+def test_end_token_stops_generation():
+    c = model(eos_after=4).generate("ab", max_tokens=50, **GREEDY)
+    assert c.text == "cd" and c.finish_reason == "stop"
+
+
+def test_stop_string_cuts_the_text():
+    c = model().generate("a", max_tokens=20, stop=["fg"], **GREEDY)
+    assert c.text == "bcde" and c.finish_reason == "stop"
+
+
+def test_stream_yields_the_same_text_and_sets_the_completion():
+    m = model()
+    stream = m.stream("k", max_tokens=6, **GREEDY)
+    pieces = list(stream)
+    assert "".join(pieces) == "lmnopq" == stream.completion.text
+
+
+def test_empty_prompt_and_too_long_prompt_are_refused():
+    m = model(n_ctx=16)
+    with pytest.raises(EmptyPromptError):
+        m.generate("")
+    with pytest.raises(ContextOverflowError, match="16"):
+        m.generate("x" * 16)
+    assert m.generate("x" * 15, max_tokens=5, **GREEDY).finish_reason == "length"
+
+
+def test_generation_stops_when_the_context_is_full():
+    c = model(n_ctx=10).generate("abcd", max_tokens=100, **GREEDY)
+    assert c.finish_reason == "length" and c.stats.prompt_tokens + c.stats.completion_tokens <= 11
+
+
+def test_prefix_is_reused_and_output_is_unchanged():
+    cold = model()
+    expected = cold.generate("hello world", max_tokens=4, **GREEDY).text
+    m = model()
+    m.generate("hello there", max_tokens=4, **GREEDY)
+    before = m.backend.evaluated_tokens
+    c = m.generate("hello world", max_tokens=4, **GREEDY)
+    assert c.text == expected
+    assert c.stats.cached_tokens == len("hello ")
+    # only the new suffix and the generated tokens were computed
+    assert m.backend.evaluated_tokens - before == len("world") + 3
+
+
+def test_identical_prompt_recomputes_only_the_last_token():
+    m = model()
+    m.generate("abcdef", max_tokens=2, **GREEDY)
+    c = m.generate("abcdef", max_tokens=2, **GREEDY)
+    assert c.stats.cached_tokens == 5
+
+
+def test_closing_a_stream_early_keeps_the_cache_consistent():
+    m = model()
+    stream = m.stream("abc", max_tokens=10, **GREEDY)
+    it = iter(stream)
+    next(it)
+    next(it)
+    stream.close()
+    held = m.engine._seq_tokens[0]
+    assert m.backend.seqs[0] == held
+    assert m.generate("abc", max_tokens=3, **GREEDY).text == "def"
+
+
+def test_backend_failure_is_raised_and_the_engine_recovers():
+    m = model(fail_on_eval=3)
+    with pytest.raises(RuntimeError, match="injected"):
+        m.generate("abc", max_tokens=10, **GREEDY)
+    assert m.backend.seqs[0] == [] and 0 not in m.engine._seq_tokens
+    m.backend.fail_on_eval = None
+    assert m.generate("abc", max_tokens=2, **GREEDY).text == "de"
+
+
+def test_seeded_sampling_is_reproducible():
+    a = model().generate("a", max_tokens=12, temperature=1.0, top_k=0, min_p=0, seed=3).text
+    b = model().generate("a", max_tokens=12, temperature=1.0, top_k=0, min_p=0, seed=3).text
+    assert a == b
+
+
+def test_chat_conversation_records_turns():
+    template = "{% for m in messages %}{{ m.content }}|{% endfor %}"
+    m = Model(FakeBackend(n_ctx=256), name="fake", chat_template=template)
+    conv = m.chat(system="S")
+    first = conv.send("hi", max_tokens=3, **GREEDY)
+    assert [x["role"] for x in conv.messages] == ["system", "user", "assistant"]
+    second = conv.send("yo", max_tokens=3, **GREEDY)
+    assert conv.messages[-1]["content"] == second.text
+    assert second.stats.cached_tokens >= len("S|hi|")
+    assert first.stats.cached_tokens == 0
+
+
+def test_stats_are_filled():
+    c = model().generate("abc", max_tokens=8, **GREEDY)
+    s = c.stats
+    assert s.backend == "fake" and s.model == "fake" and s.ttft_s > 0 and s.total_s >= s.ttft_s
+    assert s.finish_reason == "length" and s.to_dict()["computed_prompt_tokens"] == 3
+
+
+def test_make_params_keeps_base_values():
+    p = make_params(make_params(temperature=0.1, max_tokens=7), seed=5)
+    assert (p.temperature, p.max_tokens, p.seed) == (0.1, 7, 5)
