@@ -63,6 +63,12 @@ class Engine:
         self.lock = threading.RLock()
         self._seq_tokens: dict[int, list[int]] = {}  # what each sequence's KV cache holds
 
+    def forget(self, seq_id: int = 0) -> None:
+        """Drop what ``seq_id`` holds, so the next request on it prefills from scratch."""
+        with self.lock:
+            self._seq_tokens.pop(seq_id, None)
+            self.backend.kv_drop(seq_id)
+
     def check_prompt(self, tokens: Sequence[int]) -> None:
         """Refuse prompts that are empty or do not leave room for one generated token."""
         n_ctx = self.backend.caps.n_ctx
@@ -136,9 +142,7 @@ class Engine:
                 if tail:
                     yield tail
             except Exception:
-                # A failed eval may leave the KV cache part-written: forget this sequence.
-                self._seq_tokens.pop(seq_id, None)
-                backend.kv_drop(seq_id)
+                self.forget(seq_id)  # a failed eval may leave the KV cache part-written
                 raise
             finally:
                 sampler.close()

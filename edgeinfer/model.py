@@ -132,15 +132,23 @@ class Conversation:
             self.messages.insert(0, {"role": "system", "content": system})
 
     def stream(self, text: str, params: SamplingParams | None = None, **options: Any) -> CompletionStream:
-        """Add a user turn and stream the answer; the answer is recorded when the stream ends."""
+        """Add a user turn and stream the answer. The turn is recorded when the stream ends, or
+        with the partial answer when it is closed early (the user pressed stop)."""
         if not text.strip():
             raise InvalidRequestError("the message is empty")
         turn = [*self.messages, {"role": "user", "content": text}]
         inner = self.model.stream_chat(turn, params, **options)
 
         def run():  # noqa: ANN202
-            yield from inner
-            self.messages[:] = [*turn, {"role": "assistant", "content": inner.completion.text}]
+            pieces: list[str] = []
+            try:
+                for piece in inner:
+                    pieces.append(piece)
+                    yield piece
+            finally:
+                if inner.completion is not None or pieces:
+                    text = inner.completion.text if inner.completion else "".join(pieces)
+                    self.messages[:] = [*turn, {"role": "assistant", "content": text}]
             return inner.completion
 
         return CompletionStream(run())

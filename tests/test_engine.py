@@ -109,6 +109,20 @@ def test_chat_conversation_records_turns():
     assert first.stats.cached_tokens == 0
 
 
+def test_a_stopped_answer_is_kept_as_far_as_it_went():
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    m = Model(FakeBackend(n_ctx=256), name="fake", chat_template=template)
+    conv = m.chat()
+    stream = conv.stream("a", max_tokens=10, **GREEDY)
+    it = iter(stream)
+    shown = next(it) + next(it)
+    stream.close()
+    assert conv.messages == [{"role": "user", "content": "a"}, {"role": "assistant", "content": shown}]
+    with pytest.raises(ContextOverflowError):
+        conv.send("x" * 300)
+    assert len(conv.messages) == 2  # a refused turn leaves the conversation as it was
+
+
 def test_stats_are_filled():
     c = model().generate("abc", max_tokens=8, **GREEDY)
     s = c.stats

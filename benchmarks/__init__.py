@@ -1,0 +1,1 @@
+"""Benchmarks for edgeinfer; each script writes its report under benchmarks/results/."""

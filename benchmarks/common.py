@@ -1,0 +1,119 @@
+"""Shared benchmark helpers: machine info, sample summaries, ratios, Markdown tables, report files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def quiet_logging(level: int = logging.WARNING) -> None:
+    """Keep edgeinfer's and llama.cpp's loggers below ``level`` off the console."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("edgeinfer", "edgeinfer.llama_cpp", "llama-cpp-python"):
+        logging.getLogger(name).setLevel(max(level, logging.ERROR))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(__import__(module).__version__)
+    except (ImportError, AttributeError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU, load and library versions, for the report header."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "loadavg": [round(x, 2) for x in load] if load else None,
+        "llama_cpp_python": _version("llama_cpp"),
+        "edgeinfer": _version("edgeinfer"),
+        "numpy": _version("numpy"),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def median_summary(samples: Sequence[float]) -> dict[str, float | int | None]:
+    """Median, min, max, mean and count of ``samples`` (None values when there are none)."""
+    values = [float(x) for x in samples]
+    if not values:
+        return {"median": None, "min": None, "max": None, "mean": None, "n": 0}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "n": len(values),
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | None]:
+    """Summary of a[i] / b[i] over runs taken side by side (robust to slow drift of the machine)."""
+    return median_summary([x / y for x, y in zip(a, b, strict=True) if y])
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell; '-' when missing."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rounded(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def write_report(name: str, data: dict[str, Any], markdown: str,
+                 results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` under ``results_dir``; return both paths."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / f"{name}.json"
+    md_path = results_dir / f"{name}.md"
+    json_path.write_text(json.dumps(_rounded(data), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
+    return json_path, md_path
