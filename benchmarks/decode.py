@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_logging()
     from edgeinfer.loader import locate_model
 
-    path = locate_model(args.model)[0]
+    path = locate_model(args.model).path
     factories = {"A": EdgeInferVariant, "B": HighLevelVariant, "C": BareLoopVariant}
     keys = [k for k in "ABC" if k in args.variants.upper()]
     variants: list[Variant] = [factories[k](path, args) for k in keys]

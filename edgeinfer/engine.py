@@ -93,8 +93,8 @@ class Engine:
         backend = self.backend
         held = self._seq_tokens.get(seq_id, [])
         reuse = min(common_prefix_length(held, prompt), len(prompt) - 1)
+        self._seq_tokens[seq_id] = prompt[:reuse]  # before truncating: never claim more than is held
         backend.kv_truncate(seq_id, reuse)
-        self._seq_tokens[seq_id] = prompt[:reuse]
         (row,) = backend.eval([EvalItem(seq_id, prompt[reuse:])])
         self._seq_tokens[seq_id] = list(prompt)
         return row, reuse
@@ -141,8 +141,10 @@ class Engine:
                 tail = assembler.flush()
                 if tail:
                     yield tail
-            except Exception:
-                self.forget(seq_id)  # a failed eval may leave the KV cache part-written
+            except GeneratorExit:  # closed by the consumer between steps: the cache is consistent
+                raise
+            except BaseException:  # an error or Ctrl-C mid-eval may leave the KV cache part-written
+                self.forget(seq_id)
                 raise
             finally:
                 sampler.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .backends import get_backend
 from .device import Artifact, Probe, choose, probe_system
 from .errors import BackendUnavailableError, UnknownModelError
-from .lock import ModelLock
+from .lock import ModelEntry, ModelLock
 from .model import Model
+from .sampling import SamplingParams
 from .sources import resolve
 
 
@@ -43,12 +45,21 @@ def _gguf_layers(path: Path) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class Located:
+    """A model on disk, and its models.lock entry when it came from one."""
+
+    path: Path
+    name: str
+    entry: ModelEntry | None = None
+
+
 def locate_model(name_or_path: str | Path, *, offline: bool | None = None,
-                 lock: ModelLock | None = None, progress: bool = False) -> tuple[Path, str, str | None]:
-    """(path, display name, pinned sha256 or None) for a models.lock name or a file path."""
+                 lock: ModelLock | None = None, progress: bool = False) -> Located:
+    """The verified file (or folder) for a models.lock name, or the given path as it is."""
     candidate = Path(name_or_path).expanduser()
     if candidate.exists():
-        return candidate, candidate.stem if candidate.is_file() else candidate.name, None
+        return Located(candidate, candidate.stem if candidate.is_file() else candidate.name)
     lock = lock or ModelLock.load()
     try:
         entry = lock.get(str(name_or_path))
@@ -59,8 +70,7 @@ def locate_model(name_or_path: str | Path, *, offline: bool | None = None,
                 f"(known: {', '.join(sorted(lock.entries))})"
             ) from None
         raise
-    resolved = resolve(entry, offline=offline, progress=progress)
-    return resolved.path, entry.name, entry.sha256
+    return Located(resolve(entry, offline=offline, progress=progress).path, entry.name, entry)
 
 
 def load(
@@ -81,7 +91,8 @@ def load(
 
     ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``).
     """
-    path, name, sha = locate_model(name_or_path, offline=offline, progress=progress)
+    located = locate_model(name_or_path, offline=offline, progress=progress)
+    path, name, entry = located.path, located.name, located.entry
     fmt = artifact_format(path)
     if fmt == "hf":
         raise BackendUnavailableError(
@@ -96,4 +107,6 @@ def load(
     factory = get_backend(choice.backend)
     be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
                  max_sequences=max_sequences, device=choice.device, **backend_options)
-    return Model(be, name=name, path=path, sha256=sha, choice=choice)
+    defaults = SamplingParams(**entry.sampling) if entry and entry.sampling else None
+    return Model(be, name=name, path=path, sha256=entry.sha256 if entry else None, choice=choice,
+                 default_params=defaults)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockFileError, UnknownModelError
+from .sampling import SamplingParams
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,6 +55,7 @@ class ModelEntry:
     description: str = ""
     aliases: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # for folder formats: the files the checksum covers
+    sampling: dict[str, Any] = field(default_factory=dict)  # the model's recommended defaults
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,6 +78,10 @@ def _entry(name: str, raw: dict[str, Any], origin: Path) -> ModelEntry:
     sha = str(raw["sha256"]).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise LockFileError(f"{origin}: model {name!r} has a malformed sha256")
+    sampling = raw.get("sampling", {})
+    unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
+    if unknown:
+        raise LockFileError(f"{origin}: model {name!r} has unknown sampling keys {sorted(unknown)}")
     sources = []
     for src in raw["sources"]:
         if src.get("type") not in SOURCE_TYPES:
@@ -96,6 +102,7 @@ def _entry(name: str, raw: dict[str, Any], origin: Path) -> ModelEntry:
         description=raw.get("description", ""),
         aliases=tuple(raw.get("aliases", ())),
         files=tuple(raw.get("files", ())),
+        sampling=dict(raw.get("sampling", {})),
         extra={k: v for k, v in raw.items() if k not in known and k != "sources"},
     )
 

@@ -44,8 +44,10 @@ class Model:
         sha256: str | None = None,
         choice: Choice | None = None,
         chat_template: str | None = None,
+        default_params: SamplingParams | None = None,
     ) -> None:
         self.backend = backend
+        self.default_params = default_params or SamplingParams()
         self.name = name
         self.path = path
         self.sha256 = sha256
@@ -77,7 +79,10 @@ class Model:
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text as it is generated."""
         tokens = self._prompt_tokens(prompt)
-        return CompletionStream(self.engine.generate(tokens, make_params(params, **options)))
+        return CompletionStream(self.engine.generate(tokens, self._params(params, options)))
+
+    def _params(self, params: SamplingParams | None, options: dict[str, Any]) -> SamplingParams:
+        return make_params(params or self.default_params, **options)
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -101,7 +106,7 @@ class Model:
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
         tokens = self.chat_prompt(messages)
-        return CompletionStream(self.engine.generate(tokens, make_params(params, **options)))
+        return CompletionStream(self.engine.generate(tokens, self._params(params, options)))
 
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                       **options: Any) -> Completion:

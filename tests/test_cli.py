@@ -76,7 +76,7 @@ def test_list_pull_and_lock_verify():
 def test_chat_is_interactive_multi_turn_and_streams():
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["-m", "edgeinfer", "chat", "--temperature", "0", "--max-tokens", "40", "--show-stats"]
+    args = ["-m", "edgeinfer", "chat", "--temperature", "0", "--max-tokens", "400", "--show-stats"]
     child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=120)
     try:
         child.expect(">>> ")
@@ -87,6 +87,15 @@ def test_chat_is_interactive_multi_turn_and_streams():
         child.sendline("Repeat the name of that city.")
         child.expect(r"\((\d+) cached\)")
         assert int(child.match.group(1)) > 20  # the second turn reused the first turn's KV cache
+        child.expect(">>> ")
+        child.sendline("Write a very long story about a dragon.")
+        child.expect(r"\w+ \w+ \w+")  # it is streaming
+        child.sendintr()  # Ctrl-C stops the answer, not the chat
+        child.expect(r"\(stopped\)")
+        child.expect(">>> ")
+        child.sendline("Thanks.")
+        child.expect(r"\((\d+) cached\)")
+        assert int(child.match.group(1)) > 40  # ...and the stopped turn's cache is still reused
         child.expect(">>> ")
         child.sendline("/exit")
         child.expect(pexpect.EOF)

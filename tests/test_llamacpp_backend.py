@@ -128,3 +128,38 @@ def test_stats_report_prefill_and_decode(smol):
     assert s.backend == "llama.cpp" and s.device == "cpu"
     assert s.prompt_tokens == len(smol.tokenize("Once upon a time"))
     assert s.ttft_s > 0 and s.decode_tok_s > 1 and s.prefill_tok_s > 1
+
+
+def test_ctrl_c_right_after_llama_decode_leaves_the_model_usable_and_correct(smol, monkeypatch):
+    base = smol.tokenize(PROMPT + " red,")
+    first = smol.generate(base, max_tokens=2, temperature=0).tokens
+    follow = base + first  # extends exactly what the interrupted request will have computed
+    smol.engine.forget(0)
+    expected = smol.generate(follow, max_tokens=8, temperature=0).text
+    calls = {"n": 0}
+
+    class InterruptingLlama:
+        """llama_cpp, except that the 3rd llama_decode is followed by a Ctrl-C."""
+
+        def __getattr__(self, name):
+            return getattr(llama_cpp, name)
+
+        def llama_decode(self, ctx, batch):
+            rc = llama_cpp.llama_decode(ctx, batch)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return rc
+
+    monkeypatch.setattr(smol.backend, "_ll", InterruptingLlama())
+    with pytest.raises(KeyboardInterrupt):
+        smol.generate(base, max_tokens=12, temperature=0)  # prefill, step 1, step 2 + Ctrl-C
+    monkeypatch.undo()
+    assert calls["n"] == 3
+    assert smol.generate(follow, max_tokens=8, temperature=0).text == expected
+
+
+def test_models_from_the_lock_get_their_recommended_sampling():
+    with ei.load("smollm2-135m-instruct", n_ctx=256) as m:
+        assert (m.default_params.temperature, m.default_params.top_p) == (0.2, 0.9)
+        assert m.generate("Hi", max_tokens=2, temperature=0).stats.completion_tokens >= 1

@@ -158,6 +158,7 @@ def test_missing_package_says_what_to_install(tmp_path):
         ('[models.x]\nrole = "chat"\n', "lacks"),
         (entry_toml("abc", PACKAGE_SOURCE, name="toy"), "malformed sha256"),
         (entry_toml(SHA, '[[models.toy.sources]]\ntype = "ftp"\n'), "unknown type"),
+        (entry_toml(SHA, 'sampling = { temprature = 1 }\n' + PACKAGE_SOURCE), "unknown sampling keys"),
     ],
 )
 def test_bad_lock_files(tmp_path, body, match):

@@ -151,7 +151,7 @@ class LlamaCppBackend(Backend):
         self._mem = ll.llama_get_memory(ctx)
         self._n_batch = cparams.n_batch
         self._batch = ll.llama_batch_init(self._n_batch, 0, max_sequences)
-        self._len = [0] * max_sequences
+        self._n_seq = max_sequences
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -219,8 +219,8 @@ class LlamaCppBackend(Backend):
 
     # --- compute
     def _check_seq(self, seq_id: int) -> None:
-        if not 0 <= seq_id < len(self._len):
-            raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{len(self._len) - 1}")
+        if not 0 <= seq_id < self._n_seq:
+            raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{self._n_seq - 1}")
 
     def eval(self, items: Sequence[EvalItem]) -> list[int]:
         n_ctx = self.caps.n_ctx
@@ -228,7 +228,7 @@ class LlamaCppBackend(Backend):
         lasts: list[tuple[int, int, int]] = []  # the last token of each item: logits wanted
         for item in items:
             self._check_seq(item.seq_id)
-            n0, toks = self._len[item.seq_id], item.tokens
+            n0, toks = self.seq_length(item.seq_id), item.tokens
             if not toks:
                 raise InvalidRequestError("eval needs at least one token per sequence")
             if n0 + len(toks) > n_ctx:
@@ -269,9 +269,6 @@ class LlamaCppBackend(Backend):
                 + ("no free KV cells; free sequences or use a larger n_ctx" if rc == 1 else
                    "the batch was rejected or computation failed")
             )
-        for _t, p, s in entries:
-            if p + 1 > self._len[s]:
-                self._len[s] = p + 1
 
     def logits(self, row: int) -> np.ndarray:
         ptr = self._ll.llama_get_logits_ith(self._ctx, row)
@@ -284,29 +281,24 @@ class LlamaCppBackend(Backend):
 
     # --- KV memory
     def seq_length(self, seq_id: int) -> int:
+        # Asked of llama.cpp each time: no Python-side count that an interrupt could leave stale.
         self._check_seq(seq_id)
-        return self._len[seq_id]
+        return ll.llama_memory_seq_pos_max(self._mem, seq_id) + 1
 
     def kv_truncate(self, seq_id: int, n: int) -> None:
         self._check_seq(seq_id)
-        if n >= self._len[seq_id]:
-            return
         if not self._ll.llama_memory_seq_rm(self._mem, seq_id, n, -1):
             raise BackendError(f"this model's memory cannot drop part of a sequence (seq {seq_id})")
-        self._len[seq_id] = n
 
     def kv_copy(self, src: int, dst: int, n: int) -> None:
         self._check_seq(src)
         self._check_seq(dst)
-        n = min(n, self._len[src])
         self._ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
         self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n)
-        self._len[dst] = n
 
     def kv_drop(self, seq_id: int) -> None:
         self._check_seq(seq_id)
         self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
-        self._len[seq_id] = 0
 
     def state_save(self, seq_id: int) -> bytes:
         self._check_seq(seq_id)
@@ -320,7 +312,9 @@ class LlamaCppBackend(Backend):
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if not self._ll.llama_state_seq_set_data(self._ctx, buf, len(data), seq_id):
             raise BackendError("llama.cpp rejected the saved state (another model or settings?)")
-        self._len[seq_id] = n_tokens
+        if self.seq_length(seq_id) != n_tokens:
+            self.kv_drop(seq_id)
+            raise BackendError(f"the saved state holds a different number of tokens than {n_tokens}")
 
     def close(self) -> None:
         ll = self._ll

@@ -7,10 +7,13 @@ import importlib.metadata as md
 import json
 import platform
 import shutil
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..device import Artifact, choose
+from ..engine import CompletionStream
 from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
 from ..loader import artifact_format, cached_probe, load, locate_model
 from ..lock import ModelLock
@@ -26,8 +29,11 @@ def _load(args: argparse.Namespace) -> Model:
                 progress=True)
 
 
-def _params(args: argparse.Namespace):  # noqa: ANN202
-    return make_params(**{k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None})
+def _options(args: argparse.Namespace) -> dict:
+    """Sampling options given on the command line; the rest come from the model's defaults."""
+    options = {k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None}
+    make_params(**options)  # refuse bad values before loading the model
+    return options
 
 
 def _is_chat_model(model: Model) -> bool:
@@ -45,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise InvalidRequestError("the prompt is empty: pass some text (or pipe it on stdin)")
-    params = _params(args)
+    options = _options(args)
     with _load(args) as model:
         chat = not args.raw and _is_chat_model(model)
-        stream = model.stream_chat(_messages(args, prompt), params) if chat else model.stream(prompt, params)
+        stream = (model.stream_chat(_messages(args, prompt), **options) if chat
+                  else model.stream(prompt, **options))
         if args.json:
             completion = stream.result()
             print(json.dumps({
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def chat(args: argparse.Namespace) -> int:
-    params = _params(args)
+    options = _options(args)
     with _load(args) as model:
         conv = model.chat(system=args.system or None)
         print(f"edgeinfer chat: {model.name} on {model.backend.name}/{model.backend.device}. "
@@ -93,20 +100,32 @@ def chat(args: argparse.Namespace) -> int:
                 print("(conversation cleared)", file=sys.stderr)
                 continue
             try:
-                stream = conv.stream(text, params)
-                for piece in stream:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                sys.stdout.write("\n")
-                if args.show_stats and stream.completion:
+                stream = conv.stream(text, **options)
+                if _print_until_stopped(stream):
+                    print("(stopped)", file=sys.stderr)
+                elif args.show_stats and stream.completion:
                     s = stream.completion.stats
                     print(f"[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached), "
                           f"TTFT {s.ttft_s * 1000:.0f} ms, {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
-            except KeyboardInterrupt:
-                stream.close()
-                print("\n(stopped)", file=sys.stderr)
             except EdgeInferError as exc:  # a bad turn must not end the session
                 print(f"error: {exc}", file=sys.stderr)
+
+
+def _print_until_stopped(stream: CompletionStream) -> bool:
+    """Print a stream; Ctrl-C ends it between tokens (the KV cache stays reusable). True if stopped."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            if stop.is_set():
+                stream.close()
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.stdout.write("\n")
+    return stop.is_set()
 
 
 def _versions() -> dict[str, str | None]:
@@ -123,7 +142,7 @@ def env(args: argparse.Namespace) -> int:
     probe = cached_probe()
     plan: dict = {"model": args.model}
     try:
-        path, name, _sha = locate_model(args.model, offline=True)
+        path = locate_model(args.model, offline=True).path
         size = path.stat().st_size if path.is_file() else 0
         choice = choose(probe, Artifact(artifact_format(path), size))
         plan.update(path=str(path), choice=choice.to_dict())
