@@ -89,7 +89,8 @@ def test_chat_is_interactive_multi_turn_and_streams():
         assert int(child.match.group(1)) > 20  # the second turn reused the first turn's KV cache
         child.expect(">>> ")
         child.sendline("Write a very long story about a dragon.")
-        child.expect(r"\w+ \w+ \w+")  # it is streaming
+        child.expect("dragon.\r\n")  # the terminal's echo of the input
+        child.expect(r"\w+ \w+ \w+")  # the answer is streaming
         child.sendintr()  # Ctrl-C stops the answer, not the chat
         child.expect(r"\(stopped\)")
         child.expect(">>> ")

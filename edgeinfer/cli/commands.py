@@ -107,6 +107,8 @@ def chat(args: argparse.Namespace) -> int:
                     s = stream.completion.stats
                     print(f"[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached), "
                           f"TTFT {s.ttft_s * 1000:.0f} ms, {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+            except KeyboardInterrupt:  # Ctrl-C before the first token: the engine forgot the turn
+                print("\n(stopped)", file=sys.stderr)
             except EdgeInferError as exc:  # a bad turn must not end the session
                 print(f"error: {exc}", file=sys.stderr)
 
