@@ -1,7 +1,7 @@
 """Prefill and decode speed of edgeinfer's decode loop against llama-cpp-python, side by side.
 
 Three variants run the same GGUF model, threads, n_ctx, n_batch and prompt token ids, interleaved
-(A B C A B C ...) so that drift of a shared machine hits all of them alike:
+round by round, who goes first rotating (ABC, BCA, CAB, ...), so that drift hits all alike:
 
   A  edgeinfer: ``Model.stream(tokens, temperature=0)``; times from ``completion.stats``
   B  llama-cpp-python's high-level ``Llama(...)(tokens, stream=True)``; TTFT and chunk times
@@ -15,33 +15,26 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-try:
-    from benchmarks.common import (
-        fmt,
-        machine_info,
-        markdown_table,
-        median_summary,
-        paired_ratios,
-        quiet_logging,
-        ratio,
-        write_report,
-    )
-except ImportError:  # run as a script: python benchmarks/decode.py
-    from common import (  # type: ignore[no-redef]
-        fmt,
-        machine_info,
-        markdown_table,
-        median_summary,
-        paired_ratios,
-        quiet_logging,
-        ratio,
-        write_report,
-    )
+if __package__ in (None, ""):  # run as a script: python benchmarks/decode.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    fmt,
+    machine_info,
+    markdown_table,
+    median_summary,
+    paired_ratios,
+    quiet_logging,
+    ratio,
+    write_report,
+)
+from edgeinfer.stats import Stats  # noqa: E402
 
 # A story opening: a plain (non-chat) prompt whose continuation runs long without an end token.
 PARAGRAPH = (
@@ -75,20 +68,62 @@ class Run:
     text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def stats(self) -> Stats:
+        """The same numbers as edgeinfer's Stats, so rates are computed one way for every variant."""
+        return Stats(prompt_tokens=self.prompt_tokens,
+                     cached_tokens=self.prompt_tokens - self.computed_prompt_tokens,
+                     completion_tokens=self.completion_tokens, prefill_s=self.prefill_s,
+                     decode_s=self.decode_s)
+
     @property
     def prefill_tok_s(self) -> float:
-        return self.computed_prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+        return self.stats().prefill_tok_s
 
     @property
     def decode_tok_s(self) -> float:
-        steps = self.completion_tokens - 1
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+        return self.stats().decode_tok_s
 
     def sample(self) -> dict[str, Any]:
         """The numbers of this run for the JSON report (no token lists)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("tokens", "text")}
         d.update(prefill_tok_s=self.prefill_tok_s, decode_tok_s=self.decode_tok_s)
         return d
+
+
+class StepTimer:
+    """Wraps llama_decode and adds up the time of one-token (decode step) calls.
+
+    Decode time minus this is what the loop itself costs per token, a figure that machine drift
+    barely moves (unlike the tok/s of a shared 2-core machine).
+    """
+
+    def __init__(self, decode: Any) -> None:
+        self.decode, self.step_s = decode, 0.0
+
+    def __call__(self, ctx: Any, batch: Any) -> int:
+        t = time.perf_counter()
+        rc = self.decode(ctx, batch)
+        if batch.n_tokens == 1:
+            self.step_s += time.perf_counter() - t
+        return rc
+
+
+def loop_overhead_us(run: Run, step_s: float) -> float:
+    """Microseconds per generated token spent outside llama_decode's decode steps."""
+    steps = run.completion_tokens - 1
+    return (run.decode_s - step_s) / steps * 1e6 if steps > 0 else 0.0
+
+
+class _TimedLlama:
+    """The llama_cpp module as edgeinfer's backend sees it, with llama_decode timed."""
+
+    def __init__(self, timer: StepTimer) -> None:
+        import llama_cpp
+
+        self._module, self.llama_decode = llama_cpp, timer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
 
 
 class Variant(Protocol):
@@ -108,19 +143,26 @@ class EdgeInferVariant:
         import edgeinfer
 
         self.model = edgeinfer.load(path, n_threads=args.threads, n_ctx=args.n_ctx, n_batch=args.n_batch)
+        import llama_cpp
+
+        self.timer = StepTimer(llama_cpp.llama_decode)
+        self.model.backend._ll = _TimedLlama(self.timer)
 
     def run(self, prompt: list[int], max_tokens: int) -> Run:
         m = self.model
         m.engine.forget(0)  # forget the previous request: a cold prefill every time
+        self.timer.step_s = 0.0
         stream = m.stream(prompt, temperature=0, max_tokens=max_tokens)
         for _piece in stream:
             pass
         completion = stream.completion
         assert completion is not None
         s = completion.stats
-        return Run("A", s.prompt_tokens, s.computed_prompt_tokens, s.completion_tokens, s.prefill_s,
-                   s.decode_s, completion.finish_reason, list(completion.tokens), completion.text,
-                   {"cached_tokens": s.cached_tokens})
+        run = Run("A", s.prompt_tokens, s.computed_prompt_tokens, s.completion_tokens, s.prefill_s,
+                  s.decode_s, completion.finish_reason, list(completion.tokens), completion.text,
+                  {"cached_tokens": s.cached_tokens})
+        run.extra["loop_overhead_us"] = loop_overhead_us(run, self.timer.step_s)
+        return run
 
     def close(self) -> None:
         self.model.close()
@@ -203,6 +245,7 @@ class BareLoopVariant:
         self.batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.sampler = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         ll.llama_sampler_chain_add(self.sampler, ll.llama_sampler_init_greedy())
+        self.timer = StepTimer(ll.llama_decode)
 
     def _fill(self, tokens: list[int], pos0: int) -> None:
         b = self.batch
@@ -219,7 +262,8 @@ class BareLoopVariant:
         ll, ctx, batch, sampler, vocab = self.ll, self.ctx, self.batch, self.sampler, self.vocab
         ll.llama_memory_clear(self.mem, True)
         ll.llama_sampler_reset(sampler)
-        decode, sample, is_eog = ll.llama_decode, ll.llama_sampler_sample, ll.llama_vocab_is_eog
+        self.timer.step_s = 0.0
+        decode, sample, is_eog = self.timer, ll.llama_sampler_sample, ll.llama_vocab_is_eog
         token_arr, pos_arr = batch.token, batch.pos
         generated: list[int] = []
         finish = "length"
@@ -251,8 +295,10 @@ class BareLoopVariant:
             if decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed on a generated token")
             pos += 1
-        return Run("C", len(prompt), len(prompt), len(generated), t_first - t_start,
-                   t_last - t_first if generated else 0.0, finish, generated, self.detokenize(generated))
+        run = Run("C", len(prompt), len(prompt), len(generated), t_first - t_start,
+                  t_last - t_first if generated else 0.0, finish, generated, self.detokenize(generated))
+        run.extra["loop_overhead_us"] = loop_overhead_us(run, self.timer.step_s)
+        return run
 
     def detokenize(self, tokens: list[int]) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -335,6 +381,11 @@ def render_markdown(data: dict[str, Any]) -> str:
                       fmt(r["decode_of_medians"], 3), fmt(r["decode_paired"]["median"], 3)])
     lines.append(markdown_table(
         ["ratio", "prefill (medians)", "prefill (paired)", "decode (medians)", "decode (paired)"], rrows))
+    overhead = {k: v["loop_overhead_us"] for k, v in per.items() if v.get("loop_overhead_us")}
+    if overhead:
+        lines += ["", "Loop cost per generated token outside llama_decode (sampling, bookkeeping, text, "
+                  "stop checks; drift-free): " + "; ".join(
+                      f"{k} {fmt(o['median'])} µs (min {fmt(o['min'])})" for k, o in overhead.items())]
     c = data["output_check"]
     if c["identical"] is None:
         return "\n".join([*lines, "", "Output check needs all three variants: not run."])
@@ -381,7 +432,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {k: [] for k in keys}
     t0 = time.perf_counter()
     for round_no in range(args.warmup + args.repeats):
-        for v in variants:
+        shift = round_no % len(variants)  # rotate who goes first: ABC, BCA, CAB, ...
+        for v in variants[shift:] + variants[:shift]:
             r = v.run(prompt, args.max_tokens)
             if round_no >= args.warmup:
                 runs[v.key].append(r)
@@ -399,6 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "prefill_tok_s": median_summary([r.prefill_tok_s for r in rs]),
             "decode_tok_s": median_summary([r.decode_tok_s for r in rs]),
             "ttft_ms": median_summary([r.prefill_s * 1000 for r in rs]),
+            "loop_overhead_us": (median_summary([r.extra["loop_overhead_us"] for r in rs])
+                                 if "loop_overhead_us" in rs[0].extra else None),
             "completion_tokens": sorted({r.completion_tokens for r in rs}),
             "samples": [r.sample() for r in rs],
         }
@@ -423,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model": str(args.model), "model_path": str(path), "threads": args.threads,
             "n_ctx": args.n_ctx, "n_batch": args.n_batch, "prompt_tokens": len(prompt),
             "max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup,
-            "order": "".join(keys) + " per round", "temperature": 0, **extra_info,
+            "order": "".join(keys) + " rotated by one each round", "temperature": 0, **extra_info,
         },
         "elapsed_s": elapsed,
         "variants": per,
