@@ -150,7 +150,7 @@ class EdgeInferVariant:
 
     def run(self, prompt: list[int], max_tokens: int) -> Run:
         m = self.model
-        m.engine.forget(0)  # forget the previous request: a cold prefill every time
+        m.engine.reset()  # forget the previous request: a cold prefill every time
         self.timer.step_s = 0.0
         stream = m.stream(prompt, temperature=0, max_tokens=max_tokens)
         for _piece in stream:

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .backends.base import Backend, EvalItem
-from .errors import ContextOverflowError, EmptyPromptError
+from .errors import ContextOverflowError, EmptyPromptError, KVCacheFullError
+from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .stats import Stats
 from .stopping import TextAssembler
@@ -22,14 +23,6 @@ class Completion:
     tokens: list[int]
     finish_reason: str  # "stop" (end token or stop string), "length", "cancelled"
     stats: Stats = field(default_factory=Stats)
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class CompletionStream:
@@ -55,19 +48,22 @@ class CompletionStream:
 
 
 class Engine:
-    """Runs requests on one backend. One request at a time per engine (a lock serializes them)."""
+    """Runs requests on one backend, reusing cached prefixes through a PromptCache.
 
-    def __init__(self, backend: Backend, *, model_name: str = "") -> None:
+    One request at a time per engine (a lock serializes them).
+    """
+
+    def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None) -> None:
         self.backend = backend
         self.model_name = model_name
+        self.cache = cache or PromptCache(backend)
         self.lock = threading.RLock()
-        self._seq_tokens: dict[int, list[int]] = {}  # what each sequence's KV cache holds
 
-    def forget(self, seq_id: int = 0) -> None:
-        """Drop what ``seq_id`` holds, so the next request on it prefills from scratch."""
+    def reset(self) -> None:
+        """Drop every cached sequence, so the next request prefills from scratch."""
         with self.lock:
-            self._seq_tokens.pop(seq_id, None)
-            self.backend.kv_drop(seq_id)
+            for slot in self.cache.slots:
+                self.cache.forget(slot.seq_id)
 
     def check_prompt(self, tokens: Sequence[int]) -> None:
         """Refuse prompts that are empty or do not leave room for one generated token."""
@@ -83,23 +79,24 @@ class Engine:
                 n_ctx=n_ctx,
             )
 
-    def generate(self, tokens: Sequence[int], params: SamplingParams, *, seq_id: int = 0) -> Iterator[str]:
+    def generate(self, tokens: Sequence[int], params: SamplingParams) -> Iterator[str]:
         """Generator of text pieces; its return value (StopIteration.value) is the Completion."""
         self.check_prompt(tokens)
-        return self._run(list(tokens), params, seq_id)
+        return self._run(list(tokens), params)
 
-    def _prefill(self, seq_id: int, prompt: list[int]) -> tuple[int, int]:
-        """Reuse the longest cached prefix of this sequence, evaluate the rest; (row, reused)."""
-        backend = self.backend
-        held = self._seq_tokens.get(seq_id, [])
-        reuse = min(common_prefix_length(held, prompt), len(prompt) - 1)
-        self._seq_tokens[seq_id] = prompt[:reuse]  # before truncating: never claim more than is held
-        backend.kv_truncate(seq_id, reuse)
-        (row,) = backend.eval([EvalItem(seq_id, prompt[reuse:])])
-        self._seq_tokens[seq_id] = list(prompt)
-        return row, reuse
+    def _eval(self, seq_id: int, tokens: Sequence[int], held: int) -> int:
+        """Evaluate ``tokens`` on ``seq_id`` (which holds ``held``), evicting other sequences'
+        KV when the cells run out; returns the output row."""
+        while True:
+            try:
+                (row,) = self.backend.eval([EvalItem(seq_id, tokens)])
+                return row
+            except KVCacheFullError:
+                self.backend.kv_truncate(seq_id, held)  # drop whatever part did go in
+                if not self.cache.evict_lru(exclude=seq_id):
+                    raise
 
-    def _run(self, prompt: list[int], params: SamplingParams, seq_id: int) -> Iterator[str]:
+    def _run(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
         backend = self.backend
         n_ctx = backend.caps.n_ctx
         stats = Stats(model=self.model_name, backend=backend.name, device=backend.device,
@@ -109,18 +106,23 @@ class Engine:
         finish = "cancelled"
         with self.lock:
             t_start = time.perf_counter()
+            reuse = self.cache.acquire(prompt)
+            seq_id = reuse.seq_id
+            stats.cached_tokens, stats.cache_source = reuse.cached, reuse.source
+            evaluated = prompt[: reuse.cached]
+            prefill: tuple[int, int] | None = None
             sampler = backend.make_sampler(params)
             try:
-                row, stats.cached_tokens = self._prefill(seq_id, prompt)
+                row = self._eval(seq_id, prompt[reuse.cached :], reuse.cached)
+                evaluated, prefill = prompt, (reuse.cached, len(prompt))
                 if params.repeat_penalty != 1.0:
                     for tok in prompt[-params.repeat_last_n :]:
                         sampler.accept(tok)
-                evaluated = self._seq_tokens[seq_id]
                 t_first = t_last = 0.0
                 while True:
                     token = sampler.sample(row)
                     t_last = time.perf_counter()
-                    if not generated and not t_first:
+                    if not t_first:
                         t_first = t_last
                         stats.ttft_s = stats.prefill_s = t_first - t_start
                     if backend.is_end(token):
@@ -136,16 +138,19 @@ class Engine:
                     if len(generated) >= params.max_tokens or len(evaluated) >= n_ctx:
                         finish = "length"
                         break
-                    (row,) = backend.eval([EvalItem(seq_id, (token,))])
+                    row = self._eval(seq_id, (token,), len(evaluated))
                     evaluated.append(token)
                 tail = assembler.flush()
                 if tail:
                     yield tail
             except GeneratorExit:  # closed by the consumer between steps: the cache is consistent
+                self.cache.release(seq_id, evaluated, prefill)
                 raise
             except BaseException:  # an error or Ctrl-C mid-eval may leave the KV cache part-written
-                self.forget(seq_id)
+                self.cache.forget(seq_id)
                 raise
+            else:
+                self.cache.release(seq_id, evaluated, prefill)
             finally:
                 sampler.close()
                 stats.completion_tokens = len(generated)

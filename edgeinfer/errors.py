@@ -45,6 +45,10 @@ class BackendUnavailableError(BackendError):
     """The requested backend is not installed or cannot run this artifact."""
 
 
+class KVCacheFullError(BackendError):
+    """The backend has no free KV cells for the tokens it was given."""
+
+
 class DeviceError(BackendError):
     """The requested device is not present or not supported by the backend build."""
 

@@ -8,9 +8,13 @@ from pathlib import Path
 
 from .backends import get_backend
 from .device import Artifact, Probe, choose, probe_system
+from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, UnknownModelError
+from .hashing import cached_digest, sha256_file
 from .lock import ModelEntry, ModelLock
 from .model import Model
+from .paths import cache_root
+from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .sources import resolve
 
@@ -85,10 +89,16 @@ def load(
     offline: bool | None = None,
     probe: Probe | None = None,
     progress: bool = False,
+    kv_ram_bytes: int | None = None,
+    kv_disk: str | Path | bool | None = None,
+    kv_disk_bytes: int = 2 << 30,
     **backend_options: object,
 ) -> Model:
     """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
 
+    KV reuse: ``kv_ram_bytes`` bounds the KV kept between requests (None: the context's own size;
+    0: nothing kept); ``kv_disk`` (a folder, or True for the cache folder) keeps evicted and saved
+    sequence states on disk, at most ``kv_disk_bytes``, so a restarted app resumes without prefill.
     ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``).
     """
     located = locate_model(name_or_path, offline=offline, progress=progress)
@@ -108,5 +118,13 @@ def load(
     be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
                  max_sequences=max_sequences, device=choice.device, **backend_options)
     defaults = SamplingParams(**entry.sampling) if entry and entry.sampling else None
-    return Model(be, name=name, path=path, sha256=entry.sha256 if entry else None, choice=choice,
-                 default_params=defaults)
+    sha = entry.sha256 if entry else None
+    disk = None
+    if kv_disk:
+        sha = sha or cached_digest(path, [path], sha256_file)
+        folder = cache_root() / "kv" if kv_disk is True else Path(kv_disk)
+        disk = DiskCache(folder, binding={"model_sha256": sha, **be.state_binding()},
+                         max_bytes=kv_disk_bytes)
+    cache = PromptCache(be, ram_budget_bytes=kv_ram_bytes, disk=disk)
+    return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
+                 cache=cache)

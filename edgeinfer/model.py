@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -12,6 +14,8 @@ from .chat_template import Message, render_chat
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
 from .errors import InvalidRequestError
+from .paths import atomic_write, cache_root
+from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 
 _PARAM_NAMES = frozenset(f.name for f in fields(SamplingParams))
@@ -45,6 +49,7 @@ class Model:
         choice: Choice | None = None,
         chat_template: str | None = None,
         default_params: SamplingParams | None = None,
+        cache: PromptCache | None = None,
     ) -> None:
         self.backend = backend
         self.default_params = default_params or SamplingParams()
@@ -53,7 +58,7 @@ class Model:
         self.sha256 = sha256
         self.choice = choice
         self.chat_template = chat_template or backend.caps.chat_template
-        self.engine = Engine(backend, model_name=name)
+        self.engine = Engine(backend, model_name=name, cache=cache)
 
     def __repr__(self) -> str:
         return f"<Model {self.name} {self.backend.name}/{self.backend.device} n_ctx={self.n_ctx}>"
@@ -112,9 +117,35 @@ class Model:
                       **options: Any) -> Completion:
         return self.stream_chat(messages, params, **options).result()
 
-    def chat(self, system: str | None = None, messages: Sequence[Message] | None = None) -> Conversation:
-        """A multi-turn conversation; each turn reuses the KV cache of the turns before it."""
-        return Conversation(self, system=system, messages=messages)
+    def chat(self, system: str | None = None, messages: Sequence[Message] | None = None, *,
+             id: str | None = None) -> Conversation:  # noqa: A002 - the natural name
+        """A multi-turn conversation; each turn reuses the KV cache of the turns before it.
+
+        With ``id`` it can be saved (``Conversation.save``) and resumed later (``Model.resume``).
+        """
+        return Conversation(self, system=system, messages=messages, id=id)
+
+    def conversation_path(self, id: str) -> Path:  # noqa: A002
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", id) or id.startswith("."):
+            raise InvalidRequestError("a conversation id is 1-128 letters, digits, '.', '_' or '-'")
+        return cache_root() / "conversations" / (self.sha256 or self.name)[:16] / f"{id}.json"
+
+    def resume(self, id: str) -> Conversation:  # noqa: A002
+        """A conversation saved with ``Conversation.save``; its KV comes back from the disk cache."""
+        path = self.conversation_path(id)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            messages = data["messages"]
+        except FileNotFoundError:
+            raise InvalidRequestError(f"no saved conversation {id!r} for {self.name}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequestError(f"saved conversation {id!r} is unreadable ({exc})") from exc
+        return Conversation(self, messages=messages, id=id)
+
+    def save_cache(self) -> None:
+        """Write every cached sequence to the disk cache (when one is configured)."""
+        with self.engine.lock:
+            self.engine.cache.persist_all()
 
     def close(self) -> None:
         self.backend.close()
@@ -130,8 +161,9 @@ class Conversation:
     """Messages so far, plus the model that answers them."""
 
     def __init__(self, model: Model, *, system: str | None = None,
-                 messages: Sequence[Message] | None = None) -> None:
+                 messages: Sequence[Message] | None = None, id: str | None = None) -> None:  # noqa: A002
         self.model = model
+        self.id = id
         self.messages: list[Message] = [dict(m) for m in messages or ()]
         if system:
             self.messages.insert(0, {"role": "system", "content": system})
@@ -157,6 +189,16 @@ class Conversation:
             return inner.completion
 
         return CompletionStream(run())
+
+    def save(self) -> Path:
+        """Persist the messages (and, with a disk cache, the KV state) under this conversation's id."""
+        if not self.id:
+            raise InvalidRequestError("give the conversation an id to save it: model.chat(id='...')")
+        path = self.model.conversation_path(self.id)
+        with atomic_write(path, "w") as handle:
+            json.dump({"model": self.model.name, "messages": self.messages}, handle, ensure_ascii=False)
+        self.model.save_cache()
+        return path
 
     def send(self, text: str, params: SamplingParams | None = None, **options: Any) -> Completion:
         """Add a user turn and return the whole answer."""

@@ -14,6 +14,7 @@ class Stats:
     device: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV was reused instead of computed
+    cache_source: str = ""  # where they came from: "ram", "ram-copy", "disk" or "none"
     completion_tokens: int = 0
     ttft_s: float = 0.0  # request start -> first token sampled
     prefill_s: float = 0.0

@@ -50,24 +50,28 @@ def test_generation_stops_when_the_context_is_full():
     assert c.finish_reason == "length" and c.stats.prompt_tokens + c.stats.completion_tokens <= 11
 
 
-def test_prefix_is_reused_and_output_is_unchanged():
-    cold = model()
-    expected = cold.generate("hello world", max_tokens=4, **GREEDY).text
-    m = model()
-    m.generate("hello there", max_tokens=4, **GREEDY)
+SYSTEM = "You are a terse assistant. " * 2  # 52 characters = tokens
+
+
+def test_prefix_is_reused_at_an_aligned_boundary_and_output_is_unchanged():
+    cold = model(n_ctx=256)
+    expected = cold.generate(SYSTEM + "hello world", max_tokens=4, **GREEDY).text
+    m = model(n_ctx=256)
+    m.generate(SYSTEM + "hello there", max_tokens=4, **GREEDY)
     before = m.backend.evaluated_tokens
-    c = m.generate("hello world", max_tokens=4, **GREEDY)
+    c = m.generate(SYSTEM + "hello world", max_tokens=4, **GREEDY)
     assert c.text == expected
-    assert c.stats.cached_tokens == len("hello ")
-    # only the new suffix and the generated tokens were computed
-    assert m.backend.evaluated_tokens - before == len("world") + 3
+    shared = len(SYSTEM + "hello ")
+    assert c.stats.cached_tokens == shared - shared % 16 == 48 and c.stats.cache_source == "ram-copy"
+    # only the tokens after the aligned reuse point and the generated ones were computed
+    assert m.backend.evaluated_tokens - before == len(SYSTEM + "hello world") - 48 + 3
 
 
-def test_identical_prompt_recomputes_only_the_last_token():
-    m = model()
-    m.generate("abcdef", max_tokens=2, **GREEDY)
-    c = m.generate("abcdef", max_tokens=2, **GREEDY)
-    assert c.stats.cached_tokens == 5
+def test_identical_prompt_reuses_an_aligned_prefix():
+    m = model(n_ctx=256)
+    m.generate(SYSTEM, max_tokens=2, **GREEDY)
+    c = m.generate(SYSTEM, max_tokens=2, **GREEDY)
+    assert c.stats.cached_tokens == 48
 
 
 def test_closing_a_stream_early_keeps_the_cache_consistent():
@@ -77,8 +81,8 @@ def test_closing_a_stream_early_keeps_the_cache_consistent():
     next(it)
     next(it)
     stream.close()
-    held = m.engine._seq_tokens[0]
-    assert m.backend.seqs[0] == held
+    held = m.engine.cache.slots[0].tokens
+    assert m.backend.seqs[0] == held and len(held) == 3 + 1  # prompt + the one evaluated token
     assert m.generate("abc", max_tokens=3, **GREEDY).text == "def"
 
 
@@ -86,7 +90,7 @@ def test_backend_failure_is_raised_and_the_engine_recovers():
     m = model(fail_on_eval=3)
     with pytest.raises(RuntimeError, match="injected"):
         m.generate("abc", max_tokens=10, **GREEDY)
-    assert m.backend.seqs[0] == [] and 0 not in m.engine._seq_tokens
+    assert m.backend.seqs[0] == [] and m.engine.cache.slots[0].tokens == []
     m.backend.fail_on_eval = None
     assert m.generate("abc", max_tokens=2, **GREEDY).text == "de"
 
@@ -105,7 +109,9 @@ def test_chat_conversation_records_turns():
     assert [x["role"] for x in conv.messages] == ["system", "user", "assistant"]
     second = conv.send("yo", max_tokens=3, **GREEDY)
     assert conv.messages[-1]["content"] == second.text
-    assert second.stats.cached_tokens >= len("S|hi|")
+    # the next turn continues into the generated answer: all of it is reused, not just an aligned part
+    # (max_tokens stopped it: the last of its 3 tokens was sampled but never evaluated)
+    assert second.stats.cached_tokens == len("S|hi|") + 2 and second.stats.cache_source == "ram"
     assert first.stats.cached_tokens == 0
 
 

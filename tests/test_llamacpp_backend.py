@@ -25,6 +25,7 @@ def reference(smollm2_path):
 def test_greedy_output_equals_llama_cpp_python_token_for_token(smol, reference):
     tokens = smol.tokenize(PROMPT)
     assert tokens == reference.tokenize(PROMPT.encode())
+    smol.engine.reset()  # a cold prefill, as the reference does
     ours = smol.generate(tokens, max_tokens=32, temperature=0)
     reference.reset()
     theirs = []
@@ -134,7 +135,7 @@ def test_ctrl_c_right_after_llama_decode_leaves_the_model_usable_and_correct(smo
     base = smol.tokenize(PROMPT + " red,")
     first = smol.generate(base, max_tokens=2, temperature=0).tokens
     follow = base + first  # extends exactly what the interrupted request will have computed
-    smol.engine.forget(0)
+    smol.engine.reset()
     expected = smol.generate(follow, max_tokens=8, temperature=0).text
     calls = {"n": 0}
 

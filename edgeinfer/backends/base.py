@@ -125,6 +125,14 @@ class Backend(ABC):
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
         """Restore a state from ``state_save`` into ``seq_id`` (which is cleared first)."""
 
+    def state_size(self, seq_id: int) -> int:
+        """Bytes ``state_save(seq_id)`` would return."""
+        return len(self.state_save(seq_id))
+
+    def state_binding(self) -> dict:
+        """What a saved state depends on besides the model file (states load only when equal)."""
+        return {"backend": self.name, "n_ctx": self.caps.n_ctx}
+
     def close(self) -> None:
         """Free native memory; the backend is unusable afterwards."""
         return None

@@ -13,7 +13,13 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
-from ..errors import BackendError, ContextOverflowError, InvalidRequestError, ModelLoadError
+from ..errors import (
+    BackendError,
+    ContextOverflowError,
+    InvalidRequestError,
+    KVCacheFullError,
+    ModelLoadError,
+)
 from ..gguf_check import diagnose_gguf, require_gguf_magic
 from ..sampling import SamplingParams
 from .base import Backend, Capabilities, EvalItem
@@ -157,6 +163,7 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = True  # every sequence may use the whole window; they share cells
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
+        self._flash_attn = flash_attn
         cparams.flash_attn_type = (
             ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
@@ -295,12 +302,10 @@ class LlamaCppBackend(Backend):
             want[i] = i >= first_output
         batch.n_tokens = len(entries)
         rc = self._ll.llama_decode(self._ctx, batch)
+        if rc == 1:
+            raise KVCacheFullError("no free KV cells: free sequences or load with a larger n_ctx")
         if rc != 0:
-            raise BackendError(
-                f"llama_decode failed ({rc}): "
-                + ("no free KV cells; free sequences or use a larger n_ctx" if rc == 1 else
-                   "the batch was rejected or computation failed")
-            )
+            raise BackendError(f"llama_decode failed ({rc}): the batch was rejected or computation failed")
 
     def logits(self, row: int) -> np.ndarray:
         ptr = self._ll.llama_get_logits_ith(self._ctx, row)
@@ -340,6 +345,14 @@ class LlamaCppBackend(Backend):
         buf = (ctypes.c_uint8 * size)()
         written = self._ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
         return bytes(buf[:written])
+
+    def state_size(self, seq_id: int) -> int:
+        self._check_seq(seq_id)
+        return self._ll.llama_state_seq_get_size(self._ctx, seq_id)
+
+    def state_binding(self) -> dict:
+        return {"backend": self.name, "llama_cpp_python": ll.__version__, "n_ctx": self.caps.n_ctx,
+                "flash_attn": self._flash_attn, "swa_full": True, "kv_type": "f16"}
 
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
         self.kv_drop(seq_id)
