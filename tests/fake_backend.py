@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeinfer.backends.base import Backend, Capabilities, EvalItem
+from edgeinfer.errors import BackendError, KVCacheFullError
 
 EOS = 256
 
@@ -19,11 +20,13 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, *, n_ctx: int = 64, max_sequences: int = 2, step: int = 1,
-                 eos_after: int | None = None, fail_on_eval: int | None = None) -> None:
+                 eos_after: int | None = None, fail_on_eval: int | None = None,
+                 kv_cells: int | None = None) -> None:
         self.caps = Capabilities(n_ctx=n_ctx, n_vocab=257, max_sequences=max_sequences, n_batch=16)
         self.step = step
         self.eos_after = eos_after  # emit EOS once a sequence holds this many tokens
         self.fail_on_eval = fail_on_eval
+        self.kv_cells = kv_cells  # all sequences together hold at most this many tokens
         self.seqs: dict[int, list[int]] = {i: [] for i in range(max_sequences)}
         self.evaluated_tokens = 0  # how much work was done (cache reuse lowers it)
         self.evals = 0
@@ -43,6 +46,10 @@ class FakeBackend(Backend):
         if self.fail_on_eval is not None and self.evals >= self.fail_on_eval:
             raise RuntimeError("injected failure")
         self._rows = []
+        if self.kv_cells is not None:
+            held = sum(len(s) for s in self.seqs.values()) + sum(len(i.tokens) for i in items)
+            if held > self.kv_cells:
+                raise KVCacheFullError("fake KV cells exhausted")
         for item in items:
             seq = self.seqs[item.seq_id]
             seq.extend(item.tokens)
@@ -69,7 +76,10 @@ class FakeBackend(Backend):
         self.seqs[dst] = list(self.seqs[src][:n])
 
     def state_save(self, seq_id: int) -> bytes:
-        return bytes(self.seqs[seq_id])
+        return np.asarray(self.seqs[seq_id], dtype=np.int32).tobytes()
 
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
-        self.seqs[seq_id] = list(data)
+        tokens = np.frombuffer(data, dtype=np.int32).tolist()
+        if len(tokens) != n_tokens:
+            raise BackendError("state does not hold the expected tokens")
+        self.seqs[seq_id] = tokens

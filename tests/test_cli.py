@@ -103,3 +103,17 @@ def test_chat_is_interactive_multi_turn_and_streams():
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_chat_with_an_id_resumes_in_a_new_process(tmp_path):
+    env_home = {"EDGEINFER_HOME": str(tmp_path)}
+    args = ["chat", "--id", "demo", "--temperature", "0", "--max-tokens", "16", "--show-stats"]
+    first = subprocess.run([*EDGEINFER, *args], input="My name is Ada.\n/exit\n", capture_output=True,
+                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env_home}, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([*EDGEINFER, *args], input="What is my name?\n/exit\n", capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env_home}, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resumed conversation 'demo': 1 earlier turns" in second.stderr
+    cached = int(second.stderr.split(" cached)")[0].rsplit("(", 1)[1])
+    assert cached > 20  # the first process's KV came back from the disk cache

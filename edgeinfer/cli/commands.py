@@ -23,10 +23,10 @@ from ..sources import cache_path, digest, locate, resolve
 _SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
 
 
-def _load(args: argparse.Namespace) -> Model:
+def _load(args: argparse.Namespace, **extra: object) -> Model:
     return load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                 n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
-                progress=True)
+                progress=True, **extra)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 def chat(args: argparse.Namespace) -> int:
     options = _options(args)
-    with _load(args) as model:
-        conv = model.chat(system=args.system or None)
+    with _load(args, kv_disk=True if args.id else None) as model:
+        conv = _open_conversation(model, args)
         print(f"edgeinfer chat: {model.name} on {model.backend.name}/{model.backend.device}. "
               "/reset clears the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer.",
               file=sys.stderr)
@@ -96,7 +96,7 @@ def chat(args: argparse.Namespace) -> int:
             if command in ("/exit", "/quit", "/bye"):
                 return 0
             if command == "/reset":
-                conv = model.chat(system=args.system or None)
+                conv = model.chat(system=args.system or None, id=args.id)
                 print("(conversation cleared)", file=sys.stderr)
                 continue
             try:
@@ -111,6 +111,18 @@ def chat(args: argparse.Namespace) -> int:
                 print("\n(stopped)", file=sys.stderr)
             except EdgeInferError as exc:  # a bad turn must not end the session
                 print(f"error: {exc}", file=sys.stderr)
+            if args.id:
+                conv.save()
+
+
+def _open_conversation(model: Model, args: argparse.Namespace):  # noqa: ANN202
+    """A new conversation, or the saved one with ``--id`` (its KV comes back from disk)."""
+    if args.id and model.conversation_path(args.id).exists():
+        conv = model.resume(args.id)
+        turns = sum(m["role"] == "user" for m in conv.messages)
+        print(f"(resumed conversation {args.id!r}: {turns} earlier turns)", file=sys.stderr)
+        return conv
+    return model.chat(system=args.system or None, id=args.id)
 
 
 def _print_until_stopped(stream: CompletionStream) -> bool:

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive multi-turn chat (streaming)")
     p.add_argument("model", nargs="?", default=DEFAULT_CHAT_MODEL)
     p.add_argument("--show-stats", action="store_true", help="print stats after every answer")
+    p.add_argument("--id", default=None,
+                   help="save the conversation under this id after every turn, and resume it if it exists")
     _add_sampling_options(p)
     _add_load_options(p)
     p.set_defaults(func=commands.chat)

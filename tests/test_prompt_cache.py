@@ -1,0 +1,164 @@
+"""PromptCache logic on the fake backend: sharing, interleaving, eviction, RAM budget, disk tier."""
+
+import logging
+
+import pytest
+from fake_backend import FakeBackend
+
+from edgeinfer.disk_cache import DiskCache
+from edgeinfer.model import Model
+from edgeinfer.prompt_cache import PromptCache
+
+GREEDY = dict(temperature=0, max_tokens=4)
+SYSTEM = "S" * 40  # a shared 40-token "system prompt"
+BINDING = {"model_sha256": "ab" * 32, "backend": "fake", "n_ctx": 512}
+
+
+def make(max_sequences=2, ram=None, disk=None, **kw) -> Model:
+    backend = FakeBackend(n_ctx=512, max_sequences=max_sequences, **kw)
+    return Model(backend, name="fake", cache=PromptCache(backend, ram_budget_bytes=ram, disk=disk))
+
+
+def cold(prompt: str) -> str:
+    return make().generate(prompt, **GREEDY).text
+
+
+def test_shared_prefix_is_copied_and_the_original_conversation_stays_whole():
+    m = make(max_sequences=3)
+    first = m.generate(SYSTEM + "question one", **GREEDY)
+    second = m.generate(SYSTEM + "question two", **GREEDY)
+    assert second.stats.cache_source == "ram-copy" and second.stats.cached_tokens == 48
+    assert second.text == cold(SYSTEM + "question two")
+    # the first conversation continues in place, reusing everything it held
+    follow = SYSTEM + "question one" + first.text + " and then?"
+    again = m.generate(follow, **GREEDY)
+    assert again.stats.cache_source == "ram" and again.stats.cached_tokens == len(SYSTEM + "question one") + 3
+    assert again.text == cold(follow)
+
+
+def test_interleaved_conversations_each_keep_their_own_sequence():
+    m = make(max_sequences=4)
+    history = {c: f"conversation {c}: " + c * 30 for c in "ABCD"}
+    for turn in range(3):
+        for c in "ABCD":
+            history[c] += f" turn {turn}?"
+            out = m.generate(history[c], **GREEDY)
+            assert out.text == cold(history[c])
+            if turn:
+                assert out.stats.cached_tokens >= len(history[c]) - 12
+            history[c] += out.text
+
+
+def test_lru_eviction_goes_to_disk_and_comes_back(tmp_path):
+    disk = DiskCache(tmp_path, binding=BINDING)
+    m = make(max_sequences=2, disk=disk)
+    prompts = [f"{c} " * 30 for c in "xyz"]
+    for p in prompts:
+        m.generate(p, **GREEDY)
+    assert len(disk.entries()) == 1  # x was evicted to make room for z
+    back = m.generate(prompts[0] + "more", **GREEDY)
+    assert back.stats.cache_source == "disk" and back.stats.cached_tokens >= 48
+    assert back.text == cold(prompts[0] + "more")
+
+
+def test_a_zero_ram_budget_keeps_nothing_and_stays_correct():
+    m = make(ram=0)
+    for _ in range(2):
+        out = m.generate(SYSTEM + "q", **GREEDY)
+        assert out.stats.cached_tokens == 0 and out.text == cold(SYSTEM + "q")
+    assert all(not s.tokens for s in m.engine.cache.slots)
+
+
+def test_a_small_ram_budget_evicts_least_recently_used():
+    m = make(max_sequences=3, ram=1)  # fake states cost 4 bytes per token: 1 byte keeps nothing
+    m.generate("a" * 40, **GREEDY)
+    m.generate("b" * 40, **GREEDY)
+    assert sum(bool(s.tokens) for s in m.engine.cache.slots) <= 1
+
+
+def test_full_kv_cells_evict_other_sequences_and_retry():
+    m = make(max_sequences=3, kv_cells=100)
+    m.generate("a" * 45, **GREEDY)
+    m.generate("b" * 45, **GREEDY)
+    out = m.generate("c" * 45, **GREEDY)  # does not fit beside both: the oldest goes
+    assert out.text == cold("c" * 45)
+
+
+def test_disk_states_survive_a_new_process_and_foreign_ones_are_ignored(tmp_path, caplog):
+    m = make(disk=DiskCache(tmp_path, binding=BINDING))
+    m.generate(SYSTEM + "hello", **GREEDY)
+    m.save_cache()
+    fresh = make(disk=DiskCache(tmp_path, binding=BINDING))  # a "restarted app"
+    out = fresh.generate(SYSTEM + "hello there", **GREEDY)
+    assert out.stats.cache_source == "disk" and out.text == cold(SYSTEM + "hello there")
+    other = make(disk=DiskCache(tmp_path, binding={**BINDING, "model_sha256": "cd" * 32}))
+    assert other.generate(SYSTEM + "hello there", **GREEDY).stats.cache_source == "none"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "payload"])
+def test_damaged_state_files_are_removed_with_a_warning(tmp_path, caplog, damage):
+    m = make(disk=DiskCache(tmp_path, binding=BINDING))
+    m.generate(SYSTEM + "hello", **GREEDY)
+    m.save_cache()
+    (path,) = list(tmp_path.rglob("*.kv"))
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) - 7], "garbage": b"\x00" * 50,
+                      "payload": data[:-4] + b"XXXX"}[damage])
+    fresh = make(disk=DiskCache(tmp_path, binding=BINDING))
+    with caplog.at_level(logging.WARNING):
+        out = fresh.generate(SYSTEM + "hello there", **GREEDY)
+    assert out.stats.cache_source == "none" and out.text == cold(SYSTEM + "hello there")
+    assert not path.exists() and "removing KV state" in caplog.text
+
+
+def test_a_full_disk_is_a_warning_not_a_crash(tmp_path, caplog, monkeypatch):
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("edgeinfer.disk_cache.atomic_write", no_space)
+    m = make(disk=DiskCache(tmp_path, binding=BINDING))
+    m.generate(SYSTEM + "hello", **GREEDY)
+    with caplog.at_level(logging.WARNING):
+        m.save_cache()
+    assert "No space left" in caplog.text and not list(tmp_path.rglob("*.kv*"))
+    assert m.generate(SYSTEM + "hello", **GREEDY).text == cold(SYSTEM + "hello")
+
+
+def test_two_processes_sharing_a_folder(tmp_path):
+    a = make(disk=DiskCache(tmp_path, binding=BINDING))
+    b = make(disk=DiskCache(tmp_path, binding=BINDING))
+    a.generate(SYSTEM + "from a", **GREEDY)
+    b.generate(SYSTEM + "from b", **GREEDY)
+    a.save_cache()
+    b.save_cache()
+    for path in list(tmp_path.rglob("*.kv"))[:1]:
+        path.unlink()  # the other process evicted it meanwhile: just a miss
+    c = make(disk=DiskCache(tmp_path, binding=BINDING))
+    for text in ("from a", "from b"):
+        assert c.generate(SYSTEM + text + "!", **GREEDY).text == cold(SYSTEM + text + "!")
+
+
+def test_disk_folder_is_size_bounded(tmp_path):
+    disk = DiskCache(tmp_path, binding=BINDING, max_bytes=1500)
+    for c in "pqrstu":
+        disk.save([ord(c)] * 100, bytes(400))
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*.kv")) <= 1500
+    assert len(disk.entries()) >= 1
+
+
+def test_conversations_are_saved_and_resumed_by_id(tmp_path):
+    template = "{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}"
+    backend = FakeBackend(n_ctx=512)
+    m = Model(backend, name="fake", chat_template=template,
+              cache=PromptCache(backend, disk=DiskCache(tmp_path, binding=BINDING)))
+    conv = m.chat(system="be brief", id="trip-1")
+    conv.send("plan a trip to Lyon", **GREEDY)
+    conv.save()
+    backend2 = FakeBackend(n_ctx=512)
+    m2 = Model(backend2, name="fake", chat_template=template,
+               cache=PromptCache(backend2, disk=DiskCache(tmp_path, binding=BINDING)))
+    resumed = m2.resume("trip-1")
+    assert resumed.messages == conv.messages
+    out = resumed.send("and Paris?", **GREEDY)
+    assert out.stats.cache_source == "disk" and out.stats.cached_tokens > 20
+    assert out.text == conv.send("and Paris?", **GREEDY).text

@@ -1,0 +1,108 @@
+"""KV reuse on the real llama.cpp backend: output with the cache equals output without it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import edgeinfer as ei
+
+pytestmark = pytest.mark.slow
+GREEDY = dict(temperature=0, max_tokens=24)
+SYSTEM = "You are a helpful assistant who answers in one or two short sentences."
+QUESTIONS = ["What is the capital of France?", "Name a large animal.", "What color is the sky?",
+             "And at night?"]
+
+
+@pytest.fixture(scope="module")
+def cold(smollm2_path):
+    """A second model that forgets everything before each request: the 'without cache' output."""
+    model = ei.load(smollm2_path, n_ctx=1024)
+
+    def run(messages: list[dict]) -> str:
+        model.engine.reset()
+        return model.complete_chat(messages, **GREEDY).text
+
+    yield run
+    model.close()
+
+
+def test_chat_turns_equal_their_cold_outputs(smollm2_path, cold):
+    with ei.load(smollm2_path, n_ctx=1024) as m:
+        conv = m.chat(system=SYSTEM)
+        for i, q in enumerate(QUESTIONS):
+            before = list(conv.messages)
+            out = conv.send(q, **GREEDY)
+            assert out.text == cold([*before, {"role": "user", "content": q}])
+            if i:
+                stats = out.stats
+                assert stats.cache_source == "ram" and stats.cached_tokens > stats.prompt_tokens // 2
+
+
+def test_interleaved_conversations_and_eviction_equal_cold_outputs(smollm2_path, cold, tmp_path):
+    # 3 conversations on 2 sequences: every turn evicts one (to disk) and may restore another
+    with ei.load(smollm2_path, n_ctx=1024, max_sequences=2, kv_disk=tmp_path) as m:
+        convs = [m.chat(system=f"{SYSTEM} You are assistant number {k}.") for k in range(3)]
+        sources = []
+        for q in QUESTIONS[:3]:
+            for conv in convs:
+                before = list(conv.messages)
+                out = conv.send(q, **GREEDY)
+                sources.append(out.stats.cache_source)
+                assert out.text == cold([*before, {"role": "user", "content": q}])
+        assert "disk" in sources and "ram-copy" in sources
+
+
+def test_shared_few_shot_prefix_on_gemma_equals_cold():
+    shots = "".join(f"English: {e}\nFrench: {f}\n\n" for e, f in [
+        ("Good morning.", "Bonjour."), ("Thank you very much.", "Merci beaucoup."),
+        ("Where is the station?", "Où est la gare ?"), ("I like tea.", "J'aime le thé.")])
+    with ei.load("gemma-3-270m", n_ctx=512) as m:
+        outs, colds = [], []
+        for sentence in ["The cat sleeps.", "We are late.", "Open the window."]:
+            prompt = f"{shots}English: {sentence}\nFrench:"
+            out = m.generate(prompt, temperature=0, max_tokens=12, stop=["\n"])
+            outs.append((out.text, out.stats.cached_tokens))
+        for sentence in ["The cat sleeps.", "We are late.", "Open the window."]:
+            m.engine.reset()
+            colds.append(m.generate(f"{shots}English: {sentence}\nFrench:", temperature=0, max_tokens=12,
+                                    stop=["\n"]).text)
+        assert [t for t, _ in outs] == colds
+        assert all(cached >= 48 for _, cached in outs[1:])
+
+
+RESUME = textwrap.dedent("""
+    import json, sys
+    import edgeinfer as ei
+    path, disk, step = sys.argv[1], sys.argv[2], sys.argv[3]
+    m = ei.load(path, n_ctx=1024, kv_disk=disk)
+    if step == "first":
+        conv = m.chat(system=sys.argv[4], id="trip")
+        conv.send("Plan a day in Lyon.", temperature=0, max_tokens=48)
+        conv.save()
+        print(json.dumps({"messages": conv.messages}))
+    else:
+        conv = m.resume("trip")
+        out = conv.send("And the evening?", temperature=0, max_tokens=24)
+        print(json.dumps({"text": out.text, "source": out.stats.cache_source,
+                          "cached": out.stats.cached_tokens, "prompt": out.stats.prompt_tokens}))
+""")
+
+
+def test_a_conversation_resumes_from_disk_in_a_new_process(smollm2_path, cold, tmp_path):
+    env = {**os.environ, "EDGEINFER_HOME": str(tmp_path / "home")}
+
+    def step(*args: str) -> dict:
+        r = subprocess.run([sys.executable, "-c", RESUME, str(smollm2_path), str(tmp_path / "kv"), *args],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first = step("first", SYSTEM)
+    second = step("second")
+    assert second["source"] == "disk" and second["cached"] > second["prompt"] // 2
+    expected = cold([*first["messages"], {"role": "user", "content": "And the evening?"}])
+    assert second["text"] == expected
