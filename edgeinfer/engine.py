@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +16,8 @@ from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .stats import Stats
 from .stopping import TextAssembler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,17 +52,109 @@ class CompletionStream:
         self._gen.close()
 
 
+class Settler:
+    """A background thread that, while the engine is idle, recomputes generated tokens' KV as a
+    prefill (``PromptCache.settle_step``) in short steps, yielding to any request that arrives."""
+
+    STEP_SECONDS = 0.1  # one step's target duration: the most a new request waits for it
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = weakref.ref(engine)
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._tokens_per_step = 32
+        _live_settlers.add(self)
+
+    def kick(self) -> None:
+        """There may be work: run it when the engine is idle."""
+        if self._stopped:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edgeinfer-settle", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stopped:
+                engine = self._engine()
+                if engine is None or engine.waiting:
+                    break
+                with engine.lock:
+                    if self._stopped or engine.waiting:
+                        break
+                    t0 = time.perf_counter()
+                    done = engine.cache.settle_step(self._tokens_per_step)
+                    if not done:
+                        break
+                    per_token = (time.perf_counter() - t0) / done
+                    self._tokens_per_step = max(16, min(512, int(self.STEP_SECONDS / max(per_token, 1e-6))))
+                del engine
+
+    def stop(self) -> None:
+        """Stop for good; returns once no step is running (so the backend can be freed)."""
+        self._stopped = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+
+_live_settlers: weakref.WeakSet[Settler] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_settlers() -> None:  # no llama_decode may run while the interpreter tears down
+    for settler in list(_live_settlers):
+        settler.stop()
+
+
 class Engine:
     """Runs requests on one backend, reusing cached prefixes through a PromptCache.
 
-    One request at a time per engine (a lock serializes them).
+    One request at a time per engine (a lock serializes them). With ``settle`` (the default), idle
+    time is used to make generated tokens' KV exactly reusable (see ``PromptCache.settle_step``).
     """
 
-    def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None) -> None:
+    def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None,
+                 settle: bool = True) -> None:
         self.backend = backend
         self.model_name = model_name
         self.cache = cache or PromptCache(backend)
         self.lock = threading.RLock()
+        self._waiting = 0  # requests waiting for the lock: the settler steps aside
+        self._waiting_lock = threading.Lock()
+        self.settler = Settler(self) if settle else None
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting > 0
+
+    def _acquire(self) -> None:
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def settle(self) -> None:
+        """Do now, in this thread, what the settler would do in idle time."""
+        self._acquire()
+        try:
+            while self.cache.settle_step(512):
+                pass
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        """Stop the background work (before the backend is freed)."""
+        if self.settler is not None:
+            self.settler.stop()
 
     def reset(self) -> None:
         """Drop every cached sequence, so the next request prefills from scratch."""
@@ -104,8 +201,9 @@ class Engine:
         generated: list[int] = []
         assembler = TextAssembler(params.stop)
         finish = "cancelled"
-        with self.lock:
-            t_start = time.perf_counter()
+        t_start = time.perf_counter()  # TTFT includes any wait for the engine
+        self._acquire()
+        try:
             reuse = self.cache.acquire(prompt)
             seq_id = reuse.seq_id
             stats.cached_tokens, stats.cache_source = reuse.cached, reuse.source
@@ -157,4 +255,8 @@ class Engine:
                 stats.decode_s = t_last - t_first if generated else 0.0
                 stats.total_s = time.perf_counter() - t_start
                 stats.finish_reason = finish
+        finally:
+            self.lock.release()
+            if self.settler is not None:
+                self.settler.kick()
         return Completion(assembler.text, generated, finish, stats)

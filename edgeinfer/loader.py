@@ -92,14 +92,17 @@ def load(
     kv_ram_bytes: int | None = None,
     kv_disk: str | Path | bool | None = None,
     kv_disk_bytes: int = 2 << 30,
+    kv_settle: bool = True,
     **backend_options: object,
 ) -> Model:
     """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
 
     KV reuse: ``kv_ram_bytes`` bounds the KV kept between requests (None: the context's own size;
     0: nothing kept); ``kv_disk`` (a folder, or True for the cache folder) keeps evicted and saved
-    sequence states on disk, at most ``kv_disk_bytes``, so a restarted app resumes without prefill.
-    ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``).
+    sequence states on disk, at most ``kv_disk_bytes``, so a restarted app resumes without prefill;
+    ``kv_settle`` recomputes generated tokens' KV as a prefill in idle time, so a chat's next turn
+    reuses it bit-exactly (off: the next turn recomputes the previous answer itself).
+    ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``).
     """
     located = locate_model(name_or_path, offline=offline, progress=progress)
     path, name, entry = located.path, located.name, located.entry
@@ -127,4 +130,4 @@ def load(
                          max_bytes=kv_disk_bytes)
     cache = PromptCache(be, ram_budget_bytes=kv_ram_bytes, disk=disk)
     return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
-                 cache=cache)
+                 cache=cache, settle=kv_settle)

@@ -50,6 +50,7 @@ class Model:
         chat_template: str | None = None,
         default_params: SamplingParams | None = None,
         cache: PromptCache | None = None,
+        settle: bool = True,
     ) -> None:
         self.backend = backend
         self.default_params = default_params or SamplingParams()
@@ -58,7 +59,7 @@ class Model:
         self.sha256 = sha256
         self.choice = choice
         self.chat_template = chat_template or backend.caps.chat_template
-        self.engine = Engine(backend, model_name=name, cache=cache)
+        self.engine = Engine(backend, model_name=name, cache=cache, settle=settle)
 
     def __repr__(self) -> str:
         return f"<Model {self.name} {self.backend.name}/{self.backend.device} n_ctx={self.n_ctx}>"
@@ -143,11 +144,16 @@ class Model:
         return Conversation(self, messages=messages, id=id)
 
     def save_cache(self) -> None:
-        """Write every cached sequence to the disk cache (when one is configured)."""
+        """Write every cached sequence to the disk cache (when one is configured), after making
+        its generated tokens' KV exactly reusable."""
+        if self.engine.cache.disk is None:
+            return
+        self.engine.settle()
         with self.engine.lock:
             self.engine.cache.persist_all()
 
     def close(self) -> None:
+        self.engine.close()
         self.backend.close()
 
     def __enter__(self) -> Model:

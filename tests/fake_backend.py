@@ -21,12 +21,15 @@ class FakeBackend(Backend):
 
     def __init__(self, *, n_ctx: int = 64, max_sequences: int = 2, step: int = 1,
                  eos_after: int | None = None, fail_on_eval: int | None = None,
-                 kv_cells: int | None = None) -> None:
+                 kv_cells: int | None = None, whole_history: bool = False) -> None:
         self.caps = Capabilities(n_ctx=n_ctx, n_vocab=257, max_sequences=max_sequences, n_batch=16)
         self.step = step
         self.eos_after = eos_after  # emit EOS once a sequence holds this many tokens
         self.fail_on_eval = fail_on_eval
         self.kv_cells = kv_cells  # all sequences together hold at most this many tokens
+        # predict from the whole sequence (a letter from the sum of its tokens), so that a KV cache
+        # missing or holding extra tokens changes the output, as it would with a real model
+        self.whole_history = whole_history
         self.seqs: dict[int, list[int]] = {i: [] for i in range(max_sequences)}
         self.evaluated_tokens = 0  # how much work was done (cache reuse lowers it)
         self.evals = 0
@@ -57,6 +60,8 @@ class FakeBackend(Backend):
             logits = np.full(257, -10.0, dtype=np.float32)
             if self.eos_after is not None and len(seq) >= self.eos_after:
                 logits[EOS] = 10.0
+            elif self.whole_history:
+                logits[97 + sum(seq) % 26] = 10.0
             else:
                 logits[(seq[-1] + self.step) % 256] = 10.0
                 logits[(seq[-1] + self.step + 1) % 256] = 9.0

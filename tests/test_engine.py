@@ -1,5 +1,7 @@
 """Engine logic on the fake backend: stop conditions, limits, prefix reuse, cancellation, stats."""
 
+import time
+
 import pytest
 from fake_backend import FakeBackend
 
@@ -103,16 +105,36 @@ def test_seeded_sampling_is_reproducible():
 
 def test_chat_conversation_records_turns():
     template = "{% for m in messages %}{{ m.content }}|{% endfor %}"
-    m = Model(FakeBackend(n_ctx=256), name="fake", chat_template=template)
-    conv = m.chat(system="S")
-    first = conv.send("hi", max_tokens=3, **GREEDY)
+    m = Model(FakeBackend(n_ctx=256), name="fake", chat_template=template, settle=False)
+    conv = m.chat(system="S" * 40)
+    first = conv.send("hi", max_tokens=30, **GREEDY)
     assert [x["role"] for x in conv.messages] == ["system", "user", "assistant"]
     second = conv.send("yo", max_tokens=3, **GREEDY)
     assert conv.messages[-1]["content"] == second.text
-    # the next turn continues into the generated answer: all of it is reused, not just an aligned part
-    # (max_tokens stopped it: the last of its 3 tokens was sampled but never evaluated)
-    assert second.stats.cached_tokens == len("S|hi|") + 2 and second.stats.cache_source == "ram"
+    # reuse stops at an ALIGN multiple inside the prompt's prefill: the answer's decode-step KV is
+    # recomputed (nothing settled it in idle time here)
+    assert second.stats.cached_tokens == 32 and second.stats.cache_source == "ram"
     assert first.stats.cached_tokens == 0
+
+
+def test_idle_time_settles_an_answer_so_the_next_turn_reuses_it():
+    template = "{% for m in messages %}{{ m.content }}|{% endfor %}"
+    backend = FakeBackend(n_ctx=256, whole_history=True)
+    m = Model(backend, name="fake", chat_template=template)
+    conv = m.chat(system="S" * 40)
+    conv.send("hi", max_tokens=30, **GREEDY)  # 44-token prompt + 29 evaluated answer tokens = 73
+    deadline = time.monotonic() + 10
+    while m.engine.cache.unsettled() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot = m.engine.cache.slots[0]
+    assert slot.exact_end == 64 and len(slot.tokens) == 64  # the last partial tile is left out
+    before = backend.evaluated_tokens
+    out = conv.send("yo", max_tokens=3, **GREEDY)
+    assert out.stats.cached_tokens == 64
+    assert backend.evaluated_tokens - before == out.stats.prompt_tokens - 64 + 2
+    cold = Model(FakeBackend(n_ctx=256, whole_history=True), name="fake", chat_template=template,
+                 settle=False)
+    assert out.text == cold.complete_chat(conv.messages[:-1], max_tokens=3, **GREEDY).text
 
 
 def test_a_stopped_answer_is_kept_as_far_as_it_went():

@@ -7,7 +7,7 @@ from fake_backend import FakeBackend
 
 from edgeinfer.disk_cache import DiskCache
 from edgeinfer.model import Model
-from edgeinfer.prompt_cache import PromptCache
+from edgeinfer.prompt_cache import ALIGN, PromptCache
 
 GREEDY = dict(temperature=0, max_tokens=4)
 SYSTEM = "S" * 40  # a shared 40-token "system prompt"
@@ -15,8 +15,10 @@ BINDING = {"model_sha256": "ab" * 32, "backend": "fake", "n_ctx": 512}
 
 
 def make(max_sequences=2, ram=None, disk=None, **kw) -> Model:
-    backend = FakeBackend(n_ctx=512, max_sequences=max_sequences, **kw)
-    return Model(backend, name="fake", cache=PromptCache(backend, ram_budget_bytes=ram, disk=disk))
+    """No background settling (tests call ``engine.settle()`` where idle time would pass)."""
+    backend = FakeBackend(n_ctx=512, max_sequences=max_sequences, whole_history=True, **kw)
+    return Model(backend, name="fake", cache=PromptCache(backend, ram_budget_bytes=ram, disk=disk),
+                 settle=False)
 
 
 def cold(prompt: str) -> str:
@@ -29,11 +31,21 @@ def test_shared_prefix_is_copied_and_the_original_conversation_stays_whole():
     second = m.generate(SYSTEM + "question two", **GREEDY)
     assert second.stats.cache_source == "ram-copy" and second.stats.cached_tokens == 48
     assert second.text == cold(SYSTEM + "question two")
-    # the first conversation continues in place, reusing everything it held
+    # the first conversation continues in place, reusing what a fresh prefill reproduces exactly
     follow = SYSTEM + "question one" + first.text + " and then?"
     again = m.generate(follow, **GREEDY)
-    assert again.stats.cache_source == "ram" and again.stats.cached_tokens == len(SYSTEM + "question one") + 3
+    assert again.stats.cache_source == "ram" and again.stats.cached_tokens == 48
     assert again.text == cold(follow)
+
+
+def test_one_sequence_shared_by_different_prompts_is_truncated_in_place():
+    m = make(max_sequences=1)
+    m.generate(SYSTEM + "question one", **GREEDY)
+    out = m.generate(SYSTEM + "question two", **GREEDY)
+    assert out.stats.cache_source == "ram" and out.stats.cached_tokens == 48
+    assert out.text == cold(SYSTEM + "question two")
+    held = m.engine.backend.seqs[0]
+    assert bytes(held).decode() == SYSTEM + "question two" + out.text[:-1]
 
 
 def test_interleaved_conversations_each_keep_their_own_sequence():
@@ -44,9 +56,10 @@ def test_interleaved_conversations_each_keep_their_own_sequence():
             history[c] += f" turn {turn}?"
             out = m.generate(history[c], **GREEDY)
             assert out.text == cold(history[c])
-            if turn:
-                assert out.stats.cached_tokens >= len(history[c]) - 12
+            if turn:  # all but the new text and the last partial tile of the settled history
+                assert out.stats.cached_tokens >= len(history[c]) - len(" turn 1?") - 1 - ALIGN
             history[c] += out.text
+            m.engine.settle()  # what idle time does between turns
 
 
 def test_lru_eviction_goes_to_disk_and_comes_back(tmp_path):
@@ -148,13 +161,13 @@ def test_disk_folder_is_size_bounded(tmp_path):
 
 def test_conversations_are_saved_and_resumed_by_id(tmp_path):
     template = "{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}"
-    backend = FakeBackend(n_ctx=512)
+    backend = FakeBackend(n_ctx=512, whole_history=True)
     m = Model(backend, name="fake", chat_template=template,
               cache=PromptCache(backend, disk=DiskCache(tmp_path, binding=BINDING)))
     conv = m.chat(system="be brief", id="trip-1")
     conv.send("plan a trip to Lyon", **GREEDY)
     conv.save()
-    backend2 = FakeBackend(n_ctx=512)
+    backend2 = FakeBackend(n_ctx=512, whole_history=True)
     m2 = Model(backend2, name="fake", chat_template=template,
                cache=PromptCache(backend2, disk=DiskCache(tmp_path, binding=BINDING)))
     resumed = m2.resume("trip-1")

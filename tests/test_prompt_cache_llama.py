@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -20,11 +21,11 @@ QUESTIONS = ["What is the capital of France?", "Name a large animal.", "What col
 @pytest.fixture(scope="module")
 def cold(smollm2_path):
     """A second model that forgets everything before each request: the 'without cache' output."""
-    model = ei.load(smollm2_path, n_ctx=1024)
+    model = ei.load(smollm2_path, n_ctx=1024, kv_settle=False)
 
-    def run(messages: list[dict]) -> str:
+    def run(messages: list[dict], **options) -> str:
         model.engine.reset()
-        return model.complete_chat(messages, **GREEDY).text
+        return model.complete_chat(messages, **{**GREEDY, **options}).text
 
     yield run
     model.close()
@@ -42,6 +43,27 @@ def test_chat_turns_equal_their_cold_outputs(smollm2_path, cold):
                 assert stats.cache_source == "ram" and stats.cached_tokens > stats.prompt_tokens // 2
 
 
+def wait_settled(model, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while model.engine.cache.unsettled() is not None:
+        assert time.monotonic() < deadline, "the idle-time settling did not finish"
+        time.sleep(0.01)
+
+
+def test_idle_time_makes_the_whole_history_reusable_and_exact(smollm2_path, cold):
+    with ei.load(smollm2_path, n_ctx=1024) as m:
+        conv = m.chat(system=SYSTEM)
+        for i, q in enumerate(["Tell me about Lyon.", "And its food?", "Which dish first?"]):
+            before = list(conv.messages)
+            out = conv.send(q, temperature=0, max_tokens=64)
+            assert out.text == cold([*before, {"role": "user", "content": q}], max_tokens=64)
+            if i:  # only this turn's message (and the last partial tile) was computed
+                new = len(m.chat_prompt([*before, {"role": "user", "content": q}])) - len(
+                    m.chat_prompt(before, add_generation_prompt=False))
+                assert out.stats.cached_tokens >= out.stats.prompt_tokens - new - 16
+            wait_settled(m)  # the user reads the answer: the settler recomputes it meanwhile
+
+
 def test_interleaved_conversations_and_eviction_equal_cold_outputs(smollm2_path, cold, tmp_path):
     # 3 conversations on 2 sequences: every turn evicts one (to disk) and may restore another
     with ei.load(smollm2_path, n_ctx=1024, max_sequences=2, kv_disk=tmp_path) as m:
@@ -54,6 +76,28 @@ def test_interleaved_conversations_and_eviction_equal_cold_outputs(smollm2_path,
                 sources.append(out.stats.cache_source)
                 assert out.text == cold([*before, {"role": "user", "content": q}])
         assert "disk" in sources and "ram-copy" in sources
+
+
+def test_one_sequence_reuses_a_shared_prefix_in_place(smollm2_path, cold):
+    with ei.load(smollm2_path, n_ctx=1024, max_sequences=1) as m:
+        for q in QUESTIONS[:3]:
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+            out = m.complete_chat(messages, **GREEDY)
+            assert out.text == cold(messages)
+        assert out.stats.cache_source == "ram" and out.stats.cached_tokens >= 16
+
+
+def test_unified_kv_layout_shares_cells_and_still_reuses(smollm2_path):
+    with ei.load(smollm2_path, n_ctx=1024, max_sequences=3, kv_unified=True) as m:
+        chats = [m.chat(system=f"{SYSTEM} You are assistant number {k}.") for k in range(2)]
+        for q in QUESTIONS[:2]:
+            for conv in chats:
+                out = conv.send(q, **GREEDY)
+                assert out.text.strip() and out.finish_reason in ("stop", "length")
+        assert out.stats.cache_source == "ram" and out.stats.cached_tokens > out.stats.prompt_tokens // 2
+        backend = m.engine.backend
+        assert backend.state_binding()["kv_unified"] is True
+        assert backend.caps.n_ctx == 1024  # the sequences share these cells
 
 
 def test_shared_few_shot_prefix_on_gemma_equals_cold():

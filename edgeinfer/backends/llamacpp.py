@@ -134,6 +134,7 @@ class LlamaCppBackend(Backend):
         max_sequences: int = 4,
         device: str = "cpu",
         flash_attn: bool = False,
+        kv_unified: bool = False,
     ) -> None:
         ensure_initialized()
         self._ll = ll
@@ -156,11 +157,15 @@ class LlamaCppBackend(Backend):
             raise InvalidRequestError(f"n_ctx={n_ctx} is too small; use at least 16")
 
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        # Split (the default): each sequence gets its own n_ctx-cell KV stream, so a request's
+        # attention and numerics never depend on the other conversations held. Unified: the
+        # sequences share n_ctx cells (less memory, and prefix copies are free, but attention
+        # spans every held sequence's cells).
+        cparams.n_ctx = n_ctx if kv_unified else n_ctx * max_sequences
         cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
         cparams.n_seq_max = max_sequences
         cparams.n_threads = cparams.n_threads_batch = n_threads or 1
-        cparams.kv_unified = True  # every sequence may use the whole window; they share cells
+        cparams.kv_unified = kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
         self._flash_attn = flash_attn
@@ -183,6 +188,8 @@ class LlamaCppBackend(Backend):
         for i in range(self._n_batch):
             b.n_seq_id[i] = 1  # every token belongs to exactly one sequence
         self._n_seq = max_sequences
+        self._kv_unified = kv_unified
+        n_ctx = ll.llama_n_ctx_seq(ctx)  # llama.cpp may round the window up
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -332,8 +339,15 @@ class LlamaCppBackend(Backend):
     def kv_copy(self, src: int, dst: int, n: int) -> None:
         self._check_seq(src)
         self._check_seq(dst)
-        self._ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
-        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        if src == dst:
+            raise InvalidRequestError("kv_copy needs two different sequences")
+        mem = self._mem
+        self._ll.llama_memory_seq_rm(mem, dst, -1, -1)
+        if self._kv_unified:  # cells are shared: the copy only tags them with dst
+            self._ll.llama_memory_seq_cp(mem, src, dst, 0, n)
+        else:  # llama.cpp copies whole streams between split sequences (a buffer memcpy)
+            self._ll.llama_memory_seq_cp(mem, src, dst, -1, -1)
+            self._ll.llama_memory_seq_rm(mem, dst, n, -1)
 
     def kv_drop(self, seq_id: int) -> None:
         self._check_seq(seq_id)
@@ -352,7 +366,8 @@ class LlamaCppBackend(Backend):
 
     def state_binding(self) -> dict:
         return {"backend": self.name, "llama_cpp_python": ll.__version__, "n_ctx": self.caps.n_ctx,
-                "flash_attn": self._flash_attn, "swa_full": True, "kv_type": "f16"}
+                "flash_attn": self._flash_attn, "swa_full": True, "kv_type": "f16",
+                "kv_unified": self._kv_unified}
 
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
         self.kv_drop(seq_id)
