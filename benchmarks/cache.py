@@ -160,9 +160,12 @@ class PromptFormat:
         return self.model.tokenize(text)
 
 
+ASK_DETAIL = " Please answer in detail, with examples."  # small models otherwise answer tersely
+
+
 def user_turns(conv: str) -> list[str]:
     n, p, o, w, x = TOPICS[conv]
-    return [t.format(n=n, p=p, o=o, w=w, x=x) for t in TURNS]
+    return [t.format(n=n, p=p, o=o, w=w, x=x) + ASK_DETAIL for t in TURNS]
 
 
 class LiveChat:
@@ -201,6 +204,7 @@ class Sample:
     cached_tokens: int | None = None
     cache_source: str | None = None
     wall_ttft_s: float | None = None  # edgeinfer: call -> first streamed text piece
+    idle_s: float | None = None  # edgeinfer with settling: end of request -> its KV settled
     completion_tokens: int = 0
     finish: str = ""
     text: str = ""
@@ -211,7 +215,10 @@ class Sample:
 
 
 class EIVariant:
-    """edgeinfer ``Model.stream``; ``cold`` drops every cached sequence before each request."""
+    """edgeinfer ``Model.stream``; ``cold`` drops every cached sequence before each request. A
+    model loaded with ``kv_settle`` gets its idle time after each request (the user reading the
+    answer): the run waits, untimed, until the background settling is done, so it never overlaps
+    another variant's request."""
 
     def __init__(self, key: str, model: Any, *, cold: bool) -> None:
         self.key, self.model, self.cold = key, model, cold
@@ -231,9 +238,21 @@ class EIVariant:
                 wall = time.perf_counter() - t0
         c = stream.completion
         assert c is not None
+        idle = wait_settled(self.model)
         s = c.stats
         return Sample(self.key, conv, turn, round_no, s.prompt_tokens, s.ttft_s, s.cached_tokens,
-                      s.cache_source, wall, s.completion_tokens, c.finish_reason, c.text, list(c.tokens))
+                      s.cache_source, wall, idle, s.completion_tokens, c.finish_reason, c.text,
+                      list(c.tokens))
+
+
+def wait_settled(model: Any) -> float | None:
+    """Seconds until the model's background settler has nothing left (None: it has no settler)."""
+    if model.engine.settler is None:
+        return None
+    t0 = time.perf_counter()
+    while model.engine.cache.unsettled() is not None:
+        time.sleep(0.002)
+    return time.perf_counter() - t0
 
 
 def lean_ram_cache(capacity_bytes: int = 2 << 30, max_entries: int = 8) -> Any:
@@ -311,22 +330,23 @@ def rotated(items: Sequence[Any], k: int) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- workloads
-def workload_a(chat: LiveChat, reuse: EIVariant, cold: EIVariant, lld: LLVariant,
+def workload_a(chat: LiveChat, reuse: EIVariant, nosettle: EIVariant, cold: EIVariant, lld: LLVariant,
                args: argparse.Namespace) -> list[Sample]:
     """One chat of 8 turns. Round 0: every variant plays every turn. Later rounds: edgeinfer
-    reuse replays every turn; llama default replays turn 7 untimed (it reuses its context up to the
-    prompt's last token, so it then holds what it held before turn 8) and times turn 8; cold times
-    turn 8 (a cold request does not depend on what came before)."""
+    reuse replays every turn; llama default and edgeinfer without settling replay turn 7 untimed
+    (they then hold what they held before turn 8) and time turn 8; cold times turn 8 (a cold
+    request does not depend on what came before)."""
     out: list[Sample] = []
     n = len(chat.users)
     for r in range(args.rounds):
-        for v in (reuse, cold, lld):
+        for v in (reuse, nosettle, cold, lld):
             v.start()
         for i in range(1, n + 1):
             prompt = chat.prompt(i)
-            vs = [reuse] + ([lld, cold] if r == 0 or i >= N_TURNS else [])
+            vs = [reuse] + ([lld, nosettle, cold] if r == 0 or i >= N_TURNS else [])
             if r and i == N_TURNS - 1:
                 lld.run(prompt, args.max_tokens)
+                nosettle.run(prompt, args.max_tokens)
             for v in rotated(vs, r * n + i):
                 s = v.run(prompt, args.max_tokens, "A", i, r)
                 out.append(s)
@@ -512,7 +532,7 @@ def analyse_a(samples: list[Sample]) -> dict[str, Any]:
     per_turn = []
     for i in sorted(cold0):
         reuse, lld = pick(samples, "ei-reuse", turn=i), pick(samples, "ll-default", turn=i)
-        cold = pick(samples, "ei-cold", turn=i)
+        cold, nos = pick(samples, "ei-cold", turn=i), pick(samples, "ei-nosettle", turn=i)
         per_turn.append({
             "turn": i, "prompt_tokens": reuse[0].prompt_tokens,
             "cached_tokens": sorted({s.cached_tokens for s in reuse}),
@@ -520,6 +540,8 @@ def analyse_a(samples: list[Sample]) -> dict[str, Any]:
             "ei_reuse_ms": median_summary(ms([s.ttft_s for s in reuse])),
             "ei_cold_ms": median_summary(ms([s.ttft_s for s in cold])),
             "ll_default_ms": median_summary(ms([s.ttft_s for s in lld])),
+            "ei_nosettle_ms": median_summary(ms([s.ttft_s for s in nos])),
+            "idle_ms": median_summary(ms([s.idle_s or 0.0 for s in reuse])),
         })
     rounds = sorted({s.round for s in samples})
 
@@ -528,7 +550,7 @@ def analyse_a(samples: list[Sample]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"per_turn": per_turn}
     for label, turn in (("last", N_TURNS),):
-        t = {v: at(v, turn) for v in ("ei-reuse", "ei-cold", "ll-default")}
+        t = {v: at(v, turn) for v in ("ei-reuse", "ei-cold", "ll-default", "ei-nosettle")}
         out[label] = {
             "turn": turn,
             "ms": {v: median_summary(ms(x)) for v, x in t.items()},
@@ -537,6 +559,8 @@ def analyse_a(samples: list[Sample]) -> dict[str, Any]:
             "cold_over_reuse": two_ratios(t["ei-cold"], t["ei-reuse"]),
             "ll_default_over_reuse": two_ratios(t["ll-default"], t["ei-reuse"]),
             "cold_over_ll_default": two_ratios(t["ei-cold"], t["ll-default"]),
+            "cold_over_nosettle": two_ratios(t["ei-cold"], t["ei-nosettle"]),
+            "ll_default_over_nosettle": two_ratios(t["ll-default"], t["ei-nosettle"]),
         }
     later = [s for s in pick(samples, "ei-reuse") if 2 <= s.turn <= N_TURNS]
     out["reuse_turns2plus_ms"] = median_summary(ms([s.ttft_s for s in later]))
@@ -544,6 +568,8 @@ def analyse_a(samples: list[Sample]) -> dict[str, Any]:
         "reuse_vs_cold": equal_count([(s.tokens, cold0[s.turn].tokens) for s in pick(samples, "ei-reuse")]),
         "cold_repeats_vs_cold": equal_count([(s.tokens, cold0[s.turn].tokens)
                                              for s in pick(samples, "ei-cold") if s.round > 0]),
+        "nosettle_vs_cold": equal_count([(s.tokens, cold0[s.turn].tokens)
+                                         for s in pick(samples, "ei-nosettle")]),
         "ll_default_text_vs_cold": equal_count([(s.text, cold0[s.turn].text)
                                                 for s in pick(samples, "ll-default")]),
         "differing": [{"round": s.round, "turn": s.turn} for s in pick(samples, "ei-reuse")
@@ -642,15 +668,18 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     path = locate_model(name).path
     t_model = time.perf_counter()
-    ei_reuse_model, ei_cold_model = load_ei(name, args), load_ei(name, args)
+    ei_reuse_model = load_ei(name, args)
+    ei_cold_model = load_ei(name, args, kv_settle=False)
+    ei_nosettle_model = load_ei(name, args, kv_settle=False)
     fmt_ = PromptFormat(ei_reuse_model)
     reuse = EIVariant("ei-reuse", ei_reuse_model, cold=False)
     cold = EIVariant("ei-cold", ei_cold_model, cold=True)
+    nosettle = EIVariant("ei-nosettle", ei_nosettle_model, cold=False)
     lld = LLVariant("ll-default", load_llama(path, args))
     llram = LLVariant("ll-ram", load_llama(path, args), lean_ram_cache)
     chats = {c: LiveChat(fmt_, user_turns(c)) for c in CONVS}
     d_prompts = [fmt_.chat(SHARED_SYSTEM, [(req, None)]) for req in REQUESTS[: args.requests]]
-    warm_up([reuse, cold, lld, llram], fmt_.chat(CHAT_SYSTEM, [("Hello!", None)]))
+    warm_up([reuse, nosettle, cold, lld, llram], fmt_.chat(CHAT_SYSTEM, [("Hello!", None)]))
     out: dict[str, Any] = {"model": name, "model_path": str(path), "chat_template": fmt_.templated}
     samples: dict[str, list[Sample]] = {}
     timings: dict[str, float] = {}
@@ -661,7 +690,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         if key == "a":
-            samples["a"] = workload_a(chats["A"], reuse, cold, lld, args)
+            samples["a"] = workload_a(chats["A"], reuse, nosettle, cold, lld, args)
         elif key == "b":
             samples["b"] = workload_b(chats, reuse, lld, llram, args)
         else:
@@ -677,8 +706,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for v in (lld, llram):
         v.llm.set_cache(None)
         v.llm.close()
-    ei_reuse_model.close()
-    ei_cold_model.close()
+    for model in (ei_reuse_model, ei_cold_model, ei_nosettle_model):
+        model.close()
     del lld, llram
     gc.collect()
     if "c" in args.workloads:
@@ -700,9 +729,12 @@ TARGETS = (
     ("a", ("a", "last", "cold_over_reuse"), "(a) cold / reuse, TTFT of turn 8", "~40x (llama's)", None),
     ("a", ("a", "last", "ll_default_over_reuse"), "(a) llama default / edgeinfer reuse, turn 8",
      ">= 0.9x (no worse)", lambda x: x >= 0.9),
+    ("a", ("a", "last", "cold_over_nosettle"), "(a) cold / reuse with no idle time (answer recomputed)",
+     "info", None),
     ("b", ("b", "interleaved_over_one_chat"), "(b) interleaved / one chat, edgeinfer median TTFT turns >= 2",
      "<= 1.5x", lambda x: x <= 1.5),
-    ("b", ("b", "ll_default_over_ei"), "(b) llama default / edgeinfer, same interleaving", ">= 20x",
+    ("b", ("b", "ll_default_over_ei"), "(b) llama default / edgeinfer, same interleaving (turns 6, 8)",
+     ">= 20x",
      lambda x: x >= 20),
     ("b", ("b", "ll_ram_over_ei"), "(b) LlamaRAMCache / edgeinfer, same interleaving", "> 1x",
      lambda x: x > 1),
@@ -752,17 +784,19 @@ def render_model(m: dict[str, Any], s: dict[str, Any]) -> list[str]:
     for r in a["per_turn"]:
         rows.append([r["turn"], r["prompt_tokens"], "/".join(map(str, r["cached_tokens"])),
                      "/".join(r["cache_source"]), fmt(r["ei_reuse_ms"]["median"]),
+                     fmt(r["idle_ms"]["median"]), fmt(r["ei_nosettle_ms"]["median"]),
                      fmt(r["ei_cold_ms"]["median"]), fmt(r["ll_default_ms"]["median"]),
                      fmt(ratio(r["ei_cold_ms"]["median"], r["ei_reuse_ms"]["median"]))])
-    lines.append(markdown_table(["turn", "prompt", "cached", "source", "edgeinfer reuse", "edgeinfer cold",
-                                 "llama default", "cold/reuse"], rows))
+    lines.append(markdown_table(["turn", "prompt", "cached", "source", "edgeinfer reuse", "idle settle",
+                                 "no idle time", "edgeinfer cold", "llama default", "cold/reuse"], rows))
     for label in ("last",):
         x = a[label]
         new = "/".join(map(str, x["new_tokens"]))
         lines += ["", f"Turn {x['turn']} ({new} new tokens), ms median (min-max) of "
                   f"{x['ms']['ei-reuse']['n']}: "
-                  f"edgeinfer reuse {stat_cell(x['ms']['ei-reuse'])}, cold "
-                  f"{stat_cell(x['ms']['ei-cold'])}, llama default {stat_cell(x['ms']['ll-default'])}."]
+                  f"edgeinfer reuse {stat_cell(x['ms']['ei-reuse'])}, no idle time "
+                  f"{stat_cell(x['ms']['ei-nosettle'])}, cold {stat_cell(x['ms']['ei-cold'])}, llama "
+                  f"default {stat_cell(x['ms']['ll-default'])}."]
     if "b" in m:
         b = m["b"]
         lines += ["", "(b) four chats interleaved, TTFT ms of turns >= 2:", ""]
@@ -832,13 +866,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     rows = []
     for m in models:
         a, b, c, d = (m.get(k, {}).get("outputs", {}) for k in "abcd")
-        rows.append([m["model"], eq_cell(a.get("reuse_vs_cold")), eq_cell(b.get("conv_a_vs_cold")),
+        rows.append([m["model"], eq_cell(a.get("reuse_vs_cold")), eq_cell(a.get("nosettle_vs_cold")),
+                     eq_cell(b.get("conv_a_vs_cold")),
                      eq_cell(c.get("resume_vs_cold")), eq_cell(c.get("prefill_vs_cold")),
                      eq_cell(d.get("reuse_vs_cold")), eq_cell(a.get("cold_repeats_vs_cold")),
                      eq_cell(a.get("ll_default_text_vs_cold")), eq_cell(d.get("ll_default_text_vs_cold"))])
     lines.append(markdown_table(
-        ["model", "(a) reuse", "(b) chat A", "(c) disk resume", "(c) new-process prefill", "(d) reuse",
-         "cold repeats", "(a) llama text", "(d) llama text"], rows))
+        ["model", "(a) reuse", "(a) no idle time", "(b) chat A", "(c) disk resume", "(c) new-process prefill",
+         "(d) reuse", "cold repeats", "(a) llama text", "(d) llama text"], rows))
     for m in models:
         lines += render_model(m, s)
     lines += [
@@ -852,7 +887,11 @@ def render_markdown(data: dict[str, Any]) -> str:
         "states, dropping states that are prefixes of a newer one (its byte budget ignores the "
         "logits copy in each state). (c): llama-cpp-python's process 1 sets LlamaDiskCache for "
         "turn 7 only; each process 2 gets a fresh copy of that folder (LlamaDiskCache pops what it "
-        "loads). Per-turn cold and llama default values before turn 8 are single samples.",
+        "loads). Per-turn cold and llama default values before turn 8 are single samples. "
+        "edgeinfer reuse gets idle time after each answer, as a user reading it would give: the run "
+        "waits (untimed) until the background settling has recomputed the answer's KV as a prefill "
+        "(column 'idle settle'); 'no idle time' is the same chat with kv_settle=False, where each "
+        "turn recomputes the previous answer itself.",
         "",
         "Reading the ratios: a reuse TTFT cannot beat prefilling the turn's new tokens, so cold/reuse "
         "(and llama default/reuse in (b)) is bounded by roughly prompt tokens / new tokens. edgeinfer "
@@ -876,7 +915,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-max-tokens", type=int, default=16, help="greedy tokens per (d) answer")
     p.add_argument("--rounds", type=int, default=None, help="(a) rounds (default 3, quick 2)")
     p.add_argument("--b-default-turns", default=None,
-                   help="(b) turns llama default runs (default 4,6; quick 5)")
+                   help="(b) turns llama default runs (default 6,8: the ~1-1.5k-token turns; quick 8)")
     p.add_argument("--resume-repeats", type=int, default=None, help="(c) repeats (default 3, quick 2)")
     p.add_argument("--requests", type=int, default=None, help="(d) requests (default 20, quick 10)")
     p.add_argument("--workloads", default="abcd",
@@ -885,7 +924,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     args.rounds = args.rounds or (2 if q else 3)
-    args.b_default_turns = [int(x) for x in (args.b_default_turns or ("5" if q else "4,6")).split(",")]
+    args.b_default_turns = [int(x) for x in (args.b_default_turns or ("8" if q else "6,8")).split(",")]
     args.resume_repeats = args.resume_repeats or (2 if q else 3)
     args.requests = min(args.requests or (10 if q else 20), len(REQUESTS))
     args.workloads = args.workloads.lower()

@@ -25,6 +25,9 @@ class Capabilities:
     chat_template: str | None = None
     architecture: str = ""
     quantization: str = ""
+    # KV computed for a prompt split at a multiple of this equals a fresh prefill's bit for bit
+    # (matmul kernels tile the batch's rows); the prompt cache reuses only at such multiples
+    reuse_align: int = 16
 
 
 @dataclass(frozen=True)
