@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .backends.base import EXACT_MIN_BATCH as MIN_BATCH
 from .backends.base import Backend, EvalItem
 from .errors import BackendError
 
@@ -36,7 +37,6 @@ MIN_TOKENS_TO_PERSIST = 16  # shorter states are cheaper to recompute than to re
 # sat in its batch. Reuse stops at a multiple of the backend's ``caps.reuse_align`` and leaves at
 # least MIN_BATCH tokens to compute; only KV from such batches counts as exact. Every reused and
 # recomputed token then sits in the same kind of tile as in a fresh prefill: reuse is bit-exact.
-MIN_BATCH = 16
 
 
 def align_down(n: int, align: int) -> int:

@@ -164,3 +164,27 @@ def test_models_from_the_lock_get_their_recommended_sampling():
     with ei.load("smollm2-135m-instruct", n_ctx=256) as m:
         assert (m.default_params.temperature, m.default_params.top_p) == (0.2, 0.9)
         assert m.generate("Hi", max_tokens=2, temperature=0).stats.completion_tokens >= 1
+
+
+@pytest.mark.parametrize(("start", "end", "cuts"), [
+    (0, 1055, [512, 1024]),  # a fresh prefill: every multiple of n_batch
+    (1000, 1055, []),  # its tail is long: it shares one call with the reused part's neighbours
+    (1000, 1030, [1024]),  # a short tail is cut as a fresh prefill cuts it (other kernels)
+    (100, 1100, [512, 1024]),
+    (0, 300, []),
+])
+def test_prefill_cuts_follow_a_fresh_prefill(start, end, cuts):
+    from edgeinfer.backends.llamacpp import prefill_cuts
+
+    assert prefill_cuts(start, end, 512) == cuts
+
+
+def test_a_prompt_reused_across_a_batch_boundary_equals_cold(smollm2_path):
+    text = "The river flows past the old mill and under the stone bridge. " * 100
+    with ei.load(smollm2_path, n_ctx=2048, kv_settle=False) as m:
+        base = m.tokenize(text)[:1030]
+        first = m.generate(base[:1010] + m.tokenize(" Then", add_special=False), max_tokens=8, temperature=0)
+        second = m.generate(base, max_tokens=8, temperature=0)
+        assert first.stats.cached_tokens == 0 and second.stats.cached_tokens >= 960
+        m.engine.reset()
+        assert m.generate(base, max_tokens=8, temperature=0).tokens == second.tokens

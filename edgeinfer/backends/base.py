@@ -11,6 +11,10 @@ import numpy as np
 
 from ..sampling import NumpySampler, SamplingParams
 
+# Prefill batches shorter than this may run other matmul kernels than longer ones, so KV they
+# computed is not reproduced bit for bit by a longer batch (see prompt_cache).
+EXACT_MIN_BATCH = 16
+
 
 @dataclass(frozen=True)
 class Capabilities:

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..gguf_check import diagnose_gguf, require_gguf_magic
 from ..sampling import SamplingParams
-from .base import Backend, Capabilities, EvalItem
+from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem
 
 log = logging.getLogger("edgeinfer.llama_cpp")
 
@@ -97,6 +97,17 @@ class NativeSampler:
         if self._chain:
             self._ll.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def prefill_cuts(start: int, end: int, n_batch: int) -> list[int]:
+    """Positions where a prefill of [start, end) is cut into llama_decode calls: where a fresh
+    prefill from 0 is cut (multiples of n_batch), so reused KV stays bit-exact, except a last cut
+    whose tail is long enough (EXACT_MIN_BATCH) to share a call with the piece before it (the
+    kernels treat its rows alike either way) - one weight pass instead of two."""
+    cuts = list(range(start - start % n_batch + n_batch, end, n_batch))
+    if cuts and end - cuts[-1] >= EXACT_MIN_BATCH and end - (cuts[-2] if len(cuts) > 1 else start) <= n_batch:
+        cuts.pop()
+    return cuts
 
 
 def reuse_align(device: str) -> int:
@@ -301,16 +312,17 @@ class LlamaCppBackend(Backend):
             lasts.append((toks[-1], n0 + len(toks) - 1, item.seq_id))
         if len(lasts) > self._n_batch:
             raise InvalidRequestError(f"at most {self._n_batch} sequences per eval")
-        if len(items) == 1:  # a prefill: cut at absolute multiples of n_batch, as a fresh one is
-            cut = -body[0][1] % self._n_batch if body else 0
-            chunks = [body[:cut]] if cut else []
-            chunks += [body[i : i + self._n_batch] for i in range(cut, len(body), self._n_batch)]
+        if len(items) == 1 and body:  # a prefill: cut where a fresh one is cut
+            start = body[0][1]
+            edges = [0, *(c - start for c in prefill_cuts(start, start + len(body) + 1, self._n_batch))]
+            chunks = [body[a:b] for a, b in zip(edges, [*edges[1:], len(body)], strict=True)]
         else:
             chunks = [body[i : i + self._n_batch] for i in range(0, len(body), self._n_batch)]
-        if chunks and len(chunks[-1]) + len(lasts) <= self._n_batch:
+        if chunks and chunks[-1] and len(chunks[-1]) + len(lasts) <= self._n_batch:
             final = chunks.pop() + lasts
         else:
             final = lasts
+        chunks = [c for c in chunks if c]
         for chunk in chunks:
             self._decode(chunk, 0)
         self._decode(final, len(final) - len(lasts))
@@ -378,7 +390,7 @@ class LlamaCppBackend(Backend):
         size = self._ll.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         written = self._ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
-        return bytes(buf[:written])
+        return ctypes.string_at(buf, written)  # one memcpy (slicing a c_uint8 array makes a list)
 
     def state_size(self, seq_id: int) -> int:
         self._check_seq(seq_id)
