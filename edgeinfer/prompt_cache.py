@@ -267,7 +267,7 @@ class PromptCache:
                 self.backend.kv_truncate(slot.seq_id, start)
                 tail_end = align_down(len(slot.tokens), self.align)
                 slot.tokens, slot.pending = slot.tokens[:start], slot.tokens[start:tail_end]
-                slot.prefill_end, slot.on_disk = start, False
+                slot.prefill_end, slot.exact_end, slot.on_disk = start, min(slot.exact_end, start), False
             size = max(MIN_BATCH, align_down(max_tokens, self.align))
             if len(slot.pending) - size < MIN_BATCH:  # no short batch at the end
                 size = len(slot.pending)
