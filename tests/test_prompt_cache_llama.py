@@ -150,3 +150,38 @@ def test_a_conversation_resumes_from_disk_in_a_new_process(smollm2_path, cold, t
     assert second["source"] == "disk" and second["cached"] > second["prompt"] // 2
     expected = cold([*first["messages"], {"role": "user", "content": "And the evening?"}])
     assert second["text"] == expected
+
+
+def test_reused_prefixes_give_bit_identical_logits_on_gemma():
+    """Random shared prefixes (some across the 512-token prefill cut): the last logits with reuse
+    equal a fresh prefill's bit for bit (Gemma's Q4_K_M needs the alignment rules; SmolLM2 does not)."""
+    import random
+
+    import numpy as np
+
+    from edgeinfer.backends.base import EvalItem
+
+    with ei.load("gemma-3-270m", n_ctx=2048, max_sequences=2, kv_settle=False) as m:
+        lyon = m.tokenize("The history of Lyon begins with the Roman colony of Lugdunum in 43 BC. " * 40)
+        paris = m.tokenize("Paris is a large city on the Seine with many museums and old bridges. " * 40)
+        cache, backend, rng = m.engine.cache, m.backend, random.Random(7)
+
+        def last_logits(prompt: list[int]) -> tuple[np.ndarray, int]:
+            reuse = cache.acquire(prompt)
+            (row,) = backend.eval([EvalItem(reuse.seq_id, prompt[reuse.cached :])])
+            cache.release(reuse.seq_id, prompt, (reuse.cached, len(prompt)))
+            return backend.logits(row).copy(), reuse.cached
+
+        reused = 0
+        for _ in range(8):
+            shared = rng.randint(20, 1100)
+            a = lyon[:shared] + paris[: rng.randint(1, 60)]
+            b = lyon[:shared] + paris[100 : 100 + rng.randint(1, 60)]
+            m.engine.reset()
+            last_logits(a)
+            got, cached = last_logits(b)
+            m.engine.reset()
+            want, _ = last_logits(b)
+            assert np.array_equal(got, want), (shared, len(a), len(b), cached)
+            reused += cached
+        assert reused > 1000
