@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 import time
 import weakref
@@ -16,8 +15,6 @@ from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .stats import Stats
 from .stopping import TextAssembler
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -312,19 +312,23 @@ class LlamaCppBackend(Backend):
             lasts.append((toks[-1], n0 + len(toks) - 1, item.seq_id))
         if len(lasts) > self._n_batch:
             raise InvalidRequestError(f"at most {self._n_batch} sequences per eval")
-        if len(items) == 1 and body:  # a prefill: cut where a fresh one is cut
-            start = body[0][1]
-            edges = [0, *(c - start for c in prefill_cuts(start, start + len(body) + 1, self._n_batch))]
-            chunks = [body[a:b] for a, b in zip(edges, [*edges[1:], len(body)], strict=True)]
-        else:
-            chunks = [body[i : i + self._n_batch] for i in range(0, len(body), self._n_batch)]
-        if chunks and chunks[-1] and len(chunks[-1]) + len(lasts) <= self._n_batch:
+        if len(items) == 1:  # a prefill: cut where a fresh one is cut; logits for the last token
+            entries = body + lasts
+            start = entries[0][1]
+            cuts = [c - start for c in prefill_cuts(start, start + len(entries), self._n_batch)]
+            edges = [0, *cuts, len(entries)]
+            pieces = [entries[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+            for piece in pieces[:-1]:
+                self._decode(piece, len(piece))
+            self._decode(pieces[-1], len(pieces[-1]) - 1)
+            return [len(pieces[-1]) - 1]
+        chunks = [body[i : i + self._n_batch] for i in range(0, len(body), self._n_batch)]
+        if chunks and len(chunks[-1]) + len(lasts) <= self._n_batch:
             final = chunks.pop() + lasts
         else:
             final = lasts
-        chunks = [c for c in chunks if c]
         for chunk in chunks:
-            self._decode(chunk, 0)
+            self._decode(chunk, len(chunk))  # no logits for prompt tokens
         self._decode(final, len(final) - len(lasts))
         return list(range(len(final) - len(lasts), len(final)))
 
@@ -374,8 +378,8 @@ class LlamaCppBackend(Backend):
         self._ll.llama_memory_seq_rm(mem, dst, -1, -1)
         if self._kv_unified:  # cells are shared: the copy only tags them with dst
             self._ll.llama_memory_seq_cp(mem, src, dst, 0, n)
-        elif self.seq_length(src) * 4 < self.caps.n_ctx:  # short: copy its cells' bytes only
-            self.state_load(dst, self.state_save(src), self.seq_length(src))
+        elif (held := self.seq_length(src)) * 4 < self.caps.n_ctx:  # short: copy its cells' bytes
+            self.state_load(dst, self.state_save(src), held)
             self._ll.llama_memory_seq_rm(mem, dst, n, -1)
         else:  # llama.cpp copies a whole stream between split sequences (one buffer memcpy)
             self._ll.llama_memory_seq_cp(mem, src, dst, -1, -1)
