@@ -246,8 +246,8 @@ class EIVariant:
 
 
 def wait_settled(model: Any) -> float | None:
-    """Seconds until the model's background settler has nothing left (None: it has no settler)."""
-    if model.engine.settler is None:
+    """Seconds until the model's idle-time settling has nothing left (None: it does not settle)."""
+    if not model.engine.settle_idle:
         return None
     t0 = time.perf_counter()
     while model.engine.cache.unsettled() is not None:

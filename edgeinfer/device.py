@@ -22,7 +22,9 @@ VRAM_RESERVE_FRACTION = 0.10
 METAL_WORKING_SET_FRACTION = 0.66
 
 # Which GGUF quantizations run fastest on a CPU, by feature: llama.cpp repacks Q4_0 (and IQ4_NL)
-# into interleaved layouts at load time for AVX2/AVX-512 and ARM dot-product/i8mm kernels.
+# into interleaved layouts at load time for AVX2/AVX-512 and ARM dot-product/i8mm kernels. The
+# llama.cpp backend loads with repacking off by default (batch-invariant numerics: batching and
+# speculation keep outputs exact); ``repack=True`` turns it on where the Q4_0 speed matters more.
 QUANT_SPEED_RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("i8mm", ("Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"),
      "ARM i8mm: Q4_0/IQ4_NL are repacked for the matmul-int8 kernels"),

@@ -1,20 +1,33 @@
-"""The decode loop shared by every backend: prefix reuse, sampling, stop conditions, streaming, stats."""
+"""The decode loop shared by every backend: continuous batching, prefix reuse, speculative
+decoding, sampling, stop conditions, streaming, stats.
+
+One scheduler thread per engine owns the backend. Requests from any thread join a waiting queue;
+between steps the scheduler admits them into free KV sequences (reusing cached prefixes), and each
+step runs one eval carrying the next token of every decoding sequence, then one prompt piece of a
+newly joined request. Finished or cancelled requests leave at once and free their sequence. When
+nothing runs, the scheduler uses the idle time to settle cached sequences (see PromptCache).
+"""
 
 from __future__ import annotations
 
 import atexit
+import collections
+import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .backends.base import Backend, EvalItem
-from .errors import ContextOverflowError, EmptyPromptError, KVCacheFullError
+from .backends.base import Backend, EvalItem, prefill_cuts
+from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
+from .speculative import DraftLength, Proposer, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
+
+SETTLE_STEP_SECONDS = 0.1  # one idle settling step's target: the most a new request waits for it
 
 
 @dataclass
@@ -27,15 +40,67 @@ class Completion:
     stats: Stats = field(default_factory=Stats)
 
 
-class CompletionStream:
-    """Iterates text pieces as they are generated; ``completion`` is set once it is exhausted."""
+class Request:
+    """One generation request: its prompt and settings, the scheduler's progress on it, and the
+    queue its text pieces travel through to the consumer's thread."""
 
-    def __init__(self, gen: Iterator[str]) -> None:
-        self._gen = gen
+    def __init__(self, prompt: list[int], params: SamplingParams, stats: Stats) -> None:
+        self.prompt, self.params, self.stats = prompt, params, stats
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # ("piece", str) | ("end", Completion|exc)
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.t_start = time.perf_counter()  # TTFT counts the wait for a free sequence
+        # --- owned by the scheduler thread
+        self.seq_id = -1
+        self.evaluated: list[int] = []  # tokens the sequence's KV holds
+        self.cuts: list[int] = []  # where the rest of the prompt's prefill is cut into pieces
+        self.prefill: tuple[int, int] | None = None  # (start, end) of the prompt part computed
+        self.next_token: int | None = None  # sampled, not yet evaluated: the request is decoding
+        self.generated: list[int] = []
+        self.assembler = TextAssembler(params.stop)
+        self.sampler = None
+        self.verifier: Verifier | None = None
+        self.draft_length: DraftLength | None = None
+        self.t_first = self.t_last = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_token is None
+
+
+class CompletionStream:
+    """Iterates text pieces as they are generated; ``completion`` is set once it is exhausted.
+
+    Generation runs in the engine's thread; this object only reads its results, so ``cancel`` and
+    ``close`` are safe from any thread (e.g. a server whose client went away).
+    """
+
+    def __init__(self, source: Request | Iterator[str], *,
+                 on_cancel: Callable[[], None] | None = None) -> None:
+        self._request = source if isinstance(source, Request) else None
+        self._gen = None if isinstance(source, Request) else source
+        self._on_cancel = on_cancel  # a wrapped stream cancels the one it reads
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
-        self.completion = yield from self._gen
+        if self._gen is not None:  # a wrapped stream (e.g. a conversation turn)
+            self.completion = yield from self._gen
+            return
+        request = self._request
+        assert request is not None
+        try:
+            while True:
+                kind, value = request.events.get()
+                if kind == "piece":
+                    yield value
+                    continue
+                if isinstance(value, BaseException):
+                    raise value
+                self.completion = value
+                return
+        finally:
+            if self.completion is None:  # the consumer stopped early (break, error, Ctrl-C)
+                request.cancelled.set()
 
     def result(self) -> Completion:
         """Run to the end (if not already) and return the Completion."""
@@ -44,120 +109,65 @@ class CompletionStream:
         assert self.completion is not None
         return self.completion
 
+    def cancel(self) -> None:
+        """Stop generating at the next step and free the sequence; does not wait."""
+        if self._request is not None:
+            self._request.cancelled.set()
+        elif self._on_cancel is not None:
+            self._on_cancel()
+
     def close(self) -> None:
-        """Stop generating early; the KV cache stays consistent."""
-        self._gen.close()
+        """Stop generating and wait until the engine has let go of the request."""
+        if self._request is not None:
+            self._request.cancelled.set()
+            self._request.finished.wait(timeout=60)
+        elif self._gen is not None:
+            self._gen.close()
 
 
-class Settler:
-    """A background thread that, while the engine is idle, recomputes generated tokens' KV as a
-    prefill (``PromptCache.settle_step``) in short steps, yielding to any request that arrives."""
-
-    STEP_SECONDS = 0.1  # one step's target duration: the most a new request waits for it
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = weakref.ref(engine)
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        self._tokens_per_step = 32
-        _live_settlers.add(self)
-
-    def kick(self) -> None:
-        """There may be work: run it when the engine is idle."""
-        if self._stopped:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="edgeinfer-settle", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            self._wake.clear()
-            while not self._stopped:
-                engine = self._engine()
-                if engine is None or engine.waiting:
-                    break
-                with engine.lock:
-                    if self._stopped or engine.waiting:
-                        break
-                    t0 = time.perf_counter()
-                    done = engine.cache.settle_step(self._tokens_per_step)
-                    if not done:
-                        break
-                    per_token = (time.perf_counter() - t0) / done
-                    self._tokens_per_step = max(16, min(512, int(self.STEP_SECONDS / max(per_token, 1e-6))))
-                del engine
-
-    def stop(self) -> None:
-        """Stop for good; returns once no step is running (so the backend can be freed)."""
-        self._stopped = True
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
-
-
-_live_settlers: weakref.WeakSet[Settler] = weakref.WeakSet()
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_settlers() -> None:  # no llama_decode may run while the interpreter tears down
-    for settler in list(_live_settlers):
-        settler.stop()
+def _stop_engines() -> None:  # no llama_decode may run while the interpreter tears down
+    for engine in list(_live_engines):
+        engine.close()
 
 
 class Engine:
-    """Runs requests on one backend, reusing cached prefixes through a PromptCache.
+    """Runs requests on one backend as a continuous batch, reusing cached prefixes.
 
-    One request at a time per engine (a lock serializes them). With ``settle`` (the default), idle
-    time is used to make generated tokens' KV exactly reusable (see ``PromptCache.settle_step``).
+    ``max_batch`` bounds the sequences decoded together (default: all the backend holds); more
+    requests wait, first come first served. ``speculation`` ("prompt-lookup", a ``DraftModel``, or
+    None) drafts tokens and verifies them in one eval when one request is decoding alone. With
+    ``settle`` (the default), idle time makes generated tokens' KV exactly reusable.
     """
 
     def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None,
-                 settle: bool = True) -> None:
+                 settle: bool = True, max_batch: int | None = None,
+                 speculation: str | Proposer | None = "prompt-lookup") -> None:
         self.backend = backend
+        self.proposer = make_proposer(speculation, backend)
         self.model_name = model_name
         self.cache = cache or PromptCache(backend)
-        self.lock = threading.RLock()
-        self._waiting = 0  # requests waiting for the lock: the settler steps aside
-        self._waiting_lock = threading.Lock()
-        self.settler = Settler(self) if settle else None
+        self.settle_idle = settle
+        self.max_batch = max(1, min(max_batch or backend.caps.max_sequences, backend.caps.max_sequences))
+        self.step_costs = StepCosts()  # measured cost of a decode step by its token count
+        self.lock = threading.RLock()  # held by the scheduler for each step
+        self._wake = threading.Condition()
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._active: list[Request] = []
+        self._settle_pending = False
+        self._tokens_per_settle = 32
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        _live_engines.add(self)
 
+    # --- public
     @property
-    def waiting(self) -> bool:
-        return self._waiting > 0
-
-    def _acquire(self) -> None:
-        with self._waiting_lock:
-            self._waiting += 1
-        try:
-            self.lock.acquire()
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
-
-    def settle(self) -> None:
-        """Do now, in this thread, what the settler would do in idle time."""
-        self._acquire()
-        try:
-            while self.cache.settle_step(512):
-                pass
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        """Stop the background work (before the backend is freed)."""
-        if self.settler is not None:
-            self.settler.stop()
-
-    def reset(self) -> None:
-        """Drop every cached sequence, so the next request prefills from scratch."""
-        with self.lock:
-            for slot in self.cache.slots:
-                self.cache.forget(slot.seq_id)
+    def load(self) -> tuple[int, int]:
+        """(requests running, requests waiting)."""
+        return len(self._active), len(self._waiting)
 
     def check_prompt(self, tokens: Sequence[int]) -> None:
         """Refuse prompts that are empty or do not leave room for one generated token."""
@@ -173,87 +183,256 @@ class Engine:
                 n_ctx=n_ctx,
             )
 
-    def generate(self, tokens: Sequence[int], params: SamplingParams) -> Iterator[str]:
-        """Generator of text pieces; its return value (StopIteration.value) is the Completion."""
+    def submit(self, tokens: Sequence[int], params: SamplingParams) -> CompletionStream:
+        """Queue a request; the stream yields its text as the scheduler generates it."""
         self.check_prompt(tokens)
-        return self._run(list(tokens), params)
+        if self._stopped:
+            raise BackendError("this model is closed")
+        stats = Stats(model=self.model_name, backend=self.backend.name, device=self.backend.device,
+                      prompt_tokens=len(tokens))
+        request = Request(list(tokens), params, stats)
+        with self._wake:
+            self._waiting.append(request)
+            self._ensure_thread()
+            self._wake.notify()
+        return CompletionStream(request)
 
-    def _eval(self, seq_id: int, tokens: Sequence[int], held: int) -> int:
-        """Evaluate ``tokens`` on ``seq_id`` (which holds ``held``), evicting other sequences'
-        KV when the cells run out; returns the output row."""
+    generate = submit
+
+    def settle(self) -> None:
+        """Do now, in this thread, what idle time would do: settle every idle cached sequence."""
+        with self.lock:
+            while self.cache.settle_step(512):
+                pass
+
+    def reset(self) -> None:
+        """Drop every idle cached sequence, so the next request prefills from scratch."""
+        with self.lock:
+            for slot in self.cache.slots:
+                if not slot.busy:
+                    self.cache.forget(slot.seq_id)
+
+    def close(self) -> None:
+        """Cancel what is queued or running and stop the scheduler (before the backend is freed)."""
+        with self._wake:
+            self._stopped = True
+            for request in [*self._waiting, *self._active]:
+                request.cancelled.set()
+            self._wake.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)
+
+    # --- the scheduler thread
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edgeinfer-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopped or self._waiting or self._active or self._settle_pending):
+                    self._wake.wait()
+                if self._stopped:
+                    break
+            with self.lock:
+                if self._waiting or self._active:
+                    self._step()
+                else:
+                    self._settle_step()
+        with self.lock:  # closing: end whatever is left
+            for request in [*self._waiting, *self._active]:
+                self._finish(request, "cancelled")
+            self._waiting.clear()
+
+    def _step(self) -> None:
+        self._admit()
+        for request in [r for r in self._active if r.cancelled.is_set()]:
+            self._finish(request, "cancelled")
+        decoding = [r for r in self._active if not r.prefilling]
+        if decoding:
+            self._guard(decoding, self._decode_step)
+        prefilling = [r for r in self._active if r.prefilling]
+        if prefilling:
+            self._guard(prefilling[:1], lambda reqs: self._prefill_step(reqs[0]))
+
+    def _guard(self, requests: list[Request], step) -> None:  # noqa: ANN001
+        """Run a step; an error ends the requests it touched (their KV may be part-written)."""
+        try:
+            step(requests)
+        except BaseException as exc:  # noqa: BLE001 - reported to the consumers; the thread lives on
+            for request in requests:
+                if request in self._active:
+                    self.cache.forget(request.seq_id)
+                    request.seq_id = -1
+                    self._finish(request, "error", exc)
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._active) < self.max_batch:
+            request = self._waiting[0]
+            if request.cancelled.is_set():
+                self._waiting.popleft()
+                self._finish(request, "cancelled")
+                continue
+            try:
+                reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids())
+            except BackendError:
+                return  # every sequence is busy: wait for one to finish
+            except Exception as exc:  # noqa: BLE001
+                self._waiting.popleft()
+                self._finish(request, "error", exc)
+                continue
+            self._waiting.popleft()
+            request.seq_id = reuse.seq_id
+            request.stats.cached_tokens, request.stats.cache_source = reuse.cached, reuse.source
+            request.evaluated = request.prompt[: reuse.cached]
+            caps = self.backend.caps
+            request.cuts = prefill_cuts(reuse.cached, len(request.prompt), caps.n_batch, caps.exact_min_batch)
+            request.sampler = self.backend.make_sampler(request.params)
+            if self.proposer is not None:
+                request.verifier = Verifier(request.params, self.backend.logits)
+                request.verifier.start(request.prompt)
+                request.draft_length = DraftLength(self.step_costs)
+            self._active.append(request)
+
+    def _busy_ids(self) -> set[int]:
+        return {r.seq_id for r in self._active}
+
+    def _eval(self, items: list[EvalItem]) -> list[int]:
+        """Evaluate, evicting idle sequences' KV when the cells run out."""
+        held = {item.seq_id: self.backend.seq_length(item.seq_id) for item in items}
         while True:
             try:
-                (row,) = self.backend.eval([EvalItem(seq_id, tokens)])
-                return row
+                return self.backend.eval(items)
             except KVCacheFullError:
-                self.backend.kv_truncate(seq_id, held)  # drop whatever part did go in
-                if not self.cache.evict_lru(exclude=seq_id):
+                for seq_id, n in held.items():
+                    self.backend.kv_truncate(seq_id, n)  # drop whatever part did go in
+                if not self.cache.evict_lru(exclude=None):
                     raise
 
-    def _run(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
-        backend = self.backend
-        n_ctx = backend.caps.n_ctx
-        stats = Stats(model=self.model_name, backend=backend.name, device=backend.device,
-                      prompt_tokens=len(prompt))
-        generated: list[int] = []
-        assembler = TextAssembler(params.stop)
-        finish = "cancelled"
-        t_start = time.perf_counter()  # TTFT includes any wait for the engine
-        self._acquire()
-        try:
-            reuse = self.cache.acquire(prompt)
-            seq_id = reuse.seq_id
-            stats.cached_tokens, stats.cache_source = reuse.cached, reuse.source
-            evaluated = prompt[: reuse.cached]
-            prefill: tuple[int, int] | None = None
-            sampler = backend.make_sampler(params)
-            try:
-                row = self._eval(seq_id, prompt[reuse.cached :], reuse.cached)
-                evaluated, prefill = prompt, (reuse.cached, len(prompt))
-                if params.repeat_penalty != 1.0:
-                    for tok in prompt[-params.repeat_last_n :]:
-                        sampler.accept(tok)
-                t_first = t_last = 0.0
-                while True:
-                    token = sampler.sample(row)
-                    t_last = time.perf_counter()
-                    if not t_first:
-                        t_first = t_last
-                        stats.ttft_s = stats.prefill_s = t_first - t_start
-                    if backend.is_end(token):
-                        finish = "stop"
-                        break
-                    generated.append(token)
-                    piece = assembler.feed(backend.token_bytes(token))
-                    if piece:
-                        yield piece
-                    if assembler.stopped:
-                        finish = "stop"
-                        break
-                    if len(generated) >= params.max_tokens or len(evaluated) >= n_ctx:
-                        finish = "length"
-                        break
-                    row = self._eval(seq_id, (token,), len(evaluated))
-                    evaluated.append(token)
-                tail = assembler.flush()
-                if tail:
-                    yield tail
-            except GeneratorExit:  # closed by the consumer between steps: the cache is consistent
-                self.cache.release(seq_id, evaluated, prefill)
-                raise
-            except BaseException:  # an error or Ctrl-C mid-eval may leave the KV cache part-written
-                self.cache.forget(seq_id)
-                raise
+    def _prefill_step(self, request: Request) -> None:
+        """The next piece of a prompt (at most n_batch tokens, so a cancel or a new request waits
+        one piece at most), cut where a fresh prefill is cut so its KV stays exactly reusable."""
+        start, end = len(request.evaluated), len(request.prompt)
+        stop = request.cuts.pop(0) if request.cuts else end
+        (row,) = self._eval([EvalItem(request.seq_id, request.prompt[start:stop])])
+        request.evaluated = request.prompt[:stop]
+        if stop < end:
+            return
+        request.prefill = (request.stats.cached_tokens, end)
+        if request.params.repeat_penalty != 1.0:
+            for token in request.prompt[-request.params.repeat_last_n :]:
+                request.sampler.accept(token)
+        self._emit(request, [self._sample(request, row)])
+
+    def _sample(self, request: Request, row: int) -> int:
+        if request.verifier is not None:  # position-keyed: the same text whatever gets drafted
+            return request.verifier.sample(row, len(request.generated))
+        return request.sampler.sample(row)
+
+    def _decode_step(self, requests: list[Request]) -> None:
+        """One eval with the next token of every decoding request (plus a draft when one decodes
+        alone), then the tokens each emits."""
+        requests.sort(key=lambda r: r.seq_id)  # runs of adjacent sequences batch together
+        t0 = time.perf_counter()  # a step's cost includes drafting it
+        drafts = [self._draft(r) if len(requests) == 1 else [] for r in requests]
+        items = [EvalItem(r.seq_id, [r.next_token, *d], n_outputs=1 + len(d))
+                 for r, d in zip(requests, drafts, strict=True)]
+        rows = self._eval(items)
+        if len(items) == 1:
+            self.step_costs.record(len(items[0].tokens), time.perf_counter() - t0)
+        first = 0
+        for request, draft, item in zip(requests, drafts, items, strict=True):
+            own = rows[first : first + item.n_outputs]
+            first += item.n_outputs
+            request.evaluated.extend(item.tokens)
+            if not draft:
+                self._emit(request, [self._sample(request, own[0])])
+                continue
+            accepted, follow = request.verifier.verify(draft, own, len(request.generated))
+            request.draft_length.update(len(draft), accepted)
+            request.stats.draft_tokens += len(draft)
+            request.stats.accepted_tokens += accepted
+            self._trim(request, len(draft) - accepted)
+            self._emit(request, [*draft[:accepted], follow])
+
+    def _draft(self, request: Request) -> list[int]:
+        if request.verifier is None:
+            return []
+        k = request.draft_length.next_k()
+        room = min(request.params.max_tokens - len(request.generated) - 1,
+                   self.backend.caps.n_ctx - len(request.evaluated) - 2)
+        k = min(k, room)
+        if k <= 0:
+            return []
+        return self.proposer.propose([*request.prompt, *request.generated], k)
+
+    def _trim(self, request: Request, n: int) -> None:
+        """Drop the last ``n`` evaluated tokens from the request's sequence."""
+        if n > 0:
+            del request.evaluated[-n:]
+            self.backend.kv_truncate(request.seq_id, len(request.evaluated))
+
+    def _emit(self, request: Request, tokens: list[int]) -> None:
+        """Hand sampled tokens to the consumer; finish on an end token, a stop string or a limit.
+        All but the last of ``tokens`` are already evaluated (accepted draft tokens)."""
+        backend, n_ctx = self.backend, self.backend.caps.n_ctx
+        now = time.perf_counter()
+        if not request.t_first:
+            request.t_first = now
+            request.stats.ttft_s = request.stats.prefill_s = now - request.t_start
+        request.t_last = now
+        for i, token in enumerate(tokens):
+            reason = None
+            if backend.is_end(token):
+                reason = "stop"
             else:
-                self.cache.release(seq_id, evaluated, prefill)
-            finally:
-                sampler.close()
-                stats.completion_tokens = len(generated)
-                stats.decode_s = t_last - t_first if generated else 0.0
-                stats.total_s = time.perf_counter() - t_start
-                stats.finish_reason = finish
-        finally:
-            self.lock.release()
-            if self.settler is not None:
-                self.settler.kick()
-        return Completion(assembler.text, generated, finish, stats)
+                request.generated.append(token)
+                if request.verifier is not None:
+                    request.verifier.accept(token)
+                piece = request.assembler.feed(backend.token_bytes(token))
+                if piece:
+                    request.events.put(("piece", piece))
+                if request.assembler.stopped:
+                    reason = "stop"
+                elif len(request.generated) >= request.params.max_tokens or len(request.evaluated) >= n_ctx:
+                    reason = "length"
+            if reason:
+                self._trim(request, len(tokens) - 1 - i)  # keep the KV of what was emitted
+                self._finish(request, reason)
+                return
+        request.next_token = tokens[-1]
+
+    def _finish(self, request: Request, reason: str, error: BaseException | None = None) -> None:
+        """Release the request's sequence (its KV stays cached) and end its stream."""
+        if request in self._active:
+            self._active.remove(request)
+        if request.seq_id >= 0:
+            self.cache.release(request.seq_id, request.evaluated, request.prefill)
+            self._settle_pending = self.settle_idle
+        if request.sampler is not None:
+            request.sampler.close()
+        stats = request.stats
+        stats.completion_tokens = len(request.generated)
+        stats.decode_s = request.t_last - request.t_first if request.generated else 0.0
+        stats.total_s = time.perf_counter() - request.t_start
+        stats.finish_reason = reason if error is None else "error"
+        if error is not None:
+            request.events.put(("end", error))
+        else:
+            tail = request.assembler.flush()
+            if tail:
+                request.events.put(("piece", tail))
+            request.events.put(("end", Completion(request.assembler.text, request.generated, reason, stats)))
+        request.finished.set()
+
+    def _settle_step(self) -> None:
+        """One short step of idle work; stops when there is none left."""
+        t0 = time.perf_counter()
+        done = self.cache.settle_step(self._tokens_per_settle)
+        if not done:
+            self._settle_pending = False
+            return
+        per_token = (time.perf_counter() - t0) / done
+        self._tokens_per_settle = max(16, min(512, int(SETTLE_STEP_SECONDS / max(per_token, 1e-6))))

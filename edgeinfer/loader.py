@@ -93,6 +93,8 @@ def load(
     kv_disk: str | Path | bool | None = None,
     kv_disk_bytes: int = 2 << 30,
     kv_settle: bool = True,
+    max_batch: int | None = None,
+    speculation: str | Model | None = "prompt-lookup",
     **backend_options: object,
 ) -> Model:
     """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
@@ -102,7 +104,12 @@ def load(
     sequence states on disk, at most ``kv_disk_bytes``, so a restarted app resumes without prefill;
     ``kv_settle`` recomputes generated tokens' KV as a prefill in idle time, so a chat's next turn
     reuses it bit-exactly (off: the next turn recomputes the previous answer itself).
-    ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``).
+    Concurrent requests run as one batch of up to ``max_batch`` sequences (default
+    ``max_sequences``); ``speculation`` ("prompt-lookup", a smaller loaded Model with the same
+    tokenizer as a draft model, or None) drafts tokens and verifies them in one pass (greedy
+    output unchanged).
+    ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``,
+    ``repack``).
     """
     located = locate_model(name_or_path, offline=offline, progress=progress)
     path, name, entry = located.path, located.name, located.entry
@@ -130,4 +137,4 @@ def load(
                          max_bytes=kv_disk_bytes)
     cache = PromptCache(be, ram_budget_bytes=kv_ram_bytes, disk=disk)
     return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
-                 cache=cache, settle=kv_settle)
+                 cache=cache, settle=kv_settle, max_batch=max_batch, speculation=speculation)

@@ -17,6 +17,7 @@ from .errors import InvalidRequestError
 from .paths import atomic_write, cache_root
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
+from .speculative import DraftModel, Proposer
 
 _PARAM_NAMES = frozenset(f.name for f in fields(SamplingParams))
 
@@ -37,7 +38,7 @@ def make_params(params: SamplingParams | None = None, **overrides: Any) -> Sampl
 
 
 class Model:
-    """A loaded model. Calls on one Model are serialized; use several Models for parallelism."""
+    """A loaded model. Calls from several threads run concurrently as one continuous batch."""
 
     def __init__(
         self,
@@ -51,6 +52,8 @@ class Model:
         default_params: SamplingParams | None = None,
         cache: PromptCache | None = None,
         settle: bool = True,
+        max_batch: int | None = None,
+        speculation: str | Model | Proposer | None = "prompt-lookup",
     ) -> None:
         self.backend = backend
         self.default_params = default_params or SamplingParams()
@@ -59,7 +62,9 @@ class Model:
         self.sha256 = sha256
         self.choice = choice
         self.chat_template = chat_template or backend.caps.chat_template
-        self.engine = Engine(backend, model_name=name, cache=cache, settle=settle)
+        self.engine = Engine(backend, model_name=name, cache=cache, settle=settle, max_batch=max_batch,
+                             speculation=DraftModel(speculation.backend) if isinstance(speculation, Model)
+                             else speculation)
 
     def __repr__(self) -> str:
         return f"<Model {self.name} {self.backend.name}/{self.backend.device} n_ctx={self.n_ctx}>"
@@ -85,7 +90,7 @@ class Model:
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text as it is generated."""
         tokens = self._prompt_tokens(prompt)
-        return CompletionStream(self.engine.generate(tokens, self._params(params, options)))
+        return self.engine.submit(tokens, self._params(params, options))
 
     def _params(self, params: SamplingParams | None, options: dict[str, Any]) -> SamplingParams:
         return make_params(params or self.default_params, **options)
@@ -112,7 +117,7 @@ class Model:
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
         tokens = self.chat_prompt(messages)
-        return CompletionStream(self.engine.generate(tokens, self._params(params, options)))
+        return self.engine.submit(tokens, self._params(params, options))
 
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                       **options: Any) -> Completion:
@@ -194,7 +199,7 @@ class Conversation:
                     self.messages[:] = [*turn, {"role": "assistant", "content": text}]
             return inner.completion
 
-        return CompletionStream(run())
+        return CompletionStream(run(), on_cancel=inner.cancel)
 
     def save(self) -> Path:
         """Persist the messages (and, with a disk cache, the KV state) under this conversation's id."""

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends.base import EXACT_MIN_BATCH as MIN_BATCH
 from .backends.base import Backend, EvalItem
 from .errors import BackendError
 
@@ -35,8 +34,9 @@ MIN_TOKENS_TO_PERSIST = 16  # shorter states are cheaper to recompute than to re
 # CPU matmuls process a batch in row tiles and the leftover rows with other kernels, and pick
 # other tile shapes for very short batches, so a token's KV depends (in the last bits) on where it
 # sat in its batch. Reuse stops at a multiple of the backend's ``caps.reuse_align`` and leaves at
-# least MIN_BATCH tokens to compute; only KV from such batches counts as exact. Every reused and
-# recomputed token then sits in the same kind of tile as in a fresh prefill: reuse is bit-exact.
+# least ``caps.exact_min_batch`` tokens to compute; only KV from such batches counts as exact.
+# Every reused and recomputed token then sits in the same kind of tile as in a fresh prefill:
+# reuse is bit-exact.
 
 
 def align_down(n: int, align: int) -> int:
@@ -71,16 +71,17 @@ class Slot:
         self.tokens, self.prefill_end, self.exact_end, self.on_disk, self.pending = [], 0, 0, False, []
 
 
-def batch_start(c: int, n_batch: int) -> int:
+def batch_start(c: int, n_batch: int, min_batch: int) -> int:
     """Backends cut a prefill at multiples of ``n_batch`` (as a fresh prefill is cut): move a start
-    that would leave a piece shorter than MIN_BATCH before the next cut back by MIN_BATCH."""
-    return max(0, c - MIN_BATCH) if 0 < -c % n_batch < MIN_BATCH else c
+    that would leave a piece shorter than ``min_batch`` before the next cut back by ``min_batch``."""
+    return max(0, c - min_batch) if 0 < -c % n_batch < min_batch else c
 
 
-def reusable(shared: int, prompt_len: int, exact_end: int, align: int, n_batch: int) -> int:
+def reusable(shared: int, prompt_len: int, exact_end: int, align: int, n_batch: int, min_batch: int) -> int:
     """How many of ``shared`` held tokens a prompt of ``prompt_len`` reuses: a multiple of
-    ``align`` inside the part a fresh prefill reproduces bit for bit, leaving MIN_BATCH to compute."""
-    return batch_start(max(0, align_down(min(shared, prompt_len - MIN_BATCH, exact_end), align)), n_batch)
+    ``align`` inside the part a fresh prefill reproduces bit for bit, leaving ``min_batch`` to compute."""
+    start = max(0, align_down(min(shared, prompt_len - min_batch, exact_end), align))
+    return batch_start(start, n_batch, min_batch)
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,10 @@ class PromptCache:
         self.ram_budget_bytes = ram_budget_bytes
         self.disk = disk
         self.slots = [Slot(i) for i in range(backend.caps.max_sequences)]
-        self.align, self.n_batch = backend.caps.reuse_align, backend.caps.n_batch
+        caps = backend.caps
+        self.align, self.n_batch, self.min_batch = caps.reuse_align, caps.n_batch, caps.exact_min_batch
         self._bytes_per_token: float | None = None
+        self._busy: set[int] | frozenset[int] = frozenset()  # sequences of running requests
 
     # --- accounting
     def bytes_per_token(self) -> float:
@@ -118,8 +121,14 @@ class PromptCache:
         return int(sum(len(s.tokens) for s in self.slots) * self.bytes_per_token())
 
     # --- choosing a sequence for a request
-    def acquire(self, prompt: list[int]) -> Reuse:
-        """Pick and prepare a sequence for ``prompt``; it holds ``cached`` leading prompt tokens."""
+    def acquire(self, prompt: list[int], busy_neighbours: set[int] | frozenset[int] = frozenset()) -> Reuse:
+        """Pick and prepare a sequence for ``prompt``; it holds ``cached`` leading prompt tokens.
+
+        A sequence taken fresh sits next to the ``busy_neighbours`` (those of running requests)
+        when it can: backends batch runs of adjacent sequence ids into one pass (llama.cpp with
+        one KV stream per sequence does).
+        """
+        self._busy = busy_neighbours
         free = [s for s in self.slots if not s.busy]
         if not free:
             raise BackendError("every sequence is busy")
@@ -128,7 +137,8 @@ class PromptCache:
         overlaps = {s.seq_id: common_prefix(s.tokens, prompt) for s in free}
 
         def reuse_of(slot: Slot) -> int:
-            return reusable(overlaps[slot.seq_id], n, slot.exact_end, self.align, self.n_batch)
+            return reusable(overlaps[slot.seq_id], n, slot.exact_end, self.align, self.n_batch,
+                            self.min_batch)
 
         # most reusable tokens; on a tie, the sequence this prompt continues furthest, then the newest
         best = max(free, key=lambda s: (reuse_of(s), overlaps[s.seq_id], s.last_used))
@@ -136,7 +146,7 @@ class PromptCache:
         if self.disk is not None:
             entry, on_disk = self.disk.longest_prefix(prompt)
             if entry is not None:
-                on_disk = reusable(on_disk, n, entry.exact_end, self.align, self.n_batch)
+                on_disk = reusable(on_disk, n, entry.exact_end, self.align, self.n_batch, self.min_batch)
                 if on_disk > shared and (restored := self._restore(entry, free)) is not None:
                     return self._take(restored, on_disk, "disk")
 
@@ -188,10 +198,12 @@ class PromptCache:
         candidates = [s for s in free if s is not keep]
         if not candidates:
             return keep  # type: ignore[return-value]  # free == [keep]
+        busy = self._busy
+        apart = lambda s: s.seq_id - 1 not in busy and s.seq_id + 1 not in busy  # noqa: E731
         empty = [s for s in candidates if not s.tokens]
         if empty:
-            return empty[0]
-        victim = min(candidates, key=lambda s: s.last_used)
+            return min(empty, key=apart)
+        victim = min(candidates, key=lambda s: (apart(s), s.last_used) if busy else s.last_used)
         self.evict(victim)
         return victim
 
@@ -202,7 +214,7 @@ class PromptCache:
         slot = self.slots[seq_id]
         if prefill is not None:
             start, end = prefill
-            exact = start % self.align == 0 and start <= slot.exact_end and end - start >= MIN_BATCH
+            exact = start % self.align == 0 and start <= slot.exact_end and end - start >= self.min_batch
             slot.exact_end = align_down(end if exact else min(slot.exact_end, start), self.align)
             slot.prefill_end = end
         slot.tokens, slot.busy, slot.on_disk = list(held), False, False
@@ -251,7 +263,7 @@ class PromptCache:
         """The most recently used idle sequence whose tail is not yet prefill-computed."""
         a = self.align
         todo = [s for s in self.slots
-                if not s.busy and (s.pending or align_down(len(s.tokens), a) - s.exact_end >= MIN_BATCH)]
+                if not s.busy and (s.pending or align_down(len(s.tokens), a) - s.exact_end >= self.min_batch)]
         return max(todo, key=lambda s: s.last_used, default=None)
 
     def settle_step(self, max_tokens: int) -> int:
@@ -263,19 +275,20 @@ class PromptCache:
             return 0
         try:
             if not slot.pending:  # first step: cut the decode-computed tail off, keep its tokens
-                start = batch_start(align_down(slot.exact_end, self.align), self.n_batch)
+                start = batch_start(align_down(slot.exact_end, self.align), self.n_batch, self.min_batch)
                 self.backend.kv_truncate(slot.seq_id, start)
                 tail_end = align_down(len(slot.tokens), self.align)
                 slot.tokens, slot.pending = slot.tokens[:start], slot.tokens[start:tail_end]
                 slot.prefill_end, slot.exact_end, slot.on_disk = start, min(slot.exact_end, start), False
-            size = max(MIN_BATCH, align_down(max_tokens, self.align))
-            if len(slot.pending) - size < MIN_BATCH:  # no short batch at the end
+            min_batch = self.min_batch
+            size = max(min_batch, align_down(max_tokens, self.align))
+            if len(slot.pending) - size < min_batch:  # no short batch at the end
                 size = len(slot.pending)
             pos = len(slot.tokens)
             cut = pos + (-pos % self.n_batch or self.n_batch)  # the backend's next cut
-            if 0 < pos + size - cut < MIN_BATCH:
+            if 0 < pos + size - cut < min_batch:
                 size = cut - pos
-            if size < MIN_BATCH:  # too short to be exact: leave it to the next request
+            if size < min_batch:  # too short to be exact: leave it to the next request
                 slot.pending = []
                 return 0
             chunk = slot.pending[:size]

@@ -66,17 +66,31 @@ class NumpySampler:
         self.history.append(token)
 
     def sample(self, logits: np.ndarray) -> int:
+        if self.params.greedy:
+            return int(np.argmax(self._penalized(logits)))
+        ids, probs = self.distribution(logits)
+        return int(ids[self.rng.choice(len(ids), p=probs)])
+
+    def _penalized(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
         logits = np.array(logits, dtype=np.float32, copy=True)
         if p.repeat_penalty != 1.0 and p.repeat_last_n and self.history:
             recent = np.unique(np.asarray(self.history[-p.repeat_last_n :]))
             vals = logits[recent]
             logits[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        return logits
+
+    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens the chain keeps and their probabilities (what ``sample`` draws from)."""
+        p = self.params
+        logits = self._penalized(logits)
         if p.greedy:
-            return int(np.argmax(logits))
-        order = np.argsort(-logits, kind="stable")
-        if p.top_k:
-            order = order[: p.top_k]
+            return np.array([int(np.argmax(logits))]), np.ones(1)
+        if p.top_k and p.top_k < len(logits):  # partition first: a full sort of 262k logits is slow
+            top = np.argpartition(-logits, p.top_k - 1)[: p.top_k]
+            order = top[np.argsort(-logits[top], kind="stable")]
+        else:
+            order = np.argsort(-logits, kind="stable")
         kept = logits[order]
         probs = _softmax(kept)
         if p.top_p < 1.0:
@@ -85,8 +99,7 @@ class NumpySampler:
         if p.min_p > 0:
             keep = _softmax(kept) >= p.min_p * _softmax(kept).max()
             order, kept = order[keep], kept[keep]
-        probs = _softmax(kept / p.temperature)
-        return int(order[self.rng.choice(len(order), p=probs)])
+        return order, _softmax(kept / p.temperature)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

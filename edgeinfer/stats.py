@@ -21,6 +21,8 @@ class Stats:
     decode_s: float = 0.0  # first token -> last token
     total_s: float = 0.0
     finish_reason: str = ""
+    draft_tokens: int = 0  # speculative tokens proposed and checked
+    accepted_tokens: int = 0  # of those, the ones the model agreed with (emitted without own step)
     route: str = ""
 
     @property

@@ -6,6 +6,7 @@ so the continuation of any prompt is known in advance.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ class FakeBackend(Backend):
 
     def __init__(self, *, n_ctx: int = 64, max_sequences: int = 2, step: int = 1,
                  eos_after: int | None = None, fail_on_eval: int | None = None,
-                 kv_cells: int | None = None, whole_history: bool = False) -> None:
+                 kv_cells: int | None = None, whole_history: bool = False, delay: float = 0.0) -> None:
         self.caps = Capabilities(n_ctx=n_ctx, n_vocab=257, max_sequences=max_sequences, n_batch=16)
         self.step = step
         self.eos_after = eos_after  # emit EOS once a sequence holds this many tokens
@@ -30,6 +31,7 @@ class FakeBackend(Backend):
         # predict from the whole sequence (a letter from the sum of its tokens), so that a KV cache
         # missing or holding extra tokens changes the output, as it would with a real model
         self.whole_history = whole_history
+        self.delay = delay  # seconds per eval, to make requests overlap in time
         self.seqs: dict[int, list[int]] = {i: [] for i in range(max_sequences)}
         self.evaluated_tokens = 0  # how much work was done (cache reuse lowers it)
         self.evals = 0
@@ -46,6 +48,8 @@ class FakeBackend(Backend):
 
     def eval(self, items: Sequence[EvalItem]) -> list[int]:
         self.evals += 1
+        if self.delay:
+            time.sleep(self.delay)
         if self.fail_on_eval is not None and self.evals >= self.fail_on_eval:
             raise RuntimeError("injected failure")
         self._rows = []
@@ -55,18 +59,24 @@ class FakeBackend(Backend):
                 raise KVCacheFullError("fake KV cells exhausted")
         for item in items:
             seq = self.seqs[item.seq_id]
-            seq.extend(item.tokens)
+            first_output = len(item.tokens) - item.n_outputs
+            for j, token in enumerate(item.tokens):
+                seq.append(token)
+                if j >= first_output:
+                    self._rows.append(self._predict(seq))
             self.evaluated_tokens += len(item.tokens)
-            logits = np.full(257, -10.0, dtype=np.float32)
-            if self.eos_after is not None and len(seq) >= self.eos_after:
-                logits[EOS] = 10.0
-            elif self.whole_history:
-                logits[97 + sum(seq) % 26] = 10.0
-            else:
-                logits[(seq[-1] + self.step) % 256] = 10.0
-                logits[(seq[-1] + self.step + 1) % 256] = 9.0
-            self._rows.append(logits)
-        return list(range(len(items)))
+        return list(range(len(self._rows)))
+
+    def _predict(self, seq: list[int]) -> np.ndarray:
+        logits = np.full(257, -10.0, dtype=np.float32)
+        if self.eos_after is not None and len(seq) >= self.eos_after:
+            logits[EOS] = 10.0
+        elif self.whole_history:
+            logits[97 + sum(seq) % 26] = 10.0
+        else:
+            logits[(seq[-1] + self.step) % 256] = 10.0
+            logits[(seq[-1] + self.step + 1) % 256] = 9.0
+        return logits
 
     def logits(self, row: int) -> np.ndarray:
         return self._rows[row]

@@ -107,7 +107,12 @@ def test_chat_is_interactive_multi_turn_and_streams():
 
 def test_chat_with_an_id_resumes_in_a_new_process(tmp_path):
     env_home = {"EDGEINFER_HOME": str(tmp_path)}
-    args = ["chat", "--id", "demo", "--temperature", "0", "--max-tokens", "16", "--show-stats"]
+    # a system prompt long enough for an exact first prefill (64+ tokens with flash attention)
+    system = ("You are a helpful assistant. Answer in one short sentence, plainly and precisely, without "
+              "repeating the question. If you do not know, say so instead of guessing. Use the earlier "
+              "turns of the conversation to understand follow-up questions and to remember names.")
+    args = ["chat", "--id", "demo", "--temperature", "0", "--max-tokens", "16", "--show-stats",
+            "--system", system]
     first = subprocess.run([*EDGEINFER, *args], input="My name is Ada.\n/exit\n", capture_output=True,
                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env_home}, timeout=300)
     assert first.returncode == 0, first.stderr

@@ -13,7 +13,12 @@ import edgeinfer as ei
 
 pytestmark = pytest.mark.slow
 GREEDY = dict(temperature=0, max_tokens=24)
-SYSTEM = "You are a helpful assistant who answers in one or two short sentences."
+# long enough that the first turn's prefill is an exact batch (caps.exact_min_batch: 64 tokens)
+SYSTEM = ("You are a helpful assistant who answers in one or two short sentences. Be precise and "
+          "friendly. If you do not know something, say so plainly instead of guessing. Prefer common "
+          "words, avoid jargon, and never repeat the question back to the user. When a question has "
+          "a short factual answer, give the answer first and stop there. When the user asks a "
+          "follow-up question, answer it in the light of the earlier turns of the conversation.")
 QUESTIONS = ["What is the capital of France?", "Name a large animal.", "What color is the sky?",
              "And at night?"]
 
@@ -60,7 +65,8 @@ def test_idle_time_makes_the_whole_history_reusable_and_exact(smollm2_path, cold
             if i:  # only this turn's message (and the last partial tile) was computed
                 new = len(m.chat_prompt([*before, {"role": "user", "content": q}])) - len(
                     m.chat_prompt(before, add_generation_prompt=False))
-                assert out.stats.cached_tokens >= out.stats.prompt_tokens - new - 16
+                slack = 2 * m.backend.caps.exact_min_batch
+                assert out.stats.cached_tokens >= out.stats.prompt_tokens - new - slack
             wait_settled(m)  # the user reads the answer: the settler recomputes it meanwhile
 
 
@@ -103,7 +109,11 @@ def test_unified_kv_layout_shares_cells_and_still_reuses(smollm2_path):
 def test_shared_few_shot_prefix_on_gemma_equals_cold():
     shots = "".join(f"English: {e}\nFrench: {f}\n\n" for e, f in [
         ("Good morning.", "Bonjour."), ("Thank you very much.", "Merci beaucoup."),
-        ("Where is the station?", "Où est la gare ?"), ("I like tea.", "J'aime le thé.")])
+        ("Where is the station?", "Où est la gare ?"), ("I like tea.", "J'aime le thé."),
+        ("The weather is nice today.", "Il fait beau aujourd'hui."),
+        ("My brother is tall.", "Mon frère est grand."),
+        ("We eat bread every morning.", "Nous mangeons du pain chaque matin."),
+        ("Can you help me, please?", "Pouvez-vous m'aider, s'il vous plaît ?")])
     with ei.load("gemma-3-270m", n_ctx=512) as m:
         outs, colds = [], []
         for sentence in ["The cat sleeps.", "We are late.", "Open the window."]:
@@ -115,7 +125,7 @@ def test_shared_few_shot_prefix_on_gemma_equals_cold():
             colds.append(m.generate(f"{shots}English: {sentence}\nFrench:", temperature=0, max_tokens=12,
                                     stop=["\n"]).text)
         assert [t for t, _ in outs] == colds
-        assert all(cached >= 48 for _, cached in outs[1:])
+        assert all(cached >= 64 for _, cached in outs[1:])
 
 
 RESUME = textwrap.dedent("""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeinfer.speculative import DraftLength, PromptLookup
+from edgeinfer.speculative import DraftLength, PromptLookup, StepCosts
 
 
 def test_the_longest_recent_match_proposes_what_followed_it():
@@ -29,13 +29,57 @@ def test_invalid_ngram_bounds_are_refused():
         PromptLookup(max_ngram=1, min_ngram=2)
 
 
-def test_draft_length_grows_on_hits_shrinks_on_misses_and_pauses():
-    d = DraftLength(initial=4, maximum=8, off_after=2, retry_every=3)
-    d.update(4, 4)
-    assert d.next_k() == 6
-    d.update(6, 2)
-    assert d.next_k() == 3
-    d.update(3, 0)
-    d.update(1, 0)  # two misses in a row: drafting pauses
+def test_draft_length_follows_acceptance_and_measured_costs():
+    costs = StepCosts()
+    d = DraftLength(costs, maximum=8, retry_every=3)
+    for _ in range(6):
+        d.update(4, 4)  # everything accepted: long drafts pay
+    assert d.acceptance > 0.9 and d.next_k() >= 4
+    for _ in range(8):
+        d.update(2, 0)  # nothing accepted: plain steps are cheaper
     assert [d.next_k() for _ in range(2)] == [0, 0]
-    assert d.next_k() == 1  # then it tries again
+    assert d.next_k() == 1  # then a cheap probe
+    # the same acceptance with cheaper measured multi-token steps drafts further
+    cheap, dear = StepCosts(), StepCosts()
+    for rows in range(1, 10):
+        cheap.record(rows, 1.0 + 0.1 * (rows - 1))
+        dear.record(rows, 1.0 + 0.9 * (rows - 1))
+    a, b = DraftLength(cheap), DraftLength(dear)
+    for policy in (a, b):
+        for _ in range(5):
+            policy.update(4, 3)
+    assert a.next_k() > b.next_k()
+
+
+def test_sampled_verification_keeps_the_target_distribution():
+    """Whatever the draft proposes, emitted tokens follow the target's sampling distribution."""
+    import numpy as np
+
+    from edgeinfer.sampling import NumpySampler, SamplingParams
+    from edgeinfer.speculative import Verifier
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    _, target = NumpySampler(params).distribution(logits)
+    for draft_token in (0, 2, 3):
+        verifier = Verifier(params, lambda row: logits)
+        counts = np.zeros(4)
+        for position in range(20000):
+            accepted, follow = verifier.verify([draft_token], [0, 1], position)
+            counts[draft_token if accepted else follow] += 1
+            # and the token drawn at a position does not depend on what was drafted there
+            assert (draft_token if accepted else follow) == verifier.sample(0, position)
+        assert np.abs(counts / counts.sum() - np.sort(target)[::-1]).max() < 0.015
+
+
+def test_greedy_verification_accepts_exactly_the_argmax_prefix():
+    import numpy as np
+
+    from edgeinfer.sampling import SamplingParams
+    from edgeinfer.speculative import Verifier
+
+    rows = [np.eye(5, dtype=np.float32)[i] for i in (1, 2, 4, 0)]  # argmax per row: 1, 2, 4, 0
+    verifier = Verifier(SamplingParams(temperature=0), lambda row: rows[row])
+    assert verifier.verify([1, 2, 3], [0, 1, 2, 3], 0) == (2, 4)
+    assert verifier.verify([1, 2, 4], [0, 1, 2, 3], 0) == (3, 0)
+    assert verifier.verify([3], [0, 1], 0) == (0, 1)

@@ -11,9 +11,20 @@ import numpy as np
 
 from ..sampling import NumpySampler, SamplingParams
 
-# Prefill batches shorter than this may run other matmul kernels than longer ones, so KV they
-# computed is not reproduced bit for bit by a longer batch (see prompt_cache).
+# Prefill batches shorter than this may run other kernels than longer ones, so KV they computed
+# is not reproduced bit for bit by a longer batch (see prompt_cache); backends may say more.
 EXACT_MIN_BATCH = 16
+
+
+def prefill_cuts(start: int, end: int, n_batch: int, min_batch: int = EXACT_MIN_BATCH) -> list[int]:
+    """Positions where a prefill of [start, end) is cut into llama_decode calls: where a fresh
+    prefill from 0 is cut (multiples of n_batch), so reused KV stays bit-exact, except a last cut
+    whose tail is long enough (``min_batch``) to share a call with the piece before it (the
+    kernels treat its rows alike either way) - one weight pass instead of two."""
+    cuts = list(range(start - start % n_batch + n_batch, end, n_batch))
+    if cuts and end - cuts[-1] >= min_batch and end - (cuts[-2] if len(cuts) > 1 else start) <= n_batch:
+        cuts.pop()
+    return cuts
 
 
 @dataclass(frozen=True)
@@ -32,14 +43,18 @@ class Capabilities:
     # KV computed for a prompt split at a multiple of this equals a fresh prefill's bit for bit
     # (matmul kernels tile the batch's rows); the prompt cache reuses only at such multiples
     reuse_align: int = 16
+    # batches of at least this many tokens compute each row alike, whatever their length
+    exact_min_batch: int = EXACT_MIN_BATCH
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """Tokens to append to one sequence; logits come back for its last position."""
+    """Tokens to append to one sequence; logits come back for its last ``n_outputs`` positions
+    (1: the next token; more: to verify a speculative draft)."""
 
     seq_id: int
     tokens: Sequence[int]
+    n_outputs: int = 1
 
 
 class Sampler(Protocol):
@@ -95,7 +110,8 @@ class Backend(ABC):
     # --- compute
     @abstractmethod
     def eval(self, items: Sequence[EvalItem]) -> list[int]:
-        """Append tokens to sequences and run the model; returns one output row per item.
+        """Append tokens to sequences and run the model; returns the output rows, ``n_outputs`` per
+        item in item order (positions in order).
 
         A row stays valid until the next ``eval``; read it with ``logits(row)`` or a Sampler.
         """

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..gguf_check import diagnose_gguf, require_gguf_magic
 from ..sampling import SamplingParams
-from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem
+from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, prefill_cuts
 
 log = logging.getLogger("edgeinfer.llama_cpp")
 
@@ -35,6 +35,9 @@ _FTYPE_NAMES = {
     getattr(ll, k): k.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_")
     for k in dir(ll) if k.startswith("LLAMA_FTYPE_") and "GUESSED" not in k
 }
+# ggml's CPU flash attention runs batches of 64+ query rows through a tiled kernel and shorter
+# ones row by row (measured: a prefill split leaving 63 rows differs in the last bits, 64 does not)
+FLASH_TILE_ROWS = 64
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO}
 
 
@@ -99,17 +102,6 @@ class NativeSampler:
             self._chain = None
 
 
-def prefill_cuts(start: int, end: int, n_batch: int) -> list[int]:
-    """Positions where a prefill of [start, end) is cut into llama_decode calls: where a fresh
-    prefill from 0 is cut (multiples of n_batch), so reused KV stays bit-exact, except a last cut
-    whose tail is long enough (EXACT_MIN_BATCH) to share a call with the piece before it (the
-    kernels treat its rows alike either way) - one weight pass instead of two."""
-    cuts = list(range(start - start % n_batch + n_batch, end, n_batch))
-    if cuts and end - cuts[-1] >= EXACT_MIN_BATCH and end - (cuts[-2] if len(cuts) > 1 else start) <= n_batch:
-        cuts.pop()
-    return cuts
-
-
 def reuse_align(device: str) -> int:
     """Prompt split granularity at which llama.cpp's KV is bit-identical to a fresh prefill.
 
@@ -155,8 +147,9 @@ class LlamaCppBackend(Backend):
         n_gpu_layers: int = 0,
         max_sequences: int = 4,
         device: str = "cpu",
-        flash_attn: bool = False,
+        flash_attn: bool = True,
         kv_unified: bool = False,
+        repack: bool = False,
     ) -> None:
         ensure_initialized()
         self._ll = ll
@@ -167,6 +160,11 @@ class LlamaCppBackend(Backend):
 
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        # Repacked CPU weights run other kernels for 1 row than for tiles of 4+, so a token's
+        # logits would depend on how many tokens share its batch. Off (the default), a row's
+        # numerics never depend on the batch: batched and speculative decoding give exactly the
+        # unbatched output (measured: no speed cost for Q4_1/Q4_K_M here; Q4_0 gains from repack).
+        mparams.use_extra_bufts = repack
         _recent_errors.clear()
         model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
@@ -190,6 +188,10 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
+        # Flash attention (llama.cpp's own CPU default) computes each query row alone, so a row's
+        # attention does not depend on how many tokens of its sequence share the batch: verified
+        # speculative drafts then give exactly the plain greedy output. Off, multi-row attention
+        # runs another matmul kernel than one-row decode steps (last-bit differences).
         self._flash_attn = flash_attn
         cparams.flash_attn_type = (
             ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -211,6 +213,7 @@ class LlamaCppBackend(Backend):
             b.n_seq_id[i] = 1  # every token belongs to exactly one sequence
         self._n_seq = max_sequences
         self._kv_unified = kv_unified
+        self._repack = repack
         n_ctx = ll.llama_n_ctx_seq(ctx)  # llama.cpp may round the window up
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
@@ -229,6 +232,7 @@ class LlamaCppBackend(Backend):
             architecture=self.metadata("general.architecture"),
             quantization=_FTYPE_NAMES.get(ll.llama_model_ftype(model), self._describe()),
             reuse_align=reuse_align(device),
+            exact_min_batch=FLASH_TILE_ROWS if flash_attn else EXACT_MIN_BATCH,
         )
 
     # --- metadata
@@ -295,7 +299,7 @@ class LlamaCppBackend(Backend):
     def _eval_many(self, items: Sequence[EvalItem]) -> list[int]:
         n_ctx = self.caps.n_ctx
         body: list[tuple[int, int, int]] = []  # (token, pos, seq) that need no logits
-        lasts: list[tuple[int, int, int]] = []  # the last token of each item: logits wanted
+        outs: list[tuple[int, int, int]] = []  # each item's last n_outputs tokens: logits wanted
         for item in items:
             self._check_seq(item.seq_id)
             n0, toks = self.seq_length(item.seq_id), item.tokens
@@ -308,14 +312,18 @@ class LlamaCppBackend(Backend):
                     prompt_tokens=n0 + len(toks),
                     n_ctx=n_ctx,
                 )
-            body.extend((t, n0 + j, item.seq_id) for j, t in enumerate(toks[:-1]))
-            lasts.append((toks[-1], n0 + len(toks) - 1, item.seq_id))
-        if len(lasts) > self._n_batch:
-            raise InvalidRequestError(f"at most {self._n_batch} sequences per eval")
-        if len(items) == 1:  # a prefill: cut where a fresh one is cut; logits for the last token
-            entries = body + lasts
+            k = item.n_outputs
+            if not 1 <= k <= len(toks):
+                raise InvalidRequestError(f"n_outputs must be in 1..{len(toks)} for this item")
+            body.extend((t, n0 + j, item.seq_id) for j, t in enumerate(toks[:-k]))
+            outs.extend((t, n0 + len(toks) - k + j, item.seq_id) for j, t in enumerate(toks[-k:]))
+        if len(outs) > self._n_batch:
+            raise InvalidRequestError(f"at most {self._n_batch} output positions per eval")
+        if len(items) == 1 and len(outs) == 1:  # a prefill: cut where a fresh one is cut
+            entries = body + outs
             start = entries[0][1]
-            cuts = [c - start for c in prefill_cuts(start, start + len(entries), self._n_batch)]
+            cuts = [c - start for c in prefill_cuts(start, start + len(entries), self._n_batch,
+                                                    self.caps.exact_min_batch)]
             edges = [0, *cuts, len(entries)]
             pieces = [entries[a:b] for a, b in zip(edges, edges[1:], strict=False)]
             for piece in pieces[:-1]:
@@ -323,14 +331,14 @@ class LlamaCppBackend(Backend):
             self._decode(pieces[-1], len(pieces[-1]) - 1)
             return [len(pieces[-1]) - 1]
         chunks = [body[i : i + self._n_batch] for i in range(0, len(body), self._n_batch)]
-        if chunks and len(chunks[-1]) + len(lasts) <= self._n_batch:
-            final = chunks.pop() + lasts
+        if chunks and len(chunks[-1]) + len(outs) <= self._n_batch:
+            final = chunks.pop() + outs
         else:
-            final = lasts
+            final = outs
         for chunk in chunks:
             self._decode(chunk, len(chunk))  # no logits for prompt tokens
-        self._decode(final, len(final) - len(lasts))
-        return list(range(len(final) - len(lasts), len(final)))
+        self._decode(final, len(final) - len(outs))
+        return list(range(len(final) - len(outs), len(final)))
 
     def _decode(self, entries: Sequence[tuple[int, int, int]], first_output: int) -> None:
         batch = self._batch
@@ -403,7 +411,7 @@ class LlamaCppBackend(Backend):
     def state_binding(self) -> dict:
         return {"backend": self.name, "llama_cpp_python": ll.__version__, "n_ctx": self.caps.n_ctx,
                 "flash_attn": self._flash_attn, "swa_full": True, "kv_type": "f16",
-                "kv_unified": self._kv_unified}
+                "kv_unified": self._kv_unified, "repack": self._repack}
 
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
         self.kv_drop(seq_id)

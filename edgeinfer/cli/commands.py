@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata as md
 import json
 import platform
@@ -23,8 +24,9 @@ from ..sources import cache_path, digest, locate, resolve
 _SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
 
 
-def _load(args: argparse.Namespace, **extra: object) -> Model:
-    return load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+def _load(args: argparse.Namespace, name: str | None = None, **extra: object) -> Model:
+    """The model named on the command line (or ``name``), with the loading options given there."""
+    return load(name or args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                 n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
                 progress=True, **extra)
 
@@ -126,9 +128,14 @@ def _open_conversation(model: Model, args: argparse.Namespace):  # noqa: ANN202
 
 
 def _print_until_stopped(stream: CompletionStream) -> bool:
-    """Print a stream; Ctrl-C ends it between tokens (the KV cache stays reusable). True if stopped."""
+    """Print a stream; Ctrl-C ends it at the next step (the KV cache stays reusable). True if stopped."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_sigint(*_: object) -> None:
+        stop.set()
+        stream.cancel()  # the engine stops at its next step, even before the first token
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         for piece in stream:
             sys.stdout.write(piece)
@@ -140,6 +147,45 @@ def _print_until_stopped(stream: CompletionStream) -> bool:
         signal.signal(signal.SIGINT, previous)
         sys.stdout.write("\n")
     return stop.is_set()
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load every model, then serve them over HTTP until Ctrl-C or SIGTERM; the models are closed
+    on the way out."""
+    _check_serve_args(args)
+    try:
+        from ..server import ServerOptions
+        from ..server import serve as run_server
+        from ..server.guards import is_loopback
+    except ImportError as exc:
+        raise EdgeInferError(f"the server needs fastapi and uvicorn ({exc}): "
+                             "pip install 'edgeinfer[server]'") from None
+    if not is_loopback(args.host.strip("[]")) and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this machine "
+              "can use the models", file=sys.stderr)
+    options = ServerOptions(api_key=args.api_key, max_queue=args.max_queue, max_body=args.max_body)
+    with contextlib.ExitStack() as stack:
+        aliases = {name: stack.enter_context(_load(args, name, max_sequences=args.max_sequences))
+                   for name in dict.fromkeys(args.models)}
+        names = ", ".join(m.name for m in aliases.values())
+
+        def ready(url: str) -> None:
+            print(f"edgeinfer serve: {url}/v1 ({names}); Ctrl-C stops", flush=True)
+
+        try:
+            run_server(list(aliases.values()), options, host=args.host, port=args.port, aliases=aliases,
+                       log_level="info" if args.verbose else "warning", on_ready=ready)
+        except OSError as exc:
+            raise EdgeInferError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print("edgeinfer serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    for flag, value, least in (("--max-sequences", args.max_sequences, 1), ("--max-queue", args.max_queue, 0),
+                               ("--max-body", args.max_body, 1), ("--port", args.port, 0)):
+        if value is not None and value < least:
+            raise InvalidRequestError(f"{flag} must be >= {least}")
 
 
 def _versions() -> dict[str, str | None]:
@@ -251,4 +297,4 @@ def lock_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["chat", "env", "list_models", "lock_verify", "pull", "run"]
+__all__ = ["chat", "env", "list_models", "lock_verify", "pull", "run", "serve"]

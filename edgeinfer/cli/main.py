@@ -1,10 +1,11 @@
-"""`edgeinfer` command: chat, run, env, list, pull, lock verify."""
+"""`edgeinfer` command: chat, run, serve, env, list, pull, lock verify."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(p)
     _add_load_options(p)
     p.set_defaults(func=commands.chat)
+
+    p = sub.add_parser("serve", help="a local OpenAI-compatible HTTP server (/v1/chat/completions, ...)")
+    p.add_argument("models", nargs="*", default=[DEFAULT_CHAT_MODEL], metavar="MODEL",
+                   help=f"models to serve; a request's 'model' picks one (default: {DEFAULT_CHAT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; another host turns the DNS-rebinding guard off)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $EDGEINFER_API_KEY)")
+    p.add_argument("--max-sequences", type=int, default=4, help="requests each model runs at once")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="requests each model queues beyond those (default 4 x --max-sequences); more get 503")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
+    _add_load_options(p)
+    p.set_defaults(func=commands.serve)
 
     p = sub.add_parser("env", help="this machine, the backend/device choice and why")
     p.add_argument("model", nargs="?", default=DEFAULT_CHAT_MODEL, help="artifact to plan for")

@@ -1,0 +1,202 @@
+"""The FastAPI app: OpenAI-compatible routes over one or more loaded models."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+
+from ..engine import CompletionStream
+from ..errors import EdgeInferError
+from ..model import Model
+from .errors import APIError, from_edgeinfer, install_handlers
+from .guards import LOOPBACK_ORIGIN, Guard
+from .pump import Admission, Pump
+from .responses import CHAT, TEXT, EventStream, Reply, Shape, ended
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest, parse
+
+TEXT_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat runs to a stop or the context
+
+
+@dataclass
+class ServerOptions:
+    """How the server admits requests. ``max_queue``: requests a model takes beyond those it runs
+    (None: 4 x its sequences); ``loopback``: the server is bound to loopback (guards on)."""
+
+    api_key: str | None = None
+    max_queue: int | None = None
+    max_body: int = 1 << 20
+    loopback: bool = True
+
+
+class Served:
+    """A model the server serves, under its id, with its admission counter."""
+
+    def __init__(self, model: Model, max_queue: int | None) -> None:
+        self.model = model
+        self.id = model.name
+        running = model.backend.caps.max_sequences
+        self.admission = Admission(running + (4 * running if max_queue is None else max_queue))
+        self.created = int(time.time())
+
+    def card(self) -> dict:
+        """The /v1/models entry (OpenAI fields plus what a client may want to know)."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "edgeinfer",
+                "n_ctx": self.model.n_ctx, "chat": self.model.chat_template is not None}
+
+    def health(self) -> dict:
+        """Admitted requests against capacity (and the engine's own count, where it has one)."""
+        running, waiting = getattr(self.model.engine, "load", (None, None))
+        return {"admitted": self.admission.admitted, "capacity": self.admission.capacity,
+                "running": running, "waiting": waiting}
+
+
+class Registry:
+    """The served models by id (and by the aliases they were asked for); picks one per request."""
+
+    def __init__(self, models: Sequence[Model], aliases: Mapping[str, Model], max_queue: int | None) -> None:
+        self.served = {m.name: Served(m, max_queue) for m in models}
+        if len(self.served) != len(models):
+            raise ValueError("two of the models have the same name; serve each model once")
+        by_model = {id(s.model): s for s in self.served.values()}
+        self.aliases = {alias: by_model[id(m)] for alias, m in aliases.items() if id(m) in by_model}
+
+    def get(self, name: str | None) -> Served:
+        """The model a request names; without a name, the only one served."""
+        if name is None:
+            if len(self.served) == 1:
+                return next(iter(self.served.values()))
+            raise APIError(400, f"say which model: one of {sorted(self.served)}", param="model")
+        served = self.served.get(name) or self.aliases.get(name)
+        if served is None:
+            raise APIError(404, f"the model {name!r} is not served here; served: {sorted(self.served)}",
+                           code="model_not_found", param="model")
+        return served
+
+
+def create_app(models: Sequence[Model], options: ServerOptions | None = None, *,
+               aliases: Mapping[str, Model] | None = None) -> FastAPI:
+    """An OpenAI-compatible app serving ``models`` (the caller loads and closes them)."""
+    options = options or ServerOptions()
+    registry = Registry(models, aliases or {}, options.max_queue)
+    app = FastAPI(title="edgeinfer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.registry = registry
+    install_handlers(app)
+    _add_routes(app, registry)
+    app.add_middleware(Guard, api_key=options.api_key, max_body=options.max_body, loopback=options.loopback)
+    if options.loopback:  # local web apps may call it; remote pages may not
+        app.add_middleware(CORSMiddleware, allow_origin_regex=LOOPBACK_ORIGIN, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    return app
+
+
+def _add_routes(app: FastAPI, registry: Registry) -> None:
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": {s.id: s.health() for s in registry.served.values()}}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [s.card() for s in registry.served.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        return registry.get(model_id).card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = parse(ChatRequest, await request.body())
+        served = registry.get(body.model)
+        if served.model.chat_template is None:
+            raise APIError(400, f"{served.id} is a base model without a chat template: use /v1/completions",
+                           param="model")
+        messages = body.sdk_messages()
+        options = _generation_options(body, served.model, default_limit=served.model.n_ctx)
+        start = lambda: served.model.stream_chat(messages, **options)
+        return await _complete(request, served, body, CHAT, start)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = parse(CompletionRequest, await request.body())
+        served = registry.get(body.model)
+        prompt = body.single_prompt()
+        options = _generation_options(body, served.model, default_limit=TEXT_DEFAULT_MAX_TOKENS)
+        start = lambda: served.model.stream(prompt, **options)
+        return await _complete(request, served, body, TEXT, start)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        body = parse(EmbeddingRequest, await request.body())
+        served = registry.get(body.model)
+        return await _embed(served, body)
+
+
+def _generation_options(body: GenerationRequest, model: Model, *, default_limit: int) -> dict:
+    """Sampling options plus max_tokens, refused when it cannot fit the model's context at all."""
+    limit = body.limit
+    if limit is not None and limit > model.n_ctx:
+        raise APIError(400, f"max_tokens is {limit} but the context of {model.name} holds {model.n_ctx} "
+                       "tokens, prompt included: ask for fewer", param="max_tokens")
+    return {**body.sampling(), "max_tokens": limit or default_limit}
+
+
+async def _complete(request: Request, served: Served, body: GenerationRequest, shape: Shape,
+                    start: Callable[[], CompletionStream]) -> Response:
+    """Admit the request, start its stream (validation errors are 400s before any header is sent),
+    then stream it as events or wait for the whole completion; the client leaving cancels it."""
+    ticket = served.admission.acquire()
+    try:
+        stream = await run_in_threadpool(start)  # tokenizing a long prompt must not block the loop
+    except BaseException as exc:
+        ticket.release()
+        if isinstance(exc, EdgeInferError):
+            raise from_edgeinfer(exc, prompt_param=shape.param) from exc
+        raise
+    pump = Pump(stream, request.receive)
+    reply = Reply(shape, served.id)
+    if body.stream:
+        def on_close() -> None:
+            pump.close()
+            ticket.release()
+
+        return EventStream(reply.events(pump, body.include_usage), on_close)
+    try:
+        async for _ in pump:
+            pass
+    finally:
+        ticket.release()
+    if pump.disconnected:
+        return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+    return JSONResponse(reply.body(ended(pump.completion)))
+
+
+async def _embed(served: Served, body: EmbeddingRequest) -> dict:
+    """Embeddings from a model that can make them (``model.embed(texts)``); others get a 400."""
+    embed = getattr(served.model, "embed", None)
+    if embed is None:
+        raise APIError(400, f"{served.id} cannot embed: serve an embedding model (e.g. edgeinfer serve "
+                       f"{served.id} all-minilm-l6-v2) and name it in 'model'", code="model_cannot_embed",
+                       param="model")
+    texts = body.texts()
+    ticket = served.admission.acquire()
+    try:
+        vectors = await run_in_threadpool(embed, texts)
+        n_tokens = sum(len(served.model.tokenize(t)) for t in texts)
+    finally:
+        ticket.release()
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": served.id,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
+def _encode(vector: Sequence[float], encoding_format: str) -> list[float] | str:
+    array = np.asarray(vector, dtype="<f4")
+    return base64.b64encode(array.tobytes()).decode() if encoding_format == "base64" else array.tolist()

@@ -1,0 +1,190 @@
+"""Request bodies of the OpenAI endpoints, validated strictly (a wrong type is a 400, not a guess)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import APIError
+
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+
+_Check = tuple[str, Any, str]  # (field, predicate on its value: True when fine, why it is refused)
+
+
+class _Strict(BaseModel):
+    """Strict types, unknown fields ignored, and a table of known-but-unsupported options."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+    unsupported: ClassVar[tuple[_Check, ...]] = ()
+
+    def refuse_unsupported(self) -> None:
+        """Refuse OpenAI options this server cannot honour, instead of silently ignoring them."""
+        for name, fine, why in self.unsupported:
+            if not fine(getattr(self, name)):
+                raise APIError(400, why, code="unsupported_parameter", param=name)
+
+
+class StreamOptions(_Strict):
+    """OpenAI's stream_options: ``include_usage`` adds a last chunk with the usage."""
+
+    include_usage: bool = False
+
+
+class GenerationRequest(_Strict):
+    """What chat and text completions share: the model, sampling, limits and streaming."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # llama.cpp extensions: top_k, min_p, repeat_penalty
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+
+    unsupported: ClassVar[tuple[_Check, ...]] = (
+        ("n", lambda v: v == 1, "n must be 1: send several requests instead (they run as one batch)"),
+        ("frequency_penalty", lambda v: not v, "frequency_penalty is not supported; use repeat_penalty"),
+        ("presence_penalty", lambda v: not v, "presence_penalty is not supported; use repeat_penalty"),
+        ("logit_bias", lambda v: not v, "logit_bias is not supported"),
+        ("logprobs", lambda v: not v, "logprobs are not supported"),
+    )
+
+    @property
+    def limit(self) -> int | None:
+        """The most tokens to generate, as the client asked (None: not said)."""
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling options the client set; the model's defaults fill in the rest."""
+        return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
+
+
+class ContentPart(_Strict):
+    """One part of a message's content; only text parts can be served."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Strict):
+    """One chat message; tool messages and tool calls are not supported."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def to_sdk(self, index: int) -> dict[str, str]:
+        """The message as the chat template takes it: plain text ('developer' is a system turn)."""
+        where = f"messages.{index}.content"
+        if self.content is None:
+            raise APIError(400, f"{where} is required (tool calls are not supported)", param=where)
+        if isinstance(self.content, str):
+            text = self.content
+        elif all(part.type == "text" and part.text is not None for part in self.content):
+            text = "".join(part.text or "" for part in self.content)
+        else:
+            raise APIError(400, f"{where}: only text parts are supported", param=where)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(GenerationRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: Any = None
+    functions: Any = None
+    response_format: Any = None
+    top_logprobs: Any = None
+
+    unsupported: ClassVar[tuple[_Check, ...]] = (
+        *GenerationRequest.unsupported,
+        ("tools", lambda v: not v, "tools are not supported by this server"),
+        ("functions", lambda v: not v, "functions are not supported by this server"),
+        ("response_format", lambda v: v is None or v == {"type": "text"},
+         "only response_format {'type': 'text'} is supported"),
+        ("top_logprobs", lambda v: not v, "logprobs are not supported"),
+    )
+
+    @property
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def sdk_messages(self) -> list[dict[str, str]]:
+        return [m.to_sdk(i) for i, m in enumerate(self.messages)]
+
+
+class CompletionRequest(GenerationRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+
+    unsupported: ClassVar[tuple[_Check, ...]] = (
+        *GenerationRequest.unsupported,
+        ("echo", lambda v: not v, "echo is not supported"),
+        ("suffix", lambda v: v is None, "suffix is not supported"),
+        ("best_of", lambda v: v in (None, 1), "best_of must be 1"),
+    )
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt (text or token ids); a batch of several is refused like n > 1."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise APIError(400, "one prompt per request: send several requests (they run as one "
+                               "batch)", param="prompt")
+            prompt = prompt[0]
+        return prompt
+
+
+class EmbeddingRequest(_Strict):
+    """POST /v1/embeddings (texts only)."""
+
+    model: str | None = None
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+Body = TypeVar("Body", bound=_Strict)
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none)$|[^a-z0-9_]")  # pydantic's union branch names
+
+
+def parse(schema: type[Body], raw: bytes) -> Body:
+    """A request body validated against ``schema``; any problem is a 400 naming the field."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        body = schema.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(p) for p in error["loc"] if isinstance(p, int) or not _TYPE_TAG.search(p))
+        raise APIError(400, f"{param or 'request body'}: {error['msg']}", param=param or None) from None
+    body.refuse_unsupported()
+    return body

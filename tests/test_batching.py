@@ -1,0 +1,91 @@
+"""Continuous batching and speculation in the engine, on the fake backend (scheduling logic only)."""
+
+import threading
+
+import pytest
+from fake_backend import FakeBackend
+
+from edgeinfer.model import Model
+
+GREEDY = dict(temperature=0)
+
+
+def run_concurrently(m: Model, prompts: list[str], **options) -> list:
+    results: list = [None] * len(prompts)
+
+    def worker(i: int) -> None:
+        results[i] = m.generate(prompts[i], **options)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_concurrent_requests_share_steps_and_match_one_by_one():
+    prompts = [chr(97 + i) * 3 for i in range(4)]
+    solo = Model(FakeBackend(n_ctx=128, max_sequences=4), name="fake", speculation=None)
+    expected = [solo.generate(p, max_tokens=20, **GREEDY).text for p in prompts]
+    backend = FakeBackend(n_ctx=128, max_sequences=4, delay=0.005)
+    m = Model(backend, name="fake", speculation=None)
+    done = run_concurrently(m, prompts, max_tokens=20, **GREEDY)
+    assert [c.text for c in done] == expected
+    # 4 prefills + 19 decode steps each: batched, far fewer than the 4 x 20 evals of one by one
+    assert backend.evals < 4 * 20 * 0.6
+
+
+def test_more_requests_than_sequences_wait_their_turn():
+    backend = FakeBackend(n_ctx=128, max_sequences=2, delay=0.002)
+    m = Model(backend, name="fake", speculation=None)
+    prompts = [chr(97 + i) for i in range(7)]
+    done = run_concurrently(m, prompts, max_tokens=5, **GREEDY)
+    assert [c.text for c in done] == [
+        "".join(chr(ord(p) + j) for j in range(1, 6)) for p in prompts]
+    assert m.engine.load == (0, 0) and not any(s.busy for s in m.engine.cache.slots)
+
+
+def test_a_cancelled_request_frees_its_sequence_for_a_waiting_one():
+    m = Model(FakeBackend(n_ctx=512, max_sequences=1, delay=0.01), name="fake", speculation=None)
+    long = m.stream("a", max_tokens=400, **GREEDY)
+    waiting = m.stream("b", max_tokens=3, **GREEDY)
+    next(iter(long))
+    assert m.engine.load == (1, 1)
+    long.cancel()
+    assert waiting.result().text == "cde"
+    assert long.result().finish_reason == "cancelled"
+
+
+def test_a_failing_step_ends_only_its_requests():
+    backend = FakeBackend(n_ctx=128, max_sequences=2)
+    m = Model(backend, name="fake", speculation=None)
+    backend.fail_on_eval = backend.evals + 2
+    with pytest.raises(RuntimeError, match="injected"):
+        m.generate("abc", max_tokens=10, **GREEDY)
+    backend.fail_on_eval = None
+    assert m.generate("abc", max_tokens=2, **GREEDY).text == "de"
+
+
+COPY_PROMPT = "abcdefghijklmnopqrstuvwxyz" + "abc"
+
+
+def test_prompt_lookup_speculation_keeps_greedy_output_and_saves_steps():
+    plain_backend = FakeBackend(n_ctx=256)
+    plain = Model(plain_backend, name="fake", speculation=None).generate(COPY_PROMPT, max_tokens=22, **GREEDY)
+    spec_backend = FakeBackend(n_ctx=256)
+    spec = Model(spec_backend, name="fake").generate(COPY_PROMPT, max_tokens=22, **GREEDY)
+    assert spec.text == plain.text and spec.finish_reason == plain.finish_reason == "length"
+    assert spec.stats.accepted_tokens >= 12 and spec_backend.evals < plain_backend.evals / 2
+
+
+def test_speculation_stops_exactly_at_max_tokens_and_stop_strings():
+    for options in (dict(max_tokens=7), dict(max_tokens=40, stop=["mno"])):
+        plain = Model(FakeBackend(n_ctx=256), name="fake", speculation=None).generate(
+            COPY_PROMPT, **options, **GREEDY)
+        m = Model(FakeBackend(n_ctx=256), name="fake", settle=False)
+        spec = m.generate(COPY_PROMPT, **options, **GREEDY)
+        assert (spec.text, spec.tokens) == (plain.text, plain.tokens)
+        slot = m.engine.cache.slots[0]
+        assert m.backend.seqs[0] == slot.tokens  # no unverified draft left in the KV cache
+        assert slot.tokens == [*m.tokenize(COPY_PROMPT), *spec.tokens[:-1]]

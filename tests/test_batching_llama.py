@@ -1,0 +1,107 @@
+"""Continuous batching and speculative decoding for real, on SmolLM2 (Q4_1) and Gemma 3 (Q4_K_M)."""
+
+import threading
+
+import pytest
+
+import edgeinfer as ei
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "The three primary colors are",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "List of the planets of the solar system:",
+]
+SOURCE = (
+    "The committee met on Tuesday to review the budget. It approved funding for the new library, "
+    "postponed the decision on the swimming pool, and asked the mayor to present a revised plan "
+    "for the bus network by the end of March."
+)
+COPY_PROMPTS = [
+    f"Text: {SOURCE}\nRepeat the text above word for word.\nText: {SOURCE[:60]}",
+    "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n"
+    "    return 2 * (width + height)\n\n\n# the same two functions, with type hints\n"
+    "def area(width: float, height: float) -> float:\n",
+]
+
+
+def concurrently(model: ei.Model, prompts: list[str], **options) -> list[ei.Completion]:
+    out: list = [None] * len(prompts)
+    start = threading.Barrier(len(prompts))
+
+    def worker(i: int) -> None:
+        start.wait()
+        out[i] = model.generate(prompts[i], **options)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+def model_path(request):
+    from edgeinfer.lock import ModelLock
+    from edgeinfer.sources import resolve
+
+    return resolve(ModelLock.load().get(request.param), offline=True).path
+
+
+def test_batched_requests_give_exactly_their_unbatched_greedy_output(model_path):
+    with ei.load(model_path, n_ctx=512, n_threads=2, max_sequences=4, kv_settle=False,
+                 speculation=None) as model:
+        alone = []
+        for prompt in PROMPTS:
+            model.engine.reset()
+            alone.append(model.generate(prompt, max_tokens=40, temperature=0).tokens)
+        model.engine.reset()
+        together = concurrently(model, PROMPTS, max_tokens=40, temperature=0)
+    assert [c.tokens for c in together] == alone
+
+
+def test_speculation_keeps_greedy_output_identical_and_accepts_drafts(model_path):
+    outputs = {}
+    for speculation in (None, "prompt-lookup"):
+        with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False,
+                     speculation=speculation) as model:
+            outputs[speculation] = [model.generate(p, max_tokens=48, temperature=0) for p in COPY_PROMPTS]
+    plain, spec = outputs[None], outputs["prompt-lookup"]
+    assert [c.tokens for c in spec] == [c.tokens for c in plain]
+    assert all(c.stats.draft_tokens == 0 for c in plain)
+    assert sum(c.stats.accepted_tokens for c in spec) >= 30  # the copy was drafted, and accepted
+
+
+def test_sampled_speculation_gives_the_seed_s_text_whatever_is_drafted(model_path):
+    with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False) as model:
+        runs = [model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11) for _ in range(2)]
+        model.engine.proposer = NoDrafts()  # the same request with no drafts at all
+        plain = model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11)
+    assert runs[0].tokens == runs[1].tokens == plain.tokens
+    assert runs[0].stats.accepted_tokens > 0 and plain.stats.draft_tokens == 0
+
+
+class NoDrafts:
+    def propose(self, tokens, k):
+        return []
+
+
+def test_a_draft_model_with_the_same_vocabulary_keeps_greedy_output(smollm2_path):
+    with ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, speculation=None) as plain:
+        expected = plain.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0).tokens
+    # the same small model as its own draft: every draft token should be accepted
+    with ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=1, kv_settle=False,
+                 speculation=None) as draft, \
+            ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, speculation=draft) as model:
+        out = model.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0)
+    assert out.tokens == expected
+    assert out.stats.draft_tokens > 0 and out.stats.accepted_tokens == out.stats.draft_tokens
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(smollm2_path):
+    with ei.load("gemma-3-270m", n_ctx=256, kv_settle=False, speculation=None) as gemma:
+        with pytest.raises(ei.InvalidRequestError, match="vocabulary"):
+            ei.load(smollm2_path, n_ctx=256, speculation=gemma)
