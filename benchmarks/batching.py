@@ -246,7 +246,8 @@ def part2(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     models = {
         name: ei.load(
             f,
-            n_ctx=args.n_ctx,
+            # unified: the sequences share n_ctx cells, so give them as many as the split layout has
+            n_ctx=args.n_ctx * (max(LEVELS) if opts.get("kv_unified") else 1),
             n_threads=args.threads,
             max_sequences=max(LEVELS),
             kv_settle=False,

@@ -94,7 +94,8 @@ class DraftLength:
 
     With a per-token acceptance rate ``a`` (a moving estimate) a draft of ``d`` tokens yields
     (1 - a^(d+1)) / (1 - a) tokens for a step costing ``costs.relative(d + 1)``; drafting stops
-    when no length beats a plain step, and is retried now and then (the text may start copying).
+    when no length beats a plain step, and is probed again after 8, 16, 32 ... plain steps (the
+    text may start copying).
     """
 
     def __init__(self, costs: StepCosts | None = None, *, maximum: int = 8, retry_every: int = 8,
@@ -103,6 +104,7 @@ class DraftLength:
         self.maximum, self.retry_every, self.margin, self.decay = maximum, retry_every, margin, decay
         self._hits, self._trials = prior
         self._idle = 0
+        self._retry = retry_every  # doubles after each probe that finds nothing (up to 128)
 
     @property
     def acceptance(self) -> float:
@@ -120,7 +122,7 @@ class DraftLength:
             self._idle = 0
             return best
         self._idle += 1
-        if self._idle >= self.retry_every:  # a cheap probe keeps the estimate current
+        if self._idle >= self._retry:  # a cheap probe keeps the estimate current
             self._idle = 0
             return 1
         return 0
@@ -130,6 +132,7 @@ class DraftLength:
         if drafted <= 0:
             return
         misses = 0 if accepted == drafted else 1
+        self._retry = self.retry_every if accepted else min(2 * self._retry, 128)
         self._hits = self.decay * self._hits + accepted
         self._trials = self.decay * self._trials + accepted + misses
 

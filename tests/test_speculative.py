@@ -37,8 +37,12 @@ def test_draft_length_follows_acceptance_and_measured_costs():
     assert d.acceptance > 0.9 and d.next_k() >= 4
     for _ in range(8):
         d.update(2, 0)  # nothing accepted: plain steps are cheaper
-    assert [d.next_k() for _ in range(2)] == [0, 0]
-    assert d.next_k() == 1  # then a cheap probe
+    assert d.next_k() == 0
+    # probes come after 3, then 6, 12 ... plain steps while they find nothing
+    idle = DraftLength(StepCosts(), retry_every=3, prior=(0.0, 5.0))
+    assert [idle.next_k() for _ in range(3)] == [0, 0, 1]
+    idle.update(1, 0)
+    assert [idle.next_k() for _ in range(6)] == [0] * 5 + [1]
     # the same acceptance with cheaper measured multi-token steps drafts further
     cheap, dear = StepCosts(), StepCosts()
     for rows in range(1, 10):

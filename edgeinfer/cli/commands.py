@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace, name: str | None = None, **extra: object) ->
     """The model named on the command line (or ``name``), with the loading options given there."""
     return load(name or args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                 n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
-                progress=True, **extra)
+                progress=True, **({"repack": True} if getattr(args, "repack", False) else {}), **extra)
 
 
 def _options(args: argparse.Namespace) -> dict:

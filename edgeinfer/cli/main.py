@@ -26,6 +26,9 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-layers", type=int, default=None,
                    help="layers to offload (default: sized from free VRAM)")
     g.add_argument("--offline", action="store_true", default=None, help="never contact the hub")
+    g.add_argument("--repack", action="store_true", default=False,
+                   help="let llama.cpp repack Q4_0/IQ4_NL weights for AVX2/NEON (faster, but a token's "
+                        "numerics then depend on its batch)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -75,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
     p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $EDGEINFER_API_KEY)")
-    p.add_argument("--max-sequences", type=int, default=4, help="requests each model runs at once")
+    # 8: the engine's aggregate throughput still grows from 4 to 8 streams here (1.67x -> 1.91x of
+    # one-by-one, benchmarks/results/batching.md); each sequence costs n_ctx KV cells of memory
+    p.add_argument("--max-sequences", type=int, default=8, help="requests each model runs at once")
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests each model queues beyond those (default 4 x --max-sequences); more get 503")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
