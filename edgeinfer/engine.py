@@ -275,11 +275,11 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(request, "cancelled")
                 continue
+            if all(slot.busy for slot in self.cache.slots):
+                return  # wait for a running request to finish
             try:
                 reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids())
-            except BackendError:
-                return  # every sequence is busy: wait for one to finish
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - e.g. a disk state that failed to load
                 self._waiting.popleft()
                 self._finish(request, "error", exc)
                 continue
