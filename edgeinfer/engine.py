@@ -337,9 +337,21 @@ class Engine:
         requests.sort(key=lambda r: r.seq_id)  # runs of adjacent sequences batch together
         t0 = time.perf_counter()  # a step's cost includes drafting it
         drafts = [self._draft(r) if len(requests) == 1 else [] for r in requests]
-        items = [EvalItem(r.seq_id, [r.next_token, *d], n_outputs=1 + len(d))
-                 for r, d in zip(requests, drafts, strict=True)]
-        rows = self._eval(items)
+        while True:
+            items = [EvalItem(r.seq_id, [r.next_token, *d], n_outputs=1 + len(d))
+                     for r, d in zip(requests, drafts, strict=True)]
+            try:
+                rows = self._eval(items)
+                break
+            except KVCacheFullError:  # shared cells ran out: the youngest request gives way
+                if len(requests) == 1:
+                    raise
+                victim = max(requests, key=lambda r: r.t_start)
+                del drafts[requests.index(victim)]
+                requests.remove(victim)
+                self._finish(victim, "error", KVCacheFullError(
+                    "the KV cache filled up while other requests were running: retry this request, "
+                    "or load the model with a larger n_ctx or fewer sequences"))
         if len(items) == 1:
             self.step_costs.record(len(items[0].tokens), time.perf_counter() - t0)
         first = 0

@@ -89,3 +89,19 @@ def test_speculation_stops_exactly_at_max_tokens_and_stop_strings():
         slot = m.engine.cache.slots[0]
         assert m.backend.seqs[0] == slot.tokens  # no unverified draft left in the KV cache
         assert slot.tokens == [*m.tokenize(COPY_PROMPT), *spec.tokens[:-1]]
+
+
+def test_when_shared_kv_cells_run_out_only_the_youngest_request_gives_way():
+    from edgeinfer.errors import KVCacheFullError
+
+    m = Model(FakeBackend(n_ctx=128, max_sequences=2, kv_cells=50, delay=0.002), name="fake",
+              speculation=None, settle=False)
+    older = m.stream("abcde", max_tokens=30, **GREEDY)
+    pieces = iter(older)
+    next(pieces)  # the older request is running before the younger arrives
+    younger = m.stream("vwxyz", max_tokens=30, **GREEDY)
+    with pytest.raises(KVCacheFullError, match="retry"):
+        younger.result()
+    for _ in pieces:
+        pass
+    assert older.completion.finish_reason == "length" and len(older.completion.tokens) == 30
