@@ -5,8 +5,9 @@ Part 1, side by side in one run (variants alternate round by round, who goes fir
               then one llama_decode per step carrying one token of every stream (greedy argmax)
   engine      edgeinfer: n threads call ``Model.generate`` at once; the engine batches them
   sequential  edgeinfer: the same n requests one after another
-with the same GGUF file, threads, context settings (one KV stream per sequence, flash attention,
-no weight repacking) and prompts. The engine's greedy tokens are checked against the raw loop's.
+with the same GGUF file, threads, context settings (one KV stream per sequence, no flash attention,
+no weight repacking: edgeinfer's defaults) and prompts. The engine's greedy tokens are checked
+against the raw loop's.
 
 Part 2: which artifact / KV layout scales best with concurrency (engine only): the bundled Q4_1,
 Q4_0 (with and without llama.cpp's AVX2 weight repacking), Q8_0 and F16 made from it with
@@ -61,7 +62,7 @@ class RawLoop:
         cparams.n_batch = cparams.n_ubatch = 512
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.kv_unified, cparams.swa_full = False, True
-        cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as edgeinfer's default
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         self.mem = ll.llama_get_memory(self.ctx)
         self.batch = ll.llama_batch_init(512, 0, n_seq)

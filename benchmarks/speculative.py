@@ -1,7 +1,8 @@
 """Speculative decoding with prompt-lookup drafts: decode speed with and without, and against
 llama-cpp-python's ``LlamaPromptLookupDecoding`` on the same tasks.
 
-Four variants on the same GGUF, threads, context and prompt token ids (the model's chat template),
+Four variants on the same GGUF, threads, context, flash attention (on: edgeinfer speculates by
+default only then) and prompt token ids (the model's chat template),
 greedy, cold prefill each time; variants alternate task by task, who goes first rotating:
   plain       edgeinfer, speculation off
   spec        edgeinfer, prompt-lookup speculation (adaptive draft length)
@@ -118,12 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common = dict(
         model_path=str(path), n_ctx=2048, n_threads=args.threads, n_batch=512, flash_attn=True, verbose=False
     )
+    ours = dict(n_ctx=2048, n_threads=args.threads, kv_settle=False, flash_attn=True)
     runners = {
-        "plain": (
-            ei.load(path, n_ctx=2048, n_threads=args.threads, kv_settle=False, speculation=None),
-            run_ours,
-        ),
-        "spec": (ei.load(path, n_ctx=2048, n_threads=args.threads, kv_settle=False), run_ours),
+        # flash attention on for all four: with it, checking a draft gives exactly the plain logits
+        "plain": (ei.load(path, speculation=None, **ours), run_ours),
+        "spec": (ei.load(path, speculation="prompt-lookup", **ours), run_ours),
         "llama": (Llama(**common), run_llama),
         "llama-pld": (Llama(**common, draft_model=LlamaPromptLookupDecoding()), run_llama),
     }

@@ -138,14 +138,15 @@ class Engine:
     """Runs requests on one backend as a continuous batch, reusing cached prefixes.
 
     ``max_batch`` bounds the sequences decoded together (default: all the backend holds); more
-    requests wait, first come first served. ``speculation`` ("prompt-lookup", a ``DraftModel``, or
-    None) drafts tokens and verifies them in one eval when one request is decoding alone. With
+    requests wait, first come first served. ``speculation`` ("auto": prompt lookup where the
+    backend checks drafts exactly; "prompt-lookup", a ``DraftModel``, or None) drafts tokens and
+    verifies them in one eval when one request is decoding alone. With
     ``settle`` (the default), idle time makes generated tokens' KV exactly reusable.
     """
 
     def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None,
                  settle: bool = True, max_batch: int | None = None,
-                 speculation: str | Proposer | None = "prompt-lookup") -> None:
+                 speculation: str | Proposer | None = "auto") -> None:
         self.backend = backend
         self.proposer = make_proposer(speculation, backend)
         self.model_name = model_name

@@ -94,7 +94,7 @@ def load(
     kv_disk_bytes: int = 2 << 30,
     kv_settle: bool = True,
     max_batch: int | None = None,
-    speculation: str | Model | None = "prompt-lookup",
+    speculation: str | Model | None = "auto",
     **backend_options: object,
 ) -> Model:
     """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
@@ -105,9 +105,9 @@ def load(
     ``kv_settle`` recomputes generated tokens' KV as a prefill in idle time, so a chat's next turn
     reuses it bit-exactly (off: the next turn recomputes the previous answer itself).
     Concurrent requests run as one batch of up to ``max_batch`` sequences (default
-    ``max_sequences``); ``speculation`` ("prompt-lookup", a smaller loaded Model with the same
-    tokenizer as a draft model, or None) drafts tokens and verifies them in one pass (greedy
-    output unchanged).
+    ``max_sequences``); ``speculation`` drafts tokens and verifies them in one pass, greedy output
+    unchanged: "auto" (prompt lookup where drafts are checked exactly: llama.cpp with
+    ``flash_attn=True``), "prompt-lookup", a smaller loaded Model with the same tokenizer, or None.
     ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``,
     ``repack``).
     """

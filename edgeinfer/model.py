@@ -53,7 +53,7 @@ class Model:
         cache: PromptCache | None = None,
         settle: bool = True,
         max_batch: int | None = None,
-        speculation: str | Model | Proposer | None = "prompt-lookup",
+        speculation: str | Model | Proposer | None = "auto",
     ) -> None:
         self.backend = backend
         self.default_params = default_params or SamplingParams()

@@ -63,10 +63,16 @@ def test_batched_requests_give_exactly_their_unbatched_greedy_output(model_path)
     assert [c.tokens for c in together] == alone
 
 
+def test_speculation_is_on_by_default_only_where_drafts_are_checked_exactly(smollm2_path):
+    with ei.load(smollm2_path, n_ctx=256, kv_settle=False) as plain, \
+            ei.load(smollm2_path, n_ctx=256, kv_settle=False, flash_attn=True) as flash:
+        assert plain.engine.proposer is None and flash.engine.proposer is not None
+
+
 def test_speculation_keeps_greedy_output_identical_and_accepts_drafts(model_path):
     outputs = {}
     for speculation in (None, "prompt-lookup"):
-        with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False,
+        with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
                      speculation=speculation) as model:
             outputs[speculation] = [model.generate(p, max_tokens=48, temperature=0) for p in COPY_PROMPTS]
     plain, spec = outputs[None], outputs["prompt-lookup"]
@@ -76,7 +82,7 @@ def test_speculation_keeps_greedy_output_identical_and_accepts_drafts(model_path
 
 
 def test_sampled_speculation_gives_the_seed_s_text_whatever_is_drafted(model_path):
-    with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False) as model:
+    with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True) as model:
         runs = [model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11) for _ in range(2)]
         model.engine.proposer = NoDrafts()  # the same request with no drafts at all
         plain = model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11)
@@ -90,12 +96,14 @@ class NoDrafts:
 
 
 def test_a_draft_model_with_the_same_vocabulary_keeps_greedy_output(smollm2_path):
-    with ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, speculation=None) as plain:
+    with ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
+                 speculation=None) as plain:
         expected = plain.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0).tokens
     # the same small model as its own draft: every draft token should be accepted
     with ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=1, kv_settle=False,
                  speculation=None) as draft, \
-            ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, speculation=draft) as model:
+            ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
+                    speculation=draft) as model:
         out = model.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0)
     assert out.tokens == expected
     assert out.stats.draft_tokens > 0 and out.stats.accepted_tokens == out.stats.draft_tokens

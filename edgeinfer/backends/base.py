@@ -45,6 +45,9 @@ class Capabilities:
     reuse_align: int = 16
     # batches of at least this many tokens compute each row alike, whatever their length
     exact_min_batch: int = EXACT_MIN_BATCH
+    # a few tokens of one sequence evaluated together get exactly the logits of one-by-one steps
+    # (speculative drafts can be checked without changing greedy output)
+    exact_verify: bool = True
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class LlamaCppBackend(Backend):
         n_gpu_layers: int = 0,
         max_sequences: int = 4,
         device: str = "cpu",
-        flash_attn: bool = True,
+        flash_attn: bool = False,
         kv_unified: bool = False,
         repack: bool = False,
     ) -> None:
@@ -188,10 +188,11 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
-        # Flash attention (llama.cpp's own CPU default) computes each query row alone, so a row's
-        # attention does not depend on how many tokens of its sequence share the batch: verified
-        # speculative drafts then give exactly the plain greedy output. Off, multi-row attention
-        # runs another matmul kernel than one-row decode steps (last-bit differences).
+        # Flash attention computes each query row of a short batch alone, so a row's attention does
+        # not depend on how many tokens of its sequence share the batch: verified speculative drafts
+        # then give exactly the plain greedy output. Off (the default), a 2-9-token check runs
+        # another attention kernel than a one-token step, but exact prefix reuse needs only 16
+        # tokens computed instead of 64 (flash runs batches of 64+ rows through a tiled kernel).
         self._flash_attn = flash_attn
         cparams.flash_attn_type = (
             ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -233,6 +234,7 @@ class LlamaCppBackend(Backend):
             quantization=_FTYPE_NAMES.get(ll.llama_model_ftype(model), self._describe()),
             reuse_align=reuse_align(device),
             exact_min_batch=FLASH_TILE_ROWS if flash_attn else EXACT_MIN_BATCH,
+            exact_verify=flash_attn,
         )
 
     # --- metadata
