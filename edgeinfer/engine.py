@@ -290,11 +290,12 @@ class Engine:
             request.evaluated = request.prompt[: reuse.cached]
             caps = self.backend.caps
             request.cuts = prefill_cuts(reuse.cached, len(request.prompt), caps.n_batch, caps.exact_min_batch)
-            request.sampler = self.backend.make_sampler(request.params)
-            if self.proposer is not None:
+            if self.proposer is not None:  # the verifier then picks every token of the request
                 request.verifier = Verifier(request.params, self.backend.logits)
                 request.verifier.start(request.prompt)
                 request.draft_length = DraftLength(self.step_costs)
+            else:
+                request.sampler = self.backend.make_sampler(request.params)
             self._active.append(request)
 
     def _busy_ids(self) -> set[int]:
@@ -322,7 +323,7 @@ class Engine:
         if stop < end:
             return
         request.prefill = (request.stats.cached_tokens, end)
-        if request.params.repeat_penalty != 1.0:
+        if request.sampler is not None and request.params.repeat_penalty != 1.0:
             for token in request.prompt[-request.params.repeat_last_n :]:
                 request.sampler.accept(token)
         self._emit(request, [self._sample(request, row)])
