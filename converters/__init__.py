@@ -1,1 +1,27 @@
-"""Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see DESIGN.md)."""
+"""Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see DESIGN.md).
+
+Attributes load lazily, so ``import converters`` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .options import DEFAULT_MAX_KL, FORMATS
+
+_LAZY = {
+    "Checkpoint": "checkpoint",
+    "ConversionResult": "conversion",
+    "convert": "conversion",
+    "quant_names": "conversion",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = ["DEFAULT_MAX_KL", "FORMATS", "Checkpoint", "ConversionResult", "convert", "quant_names"]

@@ -73,3 +73,20 @@ class ContextOverflowError(InvalidRequestError):
 
 class ChatTemplateError(InvalidRequestError):
     """The model's chat template is missing, unsafe, or failed to render."""
+
+
+# --- conversion ------------------------------------------------------------------------------
+class ConversionError(EdgeInferError):
+    """A Hugging Face checkpoint could not be converted; nothing was written."""
+
+
+class CheckpointError(ConversionError):
+    """The input checkpoint is missing files, corrupt, or in a format we refuse to read."""
+
+
+class UnsupportedArchitectureError(ConversionError):
+    """The checkpoint's architecture has no converter."""
+
+
+class OutputExistsError(ConversionError):
+    """The output already exists and ``force`` was not given."""

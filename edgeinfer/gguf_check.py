@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import CorruptModelError, EdgeInferError, ModelLoadError, ModelNotAvailableError
 
@@ -124,3 +126,65 @@ def diagnose_gguf(path: Path, llama_errors: list[str]) -> EdgeInferError:
     if any(w in detail for w in ("corrupted", "incomplete", "out of bounds", "not within")):
         return CorruptModelError(f"{path.name} is corrupted or incomplete; {_REFETCH}. ({detail})")
     return ModelLoadError(f"llama.cpp could not load {path.name}: {detail or 'no reason given'}")
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """Scalar metadata (strings decoded; arrays left out) and (name, n_elements, n_bytes) per tensor."""
+
+    metadata: dict[str, Any]
+    tensors: tuple[tuple[str, int, int], ...]
+
+    @property
+    def n_params(self) -> int:
+        return sum(n for _, n, _ in self.tensors)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(b for _, _, b in self.tensors)
+
+
+def read_gguf_header(path: Path) -> GGUFHeader:
+    """The header of the GGUF at ``path`` (gguf.GGUFReader parses the whole vocabulary: seconds);
+    CorruptModelError when it is not a readable GGUF."""
+    import gguf
+
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            cur = _Cursor(data)
+            if cur.take("4s") != GGUF_MAGIC:
+                raise ValueError("no GGUF magic")
+            cur.take("I")  # version
+            n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+            metadata: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = cur.string().decode("utf-8", errors="replace")
+                value = cur.value(cur.take("I"))
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", errors="replace")
+                if value is not None:
+                    metadata[key] = value
+            tensors = []
+            for _ in range(n_tensors):
+                name = cur.string().decode("utf-8", errors="replace")
+                dims = [cur.take("Q") for _ in range(cur.take("I"))]
+                qtype = gguf.GGMLQuantizationType(cur.take("I"))
+                cur.take("Q")  # offset
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+                n = 1
+                for d in dims:
+                    n *= d
+                tensors.append((name, n, n // block * type_size))
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise CorruptModelError(f"{path} is not a readable GGUF file ({exc}); pass a complete .gguf") from exc
+    return GGUFHeader(metadata, tuple(tensors))
+
+
+def file_type_name(value: int) -> str:
+    """llama.cpp's LLAMA_FTYPE value as a name: 1 -> 'F16', 15 -> 'Q4_K_M'."""
+    import gguf
+
+    try:
+        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        return str(value)

@@ -1,4 +1,4 @@
-"""Model: the public face of a loaded artifact (generate, stream, chat, tokenize)."""
+"""Model: the public face of a loaded artifact (generate, stream, chat, embed, tokenize)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .backends.base import Backend
 from .chat_template import Message, render_chat
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
-from .errors import InvalidRequestError
+from .errors import ContextOverflowError, InvalidRequestError
 from .paths import atomic_write, cache_root
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
@@ -73,6 +75,52 @@ class Model:
     def n_ctx(self) -> int:
         return self.backend.caps.n_ctx
 
+    @property
+    def is_embedding(self) -> bool:
+        """True for an embedding model (``embed`` works; generation does not)."""
+        return self.backend.caps.embedding
+
+    def _require_generative(self) -> None:
+        if self.is_embedding:
+            raise InvalidRequestError(
+                f"{self.name} is an embedding model: it cannot generate or chat; use model.embed(texts)"
+            )
+
+    # --- embeddings
+    def embed(self, texts: str | Sequence[str], *, normalize: bool = True,
+              truncate: bool = False) -> np.ndarray:
+        """Sentence embeddings, shape (len(texts), dim) float32; L2-normalised unless ``normalize=False``.
+
+        A text longer than the context raises ContextOverflowError, or with ``truncate=True`` keeps
+        its first n_ctx - 1 tokens plus its final special token (as sentence-transformers does).
+        """
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if any(not isinstance(t, str) for t in items):
+            raise InvalidRequestError("embed takes a string or a sequence of strings")
+        if not self.is_embedding:
+            raise InvalidRequestError(
+                f"{self.name} cannot embed: it is a generative model, not an embedding model; load an "
+                "embedding GGUF (e.g. all-MiniLM-L6-v2 converted with `edgeinfer convert`)"
+            )
+        caps = self.backend.caps
+        if not items:
+            return np.zeros((0, caps.n_embd), dtype=np.float32)
+        sequences = [self.tokenize(t, add_special=True, parse_special=False) for t in items]
+        for i, tokens in enumerate(sequences):
+            if len(tokens) <= caps.n_ctx:
+                continue
+            if not truncate:
+                raise ContextOverflowError(
+                    f"text {i} has {len(tokens)} tokens but {self.name} embeds at most {caps.n_ctx}: "
+                    "shorten or split it, or pass truncate=True",
+                    prompt_tokens=len(tokens), n_ctx=caps.n_ctx)
+            sequences[i] = [*tokens[: caps.n_ctx - 1], tokens[-1]]
+        with self.engine.lock:  # the scheduler's step lock: one user of the llama context at a time
+            vectors = self.backend.embed(sequences)
+        if normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
     # --- tokens
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.backend.tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -89,6 +137,7 @@ class Model:
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text as it is generated."""
+        self._require_generative()
         tokens = self._prompt_tokens(prompt)
         return self.engine.submit(tokens, self._params(params, options))
 
@@ -106,6 +155,7 @@ class Model:
     # --- chat
     def chat_prompt(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template."""
+        self._require_generative()
         caps = self.backend.caps
         text = render_chat(self.chat_template, messages, bos_token=caps.bos_token,
                            eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt)
@@ -129,6 +179,7 @@ class Model:
 
         With ``id`` it can be saved (``Conversation.save``) and resumed later (``Model.resume``).
         """
+        self._require_generative()
         return Conversation(self, system=system, messages=messages, id=id)
 
     def conversation_path(self, id: str) -> Path:  # noqa: A002

@@ -19,17 +19,33 @@ def cache_root() -> Path:
     return root
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def atomic_write(target: Path, mode: str = "wb") -> Iterator:
-    """Write to a temp file beside ``target`` and rename it into place only on success."""
+def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
+    """A temp path beside ``target`` for a writer that opens files itself; renamed into place only
+    if the block completes, removed on any exception (KeyboardInterrupt included)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(target: Path, mode: str = "wb") -> Iterator:
+    """Write to a temp file beside ``target`` and rename it into place only on success."""
+    with atomic_path(target) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()

@@ -63,7 +63,7 @@ def digest(entry: ModelEntry, path: Path, *, trust_stamp: bool = True) -> str:
 
 
 def _exists(entry: ModelEntry, path: Path) -> bool:
-    if entry.format == "hf":
+    if entry.format == "hf" or entry.files:  # folder formats list the files their checksum covers
         return path.is_dir() and all((path / f).is_file() for f in entry.files)
     return path.is_file()
 
@@ -152,6 +152,20 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
                 _assemble(entry, chunks, cached, progress)
                 _check(entry, cached, where)
                 return ResolvedModel(entry, cached, where)
+            if src.type == "path":
+                path = Path(src.path)
+                if not _exists(entry, path):
+                    tried.append(f"{where}: not found (moved or deleted? pin it again with "
+                                 f"`edgeinfer lock add PATH --name {entry.name} --force`)")
+                    continue
+                actual = digest(entry, path)
+                if actual != entry.sha256:
+                    raise ChecksumMismatchError(
+                        f"{entry.name}: {path} has sha256 {actual[:16]}…, but models.lock pins "
+                        f"{entry.sha256[:16]}…: the file changed since it was pinned. If the change "
+                        f"is intended, run `edgeinfer lock add {path} --name {entry.name} --force`."
+                    )
+                return ResolvedModel(entry, path, where)
             if src.type == "hub":
                 if offline:
                     tried.append(f"{where}: skipped, offline (HF_HUB_OFFLINE/--offline)")
@@ -188,6 +202,8 @@ def locate(entry: ModelEntry) -> tuple[Path, str] | None:
             path = _from_package(entry, src)
             if path is not None and _exists(entry, path):
                 return path, src.describe()
+        elif src.type == "path" and _exists(entry, Path(src.path)):
+            return Path(src.path), src.describe()
         elif src.type == "package-chunks" and _chunk_paths(src) is not None:
             return cached, src.describe() + " (chunks, assembled on first use)"
     return None

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import InvalidRequestError
 from ..sampling import NumpySampler, SamplingParams
 
 # Prefill batches shorter than this may run other kernels than longer ones, so KV they computed
@@ -48,6 +49,9 @@ class Capabilities:
     # a few tokens of one sequence evaluated together get exactly the logits of one-by-one steps
     # (speculative drafts can be checked without changing greedy output)
     exact_verify: bool = True
+    # an embedding model (pooled sentence vectors of n_embd floats; no generation, no KV sequences)
+    embedding: bool = False
+    n_embd: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ class Backend(ABC):
     @abstractmethod
     def logits(self, row: int) -> np.ndarray:
         """Next-token logits (n_vocab floats) of an output row of the last eval."""
+
+    def embed(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pooled embeddings (one float32 row per token sequence) of an embedding model."""
+        raise InvalidRequestError("this model is not an embedding model: it cannot embed")
 
     def make_sampler(self, params: SamplingParams) -> Sampler:
         """A sampler for ``params``; backends with native samplers override this."""

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import (
     BackendError,
     ContextOverflowError,
+    EmptyPromptError,
     InvalidRequestError,
     KVCacheFullError,
     ModelLoadError,
@@ -39,6 +40,10 @@ _FTYPE_NAMES = {
 # ones row by row (measured: a prefill split leaving 63 rows differs in the last bits, 64 does not)
 FLASH_TILE_ROWS = 64
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO}
+# GGUF pooling types that make a model an embedding model (NONE: per-token; RANK: a reranker)
+EMBEDDING_POOLING = {"1": "mean", "2": "cls", "3": "last"}
+EMBED_SEQUENCES = 64  # texts one encoder pass may carry (they share its n_ctx-token batch)
+EMBED_MAX_CTX = 8192  # default window of long-context embedding models (one pass holds n_ctx tokens)
 
 
 def _on_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -172,6 +177,20 @@ class LlamaCppBackend(Backend):
         self._model = model
         self._vocab = ll.llama_model_get_vocab(model)
         n_ctx_train = ll.llama_model_n_ctx_train(model)
+        arch = self.metadata("general.architecture")
+        self._pooling = EMBEDDING_POOLING.get(self.metadata(f"{arch}.pooling_type"))
+        embedding = self._pooling is not None
+        if not embedding and self.metadata(f"{arch}.attention.causal") == "false":
+            self.close()
+            raise ModelLoadError(
+                f"{path.name} is an encoder without a pooling type (per-token vectors only), which "
+                "edgeinfer cannot serve: convert it from a sentence-transformers folder (modules.json "
+                "with a Pooling module) so the GGUF records MEAN or CLS pooling"
+            )
+        if embedding:  # absolute position embeddings end at n_ctx_train; texts are not split
+            max_sequences = EMBED_SEQUENCES
+            n_ctx = min(n_ctx or EMBED_MAX_CTX, n_ctx_train)
+            n_batch, kv_unified = n_ctx, True  # one pass holds a whole text (encoders do not split)
         n_ctx = n_ctx or min(4096, n_ctx_train)
         if n_ctx < 16:
             raise InvalidRequestError(f"n_ctx={n_ctx} is too small; use at least 16")
@@ -188,6 +207,9 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
+        if embedding:  # pooled sentence vectors, with the model's own pooling
+            cparams.embeddings = True
+            cparams.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED
         # Flash attention computes each query row of a short batch alone, so a row's attention does
         # not depend on how many tokens of its sequence share the batch: verified speculative drafts
         # then give exactly the plain greedy output. Off (the default), a 2-9-token check runs
@@ -215,7 +237,8 @@ class LlamaCppBackend(Backend):
         self._n_seq = max_sequences
         self._kv_unified = kv_unified
         self._repack = repack
-        n_ctx = ll.llama_n_ctx_seq(ctx)  # llama.cpp may round the window up
+        # llama.cpp may round the window up (not an embedding model's: positions end at n_ctx)
+        n_ctx = n_ctx if embedding else ll.llama_n_ctx_seq(ctx)
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -235,7 +258,11 @@ class LlamaCppBackend(Backend):
             reuse_align=reuse_align(device),
             exact_min_batch=FLASH_TILE_ROWS if flash_attn else EXACT_MIN_BATCH,
             exact_verify=flash_attn,
+            embedding=embedding,
+            n_embd=ll.llama_model_n_embd_out(model) if embedding else ll.llama_model_n_embd(model),
         )
+        # encoder-only models (T5 encoders) are run with llama_encode, the rest with llama_decode
+        self._encode = ll.llama_model_has_encoder(model) and not ll.llama_model_has_decoder(model)
 
     # --- metadata
     def metadata(self, key: str) -> str:
@@ -286,6 +313,11 @@ class LlamaCppBackend(Backend):
 
     # --- compute
     def _check_seq(self, seq_id: int) -> None:
+        if self._pooling is not None:
+            raise InvalidRequestError(
+                f"this is an embedding model ({self._pooling} pooling): it has no KV sequences and "
+                "cannot generate; use Model.embed"
+            )
         if not 0 <= seq_id < self._n_seq:
             raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{self._n_seq - 1}")
 
@@ -356,6 +388,52 @@ class LlamaCppBackend(Backend):
             raise KVCacheFullError("no free KV cells: free sequences or load with a larger n_ctx")
         if rc != 0:
             raise BackendError(f"llama_decode failed ({rc}): the batch was rejected or computation failed")
+
+    def embed(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pooled embeddings, one row per sequence; as many sequences per pass as fit in n_batch."""
+        if self._pooling is None:
+            return super().embed(sequences)
+        out = np.empty((len(sequences), self.caps.n_embd), dtype=np.float32)
+        group: list[int] = []
+        held = 0
+        for i, tokens in enumerate(sequences):
+            if not tokens:
+                raise EmptyPromptError(f"text {i} has no tokens: there is nothing to embed")
+            if len(tokens) > self.caps.n_ctx:
+                raise ContextOverflowError(
+                    f"text {i} has {len(tokens)} tokens; this model embeds at most {self.caps.n_ctx}",
+                    prompt_tokens=len(tokens), n_ctx=self.caps.n_ctx)
+            if group and (held + len(tokens) > self._n_batch or len(group) == self._n_seq):
+                self._embed_pass([sequences[j] for j in group], out[group[0] : group[-1] + 1])
+                group, held = [], 0
+            group.append(i)
+            held += len(tokens)
+        if group:
+            self._embed_pass([sequences[j] for j in group], out[group[0] : group[-1] + 1])
+        return out
+
+    def _embed_pass(self, sequences: Sequence[Sequence[int]], out: np.ndarray) -> None:
+        """One forward pass over several whole sequences (seq ids 0..n-1); pooled rows into ``out``."""
+        if self._mem:  # a causal embedding model keeps KV: start each pass from nothing
+            self._ll.llama_memory_clear(self._mem, True)
+        batch = self._batch
+        token, pos, seq, want = self._fields
+        i = 0
+        for s, tokens in enumerate(sequences):
+            for p, t in enumerate(tokens):
+                token[i], pos[i], want[i] = t, p, True
+                seq[i][0] = s
+                i += 1
+        batch.n_tokens = i
+        run = self._ll.llama_encode if self._encode else self._ll.llama_decode
+        rc = run(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(f"llama.cpp failed to embed the batch ({rc})")
+        for s in range(len(sequences)):
+            ptr = self._ll.llama_get_embeddings_seq(self._ctx, s)
+            if not ptr:
+                raise BackendError(f"llama.cpp returned no pooled embedding for sequence {s}")
+            out[s] = np.ctypeslib.as_array(ptr, shape=(self.caps.n_embd,))
 
     def logits(self, row: int) -> np.ndarray:
         ptr = self._ll.llama_get_logits_ith(self._ctx, row)

@@ -297,4 +297,22 @@ def lock_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["chat", "env", "list_models", "lock_verify", "pull", "run", "serve"]
+def lock_add(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..lock import add_entry, default_lock_path
+
+    lock_path = Path(args.lock) if args.lock else default_lock_path()
+    e = add_entry(Path(args.artifact), name=args.name, role=args.role, tier=args.tier,
+                  description=args.description, license=args.license, lock_path=lock_path, force=args.force)
+    if args.json:
+        print(json.dumps({"name": e.name, "lock": str(lock_path), "format": e.format,
+                          "quantization": e.quantization, "sha256": e.sha256, "size": e.size,
+                          "license": e.license, "path": e.sources[0].path}, indent=2))
+    else:
+        print(f"added {e.name} to {lock_path}: {e.format} {e.quantization or '?'}, {e.size} bytes, "
+              f"sha256 {e.sha256[:16]}…, {e.sources[0].path}")
+    return 0
+
+
+__all__ = ["chat", "env", "list_models", "lock_add", "lock_verify", "pull", "run", "serve"]

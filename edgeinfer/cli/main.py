@@ -1,4 +1,4 @@
-"""`edgeinfer` command: chat, run, serve, env, list, pull, lock verify."""
+"""`edgeinfer` command: chat, run, serve, convert, env, list, pull, lock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EdgeInferError, InvalidRequestError
-from . import commands
+from . import commands, convert_cmd
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -102,11 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", default=None)
     p.set_defaults(func=commands.pull)
 
+    convert_cmd.add_parser(sub)
+
     p = sub.add_parser("lock", help="models.lock tools")
     lock_sub = p.add_subparsers(dest="lock_command", required=True, metavar="ACTION")
     v = lock_sub.add_parser("verify", help="re-hash every model on disk against models.lock")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=commands.lock_verify)
+    a = lock_sub.add_parser("add", help="pin a local artifact (.gguf file, model folder) in models.lock")
+    a.add_argument("artifact", help="the .gguf file (or ONNX / Hugging Face folder) to pin")
+    a.add_argument("--name", required=True, help="the name to load it by, e.g. my-model-q4_k_m")
+    a.add_argument("--role", choices=("chat", "base", "embedding"), default="chat")
+    a.add_argument("--tier", choices=("small", "large"), default="")
+    a.add_argument("--description", default="")
+    a.add_argument("--license", default=None, help="license id (default: the GGUF's, else 'unknown')")
+    a.add_argument("--lock", default=None,
+                   help="the models.lock to write (default: $EDGEINFER_LOCK or the bundled one)")
+    a.add_argument("--force", action="store_true", help="replace an entry of the same name")
+    a.add_argument("--json", action="store_true", help="print the new entry as JSON")
+    a.set_defaults(func=commands.lock_add)
     return parser
 
 

@@ -114,6 +114,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
     async def chat_completions(request: Request) -> Response:
         body = parse(ChatRequest, await request.body())
         served = registry.get(body.model)
+        _refuse_embedding_model(served)
         if served.model.chat_template is None:
             raise APIError(400, f"{served.id} is a base model without a chat template: use /v1/completions",
                            param="model")
@@ -126,6 +127,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
     async def completions(request: Request) -> Response:
         body = parse(CompletionRequest, await request.body())
         served = registry.get(body.model)
+        _refuse_embedding_model(served)
         prompt = body.single_prompt()
         options = _generation_options(body, served.model, default_limit=TEXT_DEFAULT_MAX_TOKENS)
         start = lambda: served.model.stream(prompt, **options)
@@ -136,6 +138,13 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         body = parse(EmbeddingRequest, await request.body())
         served = registry.get(body.model)
         return await _embed(served, body)
+
+
+def _refuse_embedding_model(served: Served) -> None:
+    """Generation routes on an embedding model are a 400 pointing at /v1/embeddings."""
+    if getattr(served.model, "is_embedding", False):
+        raise APIError(400, f"{served.id} is an embedding model: it cannot generate text; use /v1/embeddings",
+                       code="model_cannot_generate", param="model")
 
 
 def _generation_options(body: GenerationRequest, model: Model, *, default_limit: int) -> dict:
@@ -185,10 +194,15 @@ async def _embed(served: Served, body: EmbeddingRequest) -> dict:
                        f"{served.id} all-minilm-l6-v2) and name it in 'model'", code="model_cannot_embed",
                        param="model")
     texts = body.texts()
+
+    def run() -> tuple[Sequence[Sequence[float]], int]:  # tokenizing and embedding leave the event loop
+        return embed(texts), sum(len(served.model.tokenize(t)) for t in texts)
+
     ticket = served.admission.acquire()
     try:
-        vectors = await run_in_threadpool(embed, texts)
-        n_tokens = sum(len(served.model.tokenize(t)) for t in texts)
+        vectors, n_tokens = await run_in_threadpool(run)
+    except EdgeInferError as exc:  # a text over the context, or a model that is not an embedding one
+        raise from_edgeinfer(exc, prompt_param="input") from exc
     finally:
         ticket.release()
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

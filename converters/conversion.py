@@ -1,0 +1,156 @@
+"""``convert()``: one HF checkpoint in, one artifact plus its report.json out, or nothing at all.
+
+GGUF flow: write the lossless reference (the checkpoint's own precision) to a temp file, make the
+requested type from it (directly for F16/BF16/Q8_0, through llama.cpp's quantizer for K-quants,
+or the smallest type within ``max_kl`` for ``auto``), measure quality against the reference, write
+the report, and remove the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import ConversionError, OutputExistsError
+
+from .checkpoint import Checkpoint
+from .options import DEFAULT_MAX_KL, FORMATS
+from .to_gguf.families import family_for
+from .to_gguf.writer import DIRECT_TYPES, write_gguf
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a conversion produced: the artifact, its report, the type chosen, and the quality."""
+
+    artifact: Path
+    report: Path | None
+    quant: str
+    quality: dict[str, Any] | None
+    seconds: float
+
+
+def quant_names() -> list[str]:
+    """Every type ``--quant`` accepts for GGUF."""
+    from .to_gguf.quantize import QUANT_TYPES
+
+    return sorted(set(DIRECT_TYPES) | set(QUANT_TYPES)) + ["auto"]
+
+
+def normalize_quant(quant: str) -> str:
+    names = {name.upper(): name for name in quant_names()}
+    try:
+        return names[quant.strip().upper()]
+    except KeyError:
+        choices = ", ".join(quant_names())
+        raise ConversionError(f"unknown quantization {quant!r}; choose one of: {choices}") from None
+
+
+def reference_type(ckpt: Checkpoint) -> str:
+    """The lossless GGUF type for this checkpoint: its largest tensor's dtype (F32, F16 or BF16)."""
+    largest = max(ckpt.tensors.values(), key=lambda r: r.n_elements)
+    return {"F16": "F16", "BF16": "BF16"}.get(largest.dtype, "F32")
+
+
+@contextlib.contextmanager
+def scratch_file(beside: Path, tag: str) -> Iterator[Path]:
+    """A temp file in the output folder (same disk as the result), always removed afterwards."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def convert(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    format: str = "gguf",  # noqa: A002 - the CLI's word
+    quant: str = "F16",
+    max_kl: float = DEFAULT_MAX_KL,
+    force: bool = False,
+    quality: bool = True,
+    progress: bool = False,
+    n_threads: int | None = None,
+) -> ConversionResult:
+    """Convert an HF checkpoint folder to a GGUF file with report.json beside it.
+
+    Raises a ConversionError subclass (nothing left behind) for bad input; see ``quant_names()``.
+    """
+    started = time.perf_counter()
+    source, output = Path(source), Path(output)
+    if format not in FORMATS:
+        raise ConversionError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "onnx":
+        raise ConversionError("ONNX conversion is not available in this version; use --format gguf")
+    quant = normalize_quant(quant)
+    ckpt = Checkpoint.open(source)
+    family = family_for(ckpt)  # refuses unknown architectures before anything is written
+    if output.is_dir():
+        raise ConversionError(f"{output} is a folder; name the output file, e.g. {output / 'model.gguf'}")
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output} already exists; pass --force (force=True) to overwrite it")
+    if getattr(family, "is_encoder", False):  # no next-token logits: KL/perplexity mean nothing
+        if quant == "auto":
+            raise ConversionError(
+                f"--quant auto picks a type by next-token quality, which the embedding model "
+                f"{ckpt.architecture} does not have: choose a type (F16 or Q8_0 keep embeddings close)"
+            )
+        quality = False
+    ref_type = reference_type(ckpt)
+    metrics = None
+    if quant == ref_type or (quant in DIRECT_TYPES and not quality):
+        write_gguf(ckpt, output, quant, progress=progress, family=family)
+        chosen = quant
+    else:
+        with scratch_file(output, "reference") as reference:
+            write_gguf(ckpt, reference, ref_type, progress=progress, family=family)
+            chosen, metrics = _make_from_reference(ckpt, reference, output, quant, max_kl, quality, n_threads)
+    try:
+        from .report import write_report
+
+        report = write_report(
+            output, source=source, fmt="gguf", quant=chosen,
+            quality=metrics, reference=f"{ref_type} GGUF of the same checkpoint",
+            extra={"requested_quant": quant, "max_kl": max_kl if quant == "auto" else None,
+                   "architecture": ckpt.architecture, "seconds": round(time.perf_counter() - started, 2)},
+        )
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    return ConversionResult(output, report, chosen, metrics.to_dict() if metrics else None,
+                            time.perf_counter() - started)
+
+
+def _make_from_reference(ckpt: Checkpoint, reference: Path, output: Path, quant: str, max_kl: float,
+                         quality: bool, n_threads: int | None):  # noqa: ANN202
+    from .auto_quant import choose_quant
+    from .quality import measure_quality
+    from .to_gguf.quantize import quantize_gguf
+
+    if quant == "auto":
+        if not (np.isfinite(max_kl) and max_kl > 0):
+            raise ConversionError(f"--max-kl must be a positive number, got {max_kl}")
+        return choose_quant(reference, output, max_kl=max_kl, n_threads=n_threads)
+    if quant in DIRECT_TYPES:
+        write_gguf(ckpt, output, quant)
+    else:
+        quantize_gguf(reference, output, quant, n_threads=n_threads)
+    if not quality:
+        return quant, None
+    try:
+        return quant, measure_quality(reference, output, n_threads=n_threads)
+    except BaseException:
+        output.unlink(missing_ok=True)  # a conversion that fails leaves nothing behind
+        raise

@@ -1,0 +1,1 @@
+"""HF checkpoint -> GGUF: the writer, the vocabulary, one module per architecture family, K-quants."""

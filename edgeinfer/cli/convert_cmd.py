@@ -1,0 +1,45 @@
+"""`edgeinfer convert`: an HF checkpoint folder to a GGUF file plus its report.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from converters.options import DEFAULT_MAX_KL, FORMATS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF")
+    p.add_argument("source", help="checkpoint folder: config.json, *.safetensors, tokenizer.json")
+    p.add_argument("-o", "--output", required=True, help="output file (e.g. model-Q4_K_M.gguf)")
+    p.add_argument("--format", default="gguf", choices=FORMATS)
+    p.add_argument("--quant", default="F16",
+                   help="F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ... or 'auto' (see --max-kl)")
+    p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL,
+                   help="with --quant auto: the largest mean KL divergence allowed vs the unquantized model")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--no-quality", action="store_true", help="skip the quality measurement in report.json")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from converters import convert
+
+    result = convert(
+        args.source, args.output, format=args.format, quant=args.quant, max_kl=args.max_kl,
+        force=args.force, quality=not args.no_quality, progress=not args.json, n_threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps({"artifact": str(result.artifact), "report": str(result.report),
+                          "quant": result.quant, "quality": result.quality,
+                          "seconds": round(result.seconds, 2)}))
+        return 0
+    print(f"wrote {result.artifact} ({result.quant}) in {result.seconds:.1f} s; report: {result.report}")
+    if result.quality:
+        q = result.quality
+        print(f"quality vs unquantized: mean KL {q['mean_kl']:.4f}, "
+              f"top-1 agreement {q['top1_agreement']:.1%}, "
+              f"perplexity {q['ppl_candidate']:.2f} (reference {q['ppl_reference']:.2f})")
+    return 0

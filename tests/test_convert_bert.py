@@ -1,0 +1,239 @@
+"""BERT encoders: all-MiniLM-L6-v2 converted to GGUF embeds like sentence-transformers does, through
+``Model.embed`` and the server's /v1/embeddings; embedding models refuse generation and vice versa."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hf_fixtures import minilm_dir
+
+import edgeinfer as ei
+from edgeinfer.errors import ContextOverflowError, InvalidRequestError, UnsupportedArchitectureError
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "A man is playing a guitar on the street.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Où est la bibliothèque ? Je voudrais lire un livre sur l'économie française.",
+    "Mañana vamos a la playa con nuestros niños y el perro.",
+    "東京は日本の首都です。",
+    "我喜欢在周末喝茶和看书。",
+    "I love pizza 🍕 and sunny days ☀️!",
+    "",
+    "Hi",
+    " ".join(["Sentence embeddings map texts of any length to one vector, and similar meanings end "
+              "up close together, which is what semantic search and clustering rely on."] * 4),
+]
+MIN_COSINE = 0.99
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """A function quant -> the converted GGUF path, each converted once per test session."""
+    from converters import convert
+
+    folder = tmp_path_factory.mktemp("minilm-gguf")
+    made: dict[str, Path] = {}
+
+    def get(quant: str) -> Path:
+        if quant not in made:
+            result = convert(minilm_dir(), folder / f"minilm-{quant}.gguf", quant=quant)
+            assert result.quant == quant and result.quality is None  # no KL/PPL for an encoder
+            made[quant] = result.artifact
+        return made[quant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference() -> np.ndarray:
+    """sentence-transformers' own (normalised) embeddings of SENTENCES."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(minilm_dir()), device="cpu")
+    return st.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_gguf) -> Iterator[ei.Model]:
+    model = ei.load(minilm_gguf("F16"), n_threads=2)
+    yield model
+    model.close()
+
+
+# --- the converter -------------------------------------------------------------------------------
+def test_gguf_metadata_and_f32_tensors(minilm_gguf):
+    import gguf
+
+    reader = gguf.GGUFReader(str(minilm_gguf("F16")))
+    fields = {name: field.contents() for name, field in reader.fields.items()
+              if not name.startswith("tokenizer.ggml.token")}
+    assert fields["general.architecture"] == "bert"
+    assert fields["bert.pooling_type"] == int(gguf.PoolingType.MEAN)
+    assert fields["bert.attention.causal"] is False
+    assert fields["bert.context_length"] == 512 and fields["bert.embedding_length"] == 384
+    assert fields["bert.block_count"] == 6 and fields["bert.attention.head_count"] == 12
+    assert fields["tokenizer.ggml.model"] == "bert"
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert not any(name.startswith(("pooler", "cls")) for name in types)
+    assert types["position_embd.weight"] == types["token_types.weight"] == "F32"
+    assert types["token_embd.weight"] == types["blk.0.attn_q.weight"] == "F16"
+
+
+def test_masked_lm_checkpoint_with_bert_prefix_and_cls_pooling(tmp_path):
+    """BertForMaskedLM names tensors 'bert.*' and adds an MLM head (skipped); CLS pooling is read
+    from the sentence-transformers Pooling module."""
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertForMaskedLM
+
+    from converters import convert
+
+    src = tmp_path / "tiny-bert"
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
+    hf = BertForMaskedLM(config).eval()
+    hf.save_pretrained(src, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir() / name, src / name)
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (src / "modules.json").write_text(json.dumps(
+        [{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    out = convert(src, tmp_path / "tiny.gguf", quant="F32").artifact
+    texts = ["hello world", "a tiny random encoder"]
+    with ei.load(out, n_threads=2) as model:
+        ours = model.embed(texts, normalize=False)
+        ids = [model.tokenize(t) for t in texts]
+    with torch.no_grad():
+        want = np.stack([hf.bert(torch.tensor([i])).last_hidden_state[0, 0].numpy() for i in ids])
+    np.testing.assert_allclose(ours, want, rtol=1e-3, atol=1e-3)
+
+
+def test_unsupported_pooling_is_refused(tmp_path):
+    from converters.checkpoint import Checkpoint
+    from converters.to_gguf.families import family_for
+
+    src = tmp_path / "st"
+    shutil.copytree(minilm_dir(), src, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copy(minilm_dir() / "model.safetensors", src)
+    (src / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(UnsupportedArchitectureError, match="pooling"):
+        family_for(Checkpoint.open(src))
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+@pytest.mark.parametrize("quant", ["F32", "F16"])
+def test_embeddings_match_sentence_transformers(minilm_gguf, reference, quant):
+    with ei.load(minilm_gguf(quant), n_threads=2) as model:
+        assert model.is_embedding
+        vectors = model.embed(SENTENCES)
+        assert len(model.tokenize(SENTENCES[-1])) < 256  # sentence-transformers truncates at 256
+    assert vectors.shape == (len(SENTENCES), 384) and vectors.dtype == np.float32
+    cos = cosines(vectors, reference)
+    print(f"\n{quant}: min cosine to sentence-transformers {cos.min():.6f}")
+    assert cos.min() >= MIN_COSINE, dict(zip(SENTENCES, cos.round(4), strict=True))
+
+
+def test_batched_equals_one_by_one_and_normalize_flag(minilm):
+    together = minilm.embed(SENTENCES)
+    alone = np.concatenate([minilm.embed(s) for s in SENTENCES])
+    assert cosines(together, alone).min() > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    raw = minilm.embed(SENTENCES[:3], normalize=False)
+    norms = np.linalg.norm(raw, axis=1)
+    assert np.all(np.abs(norms - 1.0) > 0.1)  # MiniLM's mean-pooled vectors are not unit length
+    np.testing.assert_allclose(raw / norms[:, None], minilm.embed(SENTENCES[:3]), rtol=1e-4, atol=1e-6)
+
+
+def test_empty_inputs(minilm):
+    assert minilm.embed([]).shape == (0, 384)
+    (empty,) = minilm.embed("")  # still [CLS] [SEP]
+    assert np.isfinite(empty).all() and abs(np.linalg.norm(empty) - 1) < 1e-5
+
+
+def test_over_context_text_is_refused_or_truncated(minilm):
+    long_text = "word " * 600
+    with pytest.raises(ContextOverflowError, match="truncate=True") as info:
+        minilm.embed(["short", long_text])
+    assert info.value.n_ctx == 512 and info.value.prompt_tokens > 512
+    (vector,) = minilm.embed(long_text, truncate=True)
+    assert np.isfinite(vector).all()
+
+
+def test_embedding_model_cannot_generate(minilm):
+    for call in (lambda: minilm.generate("hello"), lambda: minilm.stream("hello"),
+                 lambda: minilm.chat().send("hello"), lambda: minilm.complete_chat(
+                     [{"role": "user", "content": "hi"}])):
+        with pytest.raises(InvalidRequestError, match="embedding model"):
+            call()
+    with pytest.raises(InvalidRequestError, match="embedding model"):  # nor touch KV directly
+        minilm.backend.seq_length(0)
+    assert minilm.embed("still works").shape == (1, 384)
+
+
+def test_generative_model_cannot_embed(smol):
+    assert not smol.is_embedding
+    with pytest.raises(InvalidRequestError, match="not an embedding model"):
+        smol.embed(["hello"])
+
+
+# --- the server ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def serving(model: ei.Model) -> Iterator[str]:
+    """A uvicorn server for ``model`` on a free 127.0.0.1 port; yields its base URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from edgeinfer.server import ServerOptions, bind, create_app, url_of
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app([model], ServerOptions()), log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def test_server_embeddings(minilm):
+    openai = pytest.importorskip("openai")
+    texts = SENTENCES[:3]
+    with serving(minilm) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.embeddings.create(model=minilm.name, input=texts)
+        assert [d.index for d in r.data] == [0, 1, 2]
+        got = np.array([d.embedding for d in r.data], dtype=np.float32)
+        np.testing.assert_allclose(got, minilm.embed(texts), atol=1e-5)
+        assert r.usage.prompt_tokens == sum(len(minilm.tokenize(t)) for t in texts)
+        single = client.embeddings.create(model=minilm.name, input="Hi", encoding_format="base64")
+        (item,) = single.data
+        vector = np.frombuffer(base64.b64decode(item.embedding), dtype="<f4")
+        np.testing.assert_allclose(vector, minilm.embed("Hi")[0], atol=1e-6)
+        with pytest.raises(openai.BadRequestError, match="512") as info:
+            client.embeddings.create(model=minilm.name, input="word " * 600)
+        assert info.value.code == "context_length_exceeded"
+        with pytest.raises(openai.BadRequestError, match="embedding model"):
+            client.completions.create(model=minilm.name, prompt="hello", max_tokens=4)
