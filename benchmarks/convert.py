@@ -68,17 +68,33 @@ def llama_cpp_converter(explicit: str | None) -> Path:
     return root
 
 
+# Runs a script or module in this interpreter, then reports the process's peak RSS (VmHWM). VmHWM
+# belongs to the address space execve created, so unlike wait4's ru_maxrss it does not count the
+# parent's pages that the child held between fork and exec.
+PEAK_WRAPPER = """
+import runpy, sys
+target, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    if target == "-m":
+        sys.argv = sys.argv[1:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target, run_name="__main__")
+finally:
+    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    print(f"PEAK_RSS_KB {peak}", file=sys.stderr)
+"""
+
+
 def timed_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``cmd``; its wall seconds and its own peak RSS in MB (wait4 gives per-child rusage)."""
+    """Run ``[script_or_-m, args...]`` with this Python; its wall seconds and its own peak RSS in MB."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *cmd], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode:
-        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    if proc.returncode or not peaks:
+        raise RuntimeError(f"{cmd[:2]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mb": int(peaks[-1]) / 1024}
 
 
 def compare_tensors(a: Path, b: Path) -> dict[str, Any]:
@@ -98,9 +114,9 @@ def compare_tensors(a: Path, b: Path) -> dict[str, Any]:
 def part1(src: Path, work: Path, rounds: int, converter: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{converter / 'gguf-py'}{os.pathsep}{converter}"}
     variants = {
-        "edgeinfer": ([sys.executable, "-m", "edgeinfer", "convert", str(src), "-o", str(work / "ours.gguf"),
+        "edgeinfer": (["-m", "edgeinfer", "convert", str(src), "-o", str(work / "ours.gguf"),
                        "--quant", "F16", "--no-quality", "--force", "--json"], None),
-        "llama.cpp": ([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(src), "--outtype", "f16",
+        "llama.cpp": ([str(converter / "convert_hf_to_gguf.py"), str(src), "--outtype", "f16",
                        "--outfile", str(work / "theirs.gguf")], env),
     }
     names = list(variants)

@@ -113,14 +113,56 @@ def test_rebuilt_real_model_f32_matches_transformers(name: str, tmp_path: Path) 
     assert ours and ours == theirs[: len(ours)]
 
 
-def test_quantized_output_has_quality_report(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("quant", "max_kl"), [("bf16", 0.01), ("q8_0", 0.01), ("Q4_K_M", 0.2)])
+def test_quantized_output_has_quality_report(tmp_path: Path, quant: str, max_kl: float) -> None:
     src = tiny_checkpoint("llama")
-    out = tmp_path / "tiny-q8.gguf"
-    result = convert(src, out, quant="q8_0")
-    assert result.quant == "Q8_0" and out.is_file()
-    quality = json.loads(result.report.read_text())["quality"]
-    assert 0 < quality["mean_kl"] < 0.05 and quality["top1_agreement"] > 0.8
+    out = tmp_path / "tiny.gguf"
+    result = convert(src, out, quant=quant)
+    assert result.quant == quant.upper() and out.is_file()
+    report = json.loads(result.report.read_text())
+    assert report["quant"] == quant.upper() and report["bits_per_weight"] < 17
+    assert 0 < report["quality"]["mean_kl"] < max_kl and report["quality"]["top1_agreement"] > 0.5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the reference is gone
+
+
+def test_sharded_checkpoint_converts_to_the_same_file(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint("qwen3")
+    sharded = tmp_path / "sharded"
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.save_pretrained(sharded, max_shard_size="2MB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(src / name, sharded / name)
+    assert len(list(sharded.glob("*.safetensors"))) >= 2
+    assert (sharded / "model.safetensors.index.json").is_file()
+    convert(src, tmp_path / "one.gguf", quant="F16")
+    convert(sharded, tmp_path / "many.gguf", quant="F16")
+    import gguf
+
+    one, many = (gguf.GGUFReader(tmp_path / name).tensors for name in ("one.gguf", "many.gguf"))
+    assert [t.name for t in one] == [t.name for t in many]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(one, many, strict=True))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_conversion_streams_instead_of_holding_the_model(smollm2_hf: Path, tmp_path: Path) -> None:
+    # the child reports its own peak RSS (VmHWM: unlike wait4's ru_maxrss, it does not count the
+    # pytest process's pages the child shared between fork and exec)
+    code = (
+        "import sys\n"
+        "from edgeinfer.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+        "sys.exit(rc)\n"
+    )
+    args = ["convert", str(smollm2_hf), "-o", str(tmp_path / "s.gguf"), "--quant", "F16", "--no-quality"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stdout.split()[-1]) * 1024
+    weights = sum(p.stat().st_size for p in smollm2_hf.glob("*.safetensors"))
+    assert peak < weights / 3, f"peak RSS {peak / 1e6:.0f} MB for {weights / 1e6:.0f} MB of weights"
 
 
 def test_auto_picks_a_quant_within_the_budget(tmp_path: Path) -> None:
