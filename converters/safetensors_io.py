@@ -141,17 +141,22 @@ def _read(record: TensorRecord, start: int, count: int, shape: tuple[int, ...]) 
     try:
         if hasattr(window, "madvise"):
             window.madvise(mmap.MADV_SEQUENTIAL)
-        raw = np.frombuffer(window, dtype=np_dtype, count=count, offset=start - offset)
-        if record.dtype == "BF16":
-            out = (raw.astype(np.uint32) << 16).view(np.float32)
-        elif record.dtype in ("F16", "F64"):
-            out = raw.astype(np.float32)
-        else:
-            out = raw.copy()  # detach from the window before it closes
-        del raw
+        out = _widen(np.frombuffer(window, dtype=np_dtype, count=count, offset=start - offset), record.dtype)
     finally:
-        window.close()
+        try:
+            window.close()
+        except BufferError:  # interrupted while a view was alive (Ctrl-C): it unmaps once collected
+            pass
     return out.reshape(shape)
+
+
+def _widen(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """A copy detached from the mmap window: floats as float32, integers as they are."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype in ("F16", "F64"):
+        return raw.astype(np.float32)
+    return raw.copy()
 
 
 def index_files(root: Path) -> dict[str, TensorRecord]:

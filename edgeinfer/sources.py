@@ -68,13 +68,14 @@ def _exists(entry: ModelEntry, path: Path) -> bool:
     return path.is_file()
 
 
-def _check(entry: ModelEntry, path: Path, where: str) -> None:
+def _check(entry: ModelEntry, path: Path, where: str, advice: str = "") -> None:
     actual = digest(entry, path)
     if actual != entry.sha256:
+        advice = advice or ("The file is corrupt or not the pinned version: reinstall its package "
+                            f"or run `edgeinfer pull {entry.name} --force`.")
         raise ChecksumMismatchError(
             f"{entry.name}: {path} ({where}) has sha256 {actual[:16]}…, but models.lock pins "
-            f"{entry.sha256[:16]}…. The file is corrupt or not the pinned version: "
-            f"reinstall its package or run `edgeinfer pull {entry.name} --force`."
+            f"{entry.sha256[:16]}…. {advice}"
         )
 
 
@@ -158,13 +159,8 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
                     tried.append(f"{where}: not found (moved or deleted? pin it again with "
                                  f"`edgeinfer lock add PATH --name {entry.name} --force`)")
                     continue
-                actual = digest(entry, path)
-                if actual != entry.sha256:
-                    raise ChecksumMismatchError(
-                        f"{entry.name}: {path} has sha256 {actual[:16]}…, but models.lock pins "
-                        f"{entry.sha256[:16]}…: the file changed since it was pinned. If the change "
-                        f"is intended, run `edgeinfer lock add {path} --name {entry.name} --force`."
-                    )
+                _check(entry, path, where, "The file changed since it was pinned. If the change is "
+                       f"intended, run `edgeinfer lock add {path} --name {entry.name} --force`.")
                 return ResolvedModel(entry, path, where)
             if src.type == "hub":
                 if offline:

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,27 +192,14 @@ def test_generative_model_cannot_embed(smol):
 
 
 # --- the server ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def serving(model: ei.Model) -> Iterator[str]:
+def serving(model: ei.Model):  # noqa: ANN201
     """A uvicorn server for ``model`` on a free 127.0.0.1 port; yields its base URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    from edgeinfer.server import ServerOptions, bind, create_app, url_of
+    pytest.importorskip("uvicorn")
+    from server_helpers import running
 
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app([model], ServerOptions()), log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    from edgeinfer.server import ServerOptions
+
+    return running([model], ServerOptions())
 
 
 def test_server_embeddings(minilm):

@@ -150,15 +150,9 @@ def test_sharded_checkpoint_converts_to_the_same_file(tmp_path: Path) -> None:
 def test_conversion_streams_instead_of_holding_the_model(smollm2_hf: Path, tmp_path: Path) -> None:
     # the child reports its own peak RSS (VmHWM: unlike wait4's ru_maxrss, it does not count the
     # pytest process's pages the child shared between fork and exec)
-    code = (
-        "import sys\n"
-        "from edgeinfer.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
-        "sys.exit(rc)\n"
-    )
     args = ["convert", str(smollm2_hf), "-o", str(tmp_path / "s.gguf"), "--quant", "F16", "--no-quality"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    peak_line = "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    proc = cli_in_child("", args, peak_line)
     assert proc.returncode == 0, proc.stderr
     peak = int(proc.stdout.split()[-1]) * 1024
     weights = sum(p.stat().st_size for p in smollm2_hf.glob("*.safetensors"))
@@ -181,6 +175,18 @@ def copy_of(arch: str, dest: Path) -> Path:
     return dest
 
 
+def edit_config(src: Path, **changes: object) -> None:
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def cli_in_child(prelude: str, args: list[str], epilogue: str = "") -> subprocess.CompletedProcess:
+    """``edgeinfer ARGS`` in a fresh Python that first runs ``prelude`` (limits, signals)."""
+    code = "\n".join(["import sys", prelude, "from edgeinfer.cli import main", "rc = main(sys.argv[1:])",
+                      epilogue, "sys.exit(rc)"])
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
 def assert_nothing_written(folder: Path) -> None:
     leftovers = [p.name for p in folder.iterdir() if p.suffix in (".gguf", ".part") or p.name.startswith(".")]
     assert leftovers == []
@@ -196,9 +202,7 @@ def test_missing_config(tmp_path: Path) -> None:
 
 def test_unknown_architecture(tmp_path: Path) -> None:
     src = copy_of("llama", tmp_path / "ck")
-    config = json.loads((src / "config.json").read_text())
-    config["architectures"] = ["GPT2LMHeadModel"]
-    (src / "config.json").write_text(json.dumps(config))
+    edit_config(src, architectures=["GPT2LMHeadModel"])
     with pytest.raises(ei.UnsupportedArchitectureError, match="GPT2LMHeadModel.*supported: .*Qwen3"):
         convert(src, tmp_path / "out.gguf")
     assert_nothing_written(tmp_path)
@@ -210,9 +214,7 @@ def test_pickles_and_remote_code_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ei.CheckpointError, match="safetensors"):
         convert(src, tmp_path / "out.gguf")
     src = copy_of("llama", tmp_path / "ck2")
-    config = json.loads((src / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.X"}
-    (src / "config.json").write_text(json.dumps(config))
+    edit_config(src, auto_map={"AutoModelForCausalLM": "modeling_x.X"})
     with pytest.raises(ei.CheckpointError, match="trust_remote_code"):
         convert(src, tmp_path / "out.gguf")
     assert_nothing_written(tmp_path)
@@ -263,9 +265,7 @@ def test_header_lying_about_offsets(tmp_path: Path, lie: str) -> None:
 
 def test_config_disagreeing_with_weights(tmp_path: Path) -> None:
     src = copy_of("llama", tmp_path / "ck")
-    config = json.loads((src / "config.json").read_text())
-    config["hidden_size"] = 128
-    (src / "config.json").write_text(json.dumps(config))
+    edit_config(src, hidden_size=128)
     with pytest.raises(ei.CheckpointError, match="hidden_size"):
         convert(src, tmp_path / "out.gguf")
     assert_nothing_written(tmp_path)
@@ -317,16 +317,10 @@ def run_cli(args: list[str], **kwargs) -> subprocess.Popen:  # noqa: ANN003
 
 def test_disk_full_mid_write(tmp_path: Path) -> None:
     # the child may write at most 2 MB per file (RLIMIT_FSIZE): the GGUF write fails part way
-    code = (
-        "import resource, signal, sys\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))\n"
-        "from edgeinfer.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    out = tmp_path / "out.gguf"
-    args = ["convert", str(tiny_checkpoint("llama")), "-o", str(out), "--quant", "F32"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    limit = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))")
+    args = ["convert", str(tiny_checkpoint("llama")), "-o", str(tmp_path / "out.gguf"), "--quant", "F32"]
+    proc = cli_in_child(limit, args)
     assert proc.returncode == 1, proc.stderr
     assert "nothing was written" in proc.stderr
     assert_nothing_written(tmp_path)

@@ -24,35 +24,17 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from server_helpers import running  # noqa: E402
+
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.lock import ModelLock  # noqa: E402
-from edgeinfer.server import ServerOptions, bind, create_app, url_of  # noqa: E402
+from edgeinfer.server import ServerOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 COUNTING = "1, 2, 3, 4, 5, 6,"  # greedy SmolLM2 keeps counting: a request that runs as long as asked
-
-
-@contextlib.contextmanager
-def running(models: list, options: ServerOptions) -> Iterator[str]:
-    """A uvicorn server in a thread on a free 127.0.0.1 port; yields its base URL. (The options are
-    taken as given: `edgeinfer serve` derives ``loopback`` from the host it binds.)"""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(models, options), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
