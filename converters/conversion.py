@@ -77,14 +77,14 @@ def convert(
     output: str | os.PathLike[str],
     *,
     format: str = "gguf",  # noqa: A002 - the CLI's word
-    quant: str = "F16",
+    quant: str | None = None,
     max_kl: float = DEFAULT_MAX_KL,
     force: bool = False,
     quality: bool = True,
     progress: bool = False,
     n_threads: int | None = None,
 ) -> ConversionResult:
-    """Convert an HF checkpoint folder to a GGUF file with report.json beside it.
+    """Convert an HF checkpoint folder to a GGUF file (or an ONNX folder) with its report.json.
 
     Raises a ConversionError subclass (nothing left behind) for bad input; see ``quant_names()``.
     """
@@ -93,8 +93,8 @@ def convert(
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "onnx":
-        raise ConversionError("ONNX conversion is not available in this version; use --format gguf")
-    quant = normalize_quant(quant)
+        return _convert_onnx(source, output, quant or "fp32", force=force, progress=progress, started=started)
+    quant = normalize_quant(quant or "F16")
     ckpt = Checkpoint.open(source)
     family = family_for(ckpt)  # refuses unknown architectures before anything is written
     if output.is_dir():
@@ -154,3 +154,26 @@ def _make_from_reference(ckpt: Checkpoint, reference: Path, output: Path, quant:
     except BaseException:
         output.unlink(missing_ok=True)  # a conversion that fails leaves nothing behind
         raise
+
+
+ONNX_TYPES = ("fp32",)  # int8 / int4 (MatMulNBits) and fp16 come next
+
+
+def _convert_onnx(source: Path, output: Path, quant: str, *, force: bool, progress: bool,
+                  started: float) -> ConversionResult:
+    from .report import write_report
+    from .to_onnx import build_onnx
+
+    dtype = {"f32": "fp32", "fp32": "fp32"}.get(quant.strip().lower(), quant.strip().lower())
+    if dtype not in ONNX_TYPES:
+        raise ConversionError(
+            f"ONNX {quant!r} is not available yet; ONNX artifacts are {', '.join(ONNX_TYPES)} for now "
+            "(for a quantized artifact use --format gguf)"
+        )
+    ckpt = Checkpoint.open(source)
+    build_onnx(ckpt, output, dtype=dtype, progress=progress, force=force)
+    report = write_report(output, source=source, fmt="onnx", quant=dtype, quality=None,
+                          reference="itself (lossless)",
+                          extra={"architecture": ckpt.architecture,
+                                 "seconds": round(time.perf_counter() - started, 2)})
+    return ConversionResult(output, report, dtype, None, time.perf_counter() - started)

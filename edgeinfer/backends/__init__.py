@@ -58,6 +58,7 @@ def get_backend(name: str) -> BackendFactory:
 
 
 register_backend("llama.cpp", "edgeinfer.backends.llamacpp:LlamaCppBackend")
+register_backend("onnx", "edgeinfer.backends.onnx:OnnxBackend")
 
 __all__ = [
     "Backend",

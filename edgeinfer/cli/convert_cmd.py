@@ -1,4 +1,4 @@
-"""`edgeinfer convert`: an HF checkpoint folder to a GGUF file plus its report.json."""
+"""`edgeinfer convert`: an HF checkpoint folder to a GGUF file or an ONNX folder, plus its report.json."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from converters.options import DEFAULT_MAX_KL, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF")
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF or ONNX")
     p.add_argument("source", help="checkpoint folder: config.json, *.safetensors, tokenizer.json")
-    p.add_argument("-o", "--output", required=True, help="output file (e.g. model-Q4_K_M.gguf)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (e.g. model-Q4_K_M.gguf), or folder for --format onnx")
     p.add_argument("--format", default="gguf", choices=FORMATS)
-    p.add_argument("--quant", default="F16",
-                   help="F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ... or 'auto' (see --max-kl)")
+    p.add_argument("--quant", default=None,
+                   help="GGUF: F32, F16 (default), BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ... or 'auto' "
+                        "(see --max-kl); ONNX: fp32")
     p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL,
                    help="with --quant auto: the largest mean KL divergence allowed vs the unquantized model")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")

@@ -1,0 +1,87 @@
+"""Write the ONNX model folder: model.onnx + model.onnx.data, edgeinfer.json, tokenizer files.
+
+The folder is assembled in a hidden staging folder beside the target and renamed into place only when
+complete, so a failed or interrupted conversion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeinfer.errors import CheckpointError, ConversionError, OutputExistsError
+
+from ..checkpoint import Checkpoint
+from .decoder import DecoderBuilder, arch_spec
+from .graph import Graph
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DTYPES = ("fp32",)
+
+
+def _special_ids(ckpt: Checkpoint) -> dict[str, Any]:
+    """bos/eos ids from config.json, falling back to generation_config.json."""
+    ids = {key: ckpt.get(key) for key in ("bos_token_id", "eos_token_id")}
+    gen_path = ckpt.root / "generation_config.json"
+    if gen_path.is_file():
+        try:
+            gen = json.loads(gen_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{gen_path} is not valid JSON ({exc})") from exc
+        for key in ids:
+            if ids[key] is None:
+                ids[key] = gen.get(key)
+    return ids
+
+
+def _write_folder(ckpt: Checkpoint, folder: Path, dtype: str, progress: bool) -> None:
+    with open(folder / DATA_FILE, "wb") as data:
+        graph = Graph(data, DATA_FILE)
+        builder = DecoderBuilder(graph, ckpt, arch_spec(ckpt))
+        builder.build(progress=progress)
+    graph.save(folder / MODEL_FILE, ckpt.architecture)
+    meta = {**builder.metadata(), **_special_ids(ckpt), "chat_template": ckpt.chat_template(),
+            "quantization": dtype, "model_file": MODEL_FILE}
+    (folder / "edgeinfer.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for name in TOKENIZER_FILES:
+        if (ckpt.root / name).is_file():
+            shutil.copyfile(ckpt.root / name, folder / name)
+
+
+def build_onnx(ckpt: Checkpoint, out_dir: Path, *, dtype: str = "fp32", progress: bool = False,
+               force: bool = False) -> Path:
+    """Convert ``ckpt`` to an ONNX decoder folder with a KV cache (no torch); returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ConversionError(f"ONNX dtype {dtype!r} is not supported yet; choose one of {', '.join(DTYPES)}")
+    arch_spec(ckpt)  # refuse unknown architectures before touching the output
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty; pass force=True to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        _write_folder(ckpt, staging, dtype, progress)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+        if out_dir.exists() or out_dir.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old / "previous")
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
