@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -93,7 +94,8 @@ def convert(
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "onnx":
-        return _convert_onnx(source, output, quant or "fp32", force=force, progress=progress, started=started)
+        return _convert_onnx(source, output, quant or "fp32", force=force, progress=progress, quality=quality,
+                             n_threads=n_threads, started=started)
     quant = normalize_quant(quant or "F16")
     ckpt = Checkpoint.open(source)
     family = family_for(ckpt)  # refuses unknown architectures before anything is written
@@ -156,24 +158,58 @@ def _make_from_reference(ckpt: Checkpoint, reference: Path, output: Path, quant:
         raise
 
 
-ONNX_TYPES = ("fp32",)  # int8 / int4 (MatMulNBits) and fp16 come next
+ONNX_TYPES = ("fp32", "int8", "int4")  # int8 / int4: MatMulNBits, block 32, symmetric; fp16 comes next
 
 
-def _convert_onnx(source: Path, output: Path, quant: str, *, force: bool, progress: bool,
-                  started: float) -> ConversionResult:
+@contextlib.contextmanager
+def scratch_dir(beside: Path, tag: str) -> Iterator[Path]:
+    """A temp folder beside the output (same disk as the result), always removed afterwards."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    name = tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
+    try:
+        yield Path(name)
+    finally:
+        shutil.rmtree(name, ignore_errors=True)
+
+
+def _convert_onnx(source: Path, output: Path, quant: str, *, force: bool, progress: bool, quality: bool,
+                  n_threads: int | None, started: float) -> ConversionResult:
     from .report import write_report
     from .to_onnx import build_onnx
 
     dtype = {"f32": "fp32", "fp32": "fp32"}.get(quant.strip().lower(), quant.strip().lower())
     if dtype not in ONNX_TYPES:
         raise ConversionError(
-            f"ONNX {quant!r} is not available yet; ONNX artifacts are {', '.join(ONNX_TYPES)} for now "
-            "(for a quantized artifact use --format gguf)"
+            f"ONNX {quant!r} is not available; ONNX artifacts are {', '.join(ONNX_TYPES)} "
+            "(for other types use --format gguf)"
         )
     ckpt = Checkpoint.open(source)
-    build_onnx(ckpt, output, dtype=dtype, progress=progress, force=force)
-    report = write_report(output, source=source, fmt="onnx", quant=dtype, quality=None,
-                          reference="itself (lossless)",
-                          extra={"architecture": ckpt.architecture,
-                                 "seconds": round(time.perf_counter() - started, 2)})
-    return ConversionResult(output, report, dtype, None, time.perf_counter() - started)
+    metrics = None
+    if dtype == "fp32":
+        build_onnx(ckpt, output, dtype=dtype, progress=progress, force=force)
+    else:
+        from .to_onnx.quality import measure_onnx_quality
+        from .to_onnx.quantize import quantize_onnx
+
+        if output.exists() and not (output.is_dir() and not any(output.iterdir())) and not force:
+            raise OutputExistsError(f"{output} already exists and is not empty; pass --force to replace it")
+        with scratch_dir(output, "fp32") as scratch:
+            reference = build_onnx(ckpt, scratch / "fp32", progress=progress)
+            quantize_onnx(reference, output, dtype, force=force)
+            try:
+                metrics = measure_onnx_quality(reference, output, n_threads=n_threads) if quality else None
+            except BaseException:
+                shutil.rmtree(output, ignore_errors=True)  # a conversion that fails leaves nothing behind
+                raise
+    reference_name = "itself (lossless)" if dtype == "fp32" else "fp32 ONNX of the same checkpoint"
+    try:
+        report = write_report(output, source=source, fmt="onnx", quant=dtype, quality=metrics,
+                              reference=reference_name,
+                              extra={"architecture": ckpt.architecture,
+                                     "seconds": round(time.perf_counter() - started, 2)})
+    except BaseException:
+        if dtype != "fp32":
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    return ConversionResult(output, report, dtype, metrics.to_dict() if metrics else None,
+                            time.perf_counter() - started)

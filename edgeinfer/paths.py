@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ def cache_root() -> Path:
     return root
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it), for files made private by mkstemp."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -36,7 +38,7 @@ def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,3 +51,24 @@ def atomic_write(target: Path, mode: str = "wb") -> Iterator:
     with atomic_path(target) as tmp, open(tmp, mode) as handle:
         yield handle
         handle.flush()
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A hidden folder beside ``target`` that takes its place (replacing it) only if the block
+    completes; removed on any exception, KeyboardInterrupt included."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "previous")
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

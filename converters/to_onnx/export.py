@@ -6,14 +6,15 @@ complete, so a failed or interrupted conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgeinfer.errors import CheckpointError, ConversionError, OutputExistsError
+from edgeinfer.paths import atomic_folder
 
 from ..checkpoint import Checkpoint
 from .decoder import DecoderBuilder, arch_spec
@@ -61,27 +62,16 @@ def build_onnx(ckpt: Checkpoint, out_dir: Path, *, dtype: str = "fp32", progress
     if dtype not in DTYPES:
         raise ConversionError(f"ONNX dtype {dtype!r} is not supported yet; choose one of {', '.join(DTYPES)}")
     arch_spec(ckpt)  # refuse unknown architectures before touching the output
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
-        raise OutputExistsError(f"{out_dir} already exists and is not empty; pass force=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, force=force) as staging:
         _write_folder(ckpt, staging, dtype, progress)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
-        if out_dir.exists() or out_dir.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "previous")
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, *, force: bool) -> Iterator[Path]:
+    """A hidden folder that becomes ``out_dir`` when the block completes; a non-empty ``out_dir`` is
+    refused unless ``force``."""
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty; pass force=True to replace it")
+    with atomic_folder(out_dir) as staging:
+        yield staging
