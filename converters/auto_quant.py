@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edgeinfer.errors import ConversionError
-from edgeinfer.paths import atomic_path
+from edgeinfer.paths import atomic_path, scratch_path
 
 from .quality import QualityMetrics, ReferenceScorer
 from .to_gguf.quantize import (
@@ -24,7 +24,6 @@ from .to_gguf.quantize import (
     canonical_quant,
     gguf_file_type,
     quantize_gguf,
-    temp_path,
 )
 
 log = logging.getLogger(__name__)
@@ -96,8 +95,7 @@ def choose_quant(
     best: QualityMetrics | None = None
     with ReferenceScorer(reference, max_tokens=max_tokens, n_threads=n_threads) as scorer:
         for quant in order:
-            tmp = temp_path(dst)
-            try:
+            with scratch_path(dst, quant) as tmp:  # a rejected candidate goes, on error / Ctrl-C too
                 quantize_gguf(reference, tmp, quant, n_threads=n_threads)
                 best = scorer.measure(tmp)
                 log.info("auto: %s mean KL %.5f (budget %.5f), top-1 %.3f", quant, best.mean_kl,
@@ -107,8 +105,6 @@ def choose_quant(
                 if best.mean_kl <= max_kl:  # NaN (a broken candidate) never passes
                     os.replace(tmp, dst)
                     return AutoQuantChoice(quant, best)
-            finally:
-                tmp.unlink(missing_ok=True)  # a rejected candidate, or any error / Ctrl-C
     assert best is not None  # order is never empty
     log.warning("auto: no quantization of %s met mean KL <= %g (tried %s); keeping %s",
                 reference.name, max_kl, ", ".join(order), ref_type)

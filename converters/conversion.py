@@ -8,12 +8,9 @@ the report, and remove the reference.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ConversionError, OutputExistsError
+from edgeinfer.paths import scratch_dir, scratch_path
 
 from .checkpoint import Checkpoint
 from .options import DEFAULT_MAX_KL, FORMATS
@@ -59,18 +57,6 @@ def reference_type(ckpt: Checkpoint) -> str:
     """The lossless GGUF type for this checkpoint: its largest tensor's dtype (F32, F16 or BF16)."""
     largest = max(ckpt.tensors.values(), key=lambda r: r.n_elements)
     return {"F16": "F16", "BF16": "BF16"}.get(largest.dtype, "F32")
-
-
-@contextlib.contextmanager
-def scratch_file(beside: Path, tag: str) -> Iterator[Path]:
-    """A temp file in the output folder (same disk as the result), always removed afterwards."""
-    beside.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
-    os.close(fd)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 def convert(
@@ -116,7 +102,7 @@ def convert(
         write_gguf(ckpt, output, quant, progress=progress, family=family)
         chosen = quant
     else:
-        with scratch_file(output, "reference") as reference:
+        with scratch_path(output, "reference") as reference:
             write_gguf(ckpt, reference, ref_type, progress=progress, family=family)
             chosen, metrics = _make_from_reference(ckpt, reference, output, quant, max_kl, quality, n_threads)
     try:
@@ -159,17 +145,6 @@ def _make_from_reference(ckpt: Checkpoint, reference: Path, output: Path, quant:
 
 
 ONNX_TYPES = ("fp32", "int8", "int4")  # int8 / int4: MatMulNBits, block 32, symmetric; fp16 comes next
-
-
-@contextlib.contextmanager
-def scratch_dir(beside: Path, tag: str) -> Iterator[Path]:
-    """A temp folder beside the output (same disk as the result), always removed afterwards."""
-    beside.parent.mkdir(parents=True, exist_ok=True)
-    name = tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
-    try:
-        yield Path(name)
-    finally:
-        shutil.rmtree(name, ignore_errors=True)
 
 
 def _convert_onnx(source: Path, output: Path, quant: str, *, force: bool, progress: bool, quality: bool,

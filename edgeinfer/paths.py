@@ -72,3 +72,28 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def scratch_path(beside: Path, tag: str = "tmp") -> Iterator[Path]:
+    """An unused hidden path in ``beside``'s folder (same disk: renaming it there is atomic), removed
+    when the block ends whatever happens. The file is not created: its writer makes it."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
+    os.close(fd)
+    os.unlink(name)  # mkstemp's file would be private (0600); the writer creates it with the usual mode
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_dir(beside: Path, tag: str = "tmp") -> Iterator[Path]:
+    """A hidden temp folder in ``beside``'s folder, removed with its contents when the block ends."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    name = tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=f".{tag}.part", dir=beside.parent)
+    try:
+        yield Path(name)
+    finally:
+        shutil.rmtree(name, ignore_errors=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +70,6 @@ def gguf_file_type(path: Path) -> str | None:
     except CorruptModelError as exc:
         raise ConversionError(str(exc)) from exc
     return file_type_name(int(value)) if value is not None else None
-
-
-def temp_path(dst: Path) -> Path:
-    """A fresh, unused ``.NAME.XXXX.part`` path in ``dst``'s folder (the file itself not created)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    # mkstemp's file is private (0600); the writer re-creates it with the usual umask permissions
-    os.unlink(name)
-    return Path(name)
 
 
 def quantize_gguf(

@@ -6,51 +6,35 @@ windows, each run as one prefill from an empty cache, and one window of logits p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from edgeinfer.errors import ConversionError
+from edgeinfer.backends.base import EvalItem
+from edgeinfer.errors import ConversionError, EdgeInferError
 
 from ..quality import QualityAccumulator, QualityMetrics, quality_text
 
 
 class OnnxScorer:
-    """One ONNX decoder folder on CPU that returns the logits of every position of a token window."""
+    """Every position's logits of a token window, from an ONNX folder run by edgeinfer's onnx backend."""
 
-    def __init__(self, folder: Path, *, n_threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, folder: Path, *, window: int = 512, n_threads: int | None = None) -> None:
+        from edgeinfer.backends.onnx import OnnxBackend
 
-        from edgeinfer.onnx_check import load_checked
-
-        folder = Path(folder)
         try:
-            self.meta = json.loads((folder / "edgeinfer.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConversionError(f"{folder} is not an edgeinfer ONNX folder ({exc})") from exc
-        self.n_layers = int(self.meta["n_layers"])
-        load_checked(folder, n_layers=self.n_layers)  # external data stays inside the folder
-        options = ort.SessionOptions()
-        if n_threads:
-            options.intra_op_num_threads = n_threads
-        self.session = ort.InferenceSession(str(folder / self.meta.get("model_file", "model.onnx")), options,
-                                            providers=["CPUExecutionProvider"])
-        past = next(i for i in self.session.get_inputs() if i.name == "past_key_values.0.key")
-        kv_dtype = np.float16 if "float16" in past.type else np.float32
-        self.empty = np.zeros((1, int(self.meta["n_kv_heads"]), 0, int(self.meta["head_dim"])), kv_dtype)
-        self.n_vocab = int(self.meta["vocab_size"])
+            self.backend = OnnxBackend(Path(folder), n_ctx=window, n_threads=n_threads, max_sequences=1)
+        except EdgeInferError as exc:
+            raise ConversionError(f"{folder} is not a usable edgeinfer ONNX folder ({exc})") from exc
+        self.n_vocab = self.backend.caps.n_vocab
+        self.window = self.backend.caps.n_ctx  # at most the model's context
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """(len(tokens), vocab) float32 logits of one window, evaluated from an empty cache."""
-        n = len(tokens)
-        feed = {"input_ids": np.asarray([tokens], np.int64), "attention_mask": np.ones((1, n), np.int64),
-                "position_ids": np.arange(n, dtype=np.int64)[None]}
-        for i in range(self.n_layers):
-            feed[f"past_key_values.{i}.key"] = feed[f"past_key_values.{i}.value"] = self.empty
-        (logits,) = self.session.run(["logits"], feed)
-        return logits[0].astype(np.float32, copy=False)
+        self.backend.kv_drop(0)
+        rows = self.backend.eval([EvalItem(0, tokens, n_outputs=len(tokens))])
+        return np.stack([self.backend.logits(r) for r in rows]).astype(np.float32, copy=False)
 
 
 def _windows(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -65,7 +49,7 @@ def onnx_logits(folder: Path, token_ids: list[int], *, window: int = 512,
     Each window of ``window`` tokens is one prefill from an empty cache (its first positions see little
     context; both models compared see the same), so memory stays one window of logits.
     """
-    scorer = OnnxScorer(folder, n_threads=n_threads)
+    scorer = OnnxScorer(folder, window=window, n_threads=n_threads)
     for a, b in _windows(len(token_ids), window):
         yield scorer.logits(list(token_ids[a:b]))
 
@@ -84,7 +68,9 @@ def measure_onnx_quality(reference_dir: Path, candidate_dir: Path, *, text: str 
     if max_tokens < 2:
         raise ConversionError(f"max_tokens must be at least 2 (got {max_tokens})")
     tokens = tokenize_text(reference_dir, quality_text() if text is None else text)[:max_tokens]
-    ref, cand = OnnxScorer(reference_dir, n_threads=n_threads), OnnxScorer(candidate_dir, n_threads=n_threads)
+    ref = OnnxScorer(reference_dir, window=window, n_threads=n_threads)
+    cand = OnnxScorer(candidate_dir, window=window, n_threads=n_threads)
+    window = min(ref.window, cand.window)
     if ref.n_vocab != cand.n_vocab:
         raise ConversionError(f"the models' vocabularies differ ({ref.n_vocab} vs {cand.n_vocab} tokens)")
     acc = QualityAccumulator()

@@ -8,6 +8,7 @@ are data that llama.cpp's converter also uses) and applies the few per-architect
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ class TensorPlan:
     chunks: Callable[[], Iterator[np.ndarray]] | None = None  # the same tensor in blocks of rows
 
 
-class Family:
+class Family(ABC):
     """Base of every architecture module; subclasses set ``arch`` and override the hooks."""
 
     arch: ClassVar[gguf.MODEL_ARCH]
@@ -58,9 +59,9 @@ class Family:
         return gguf.MODEL_ARCH_NAMES[self.arch]
 
     # --- metadata ------------------------------------------------------------------------------
+    @abstractmethod
     def add_metadata(self, writer: gguf.GGUFWriter) -> None:
         """Hyperparameters llama.cpp reads for this architecture."""
-        raise NotImplementedError
 
     # --- tensors -------------------------------------------------------------------------------
     def gguf_name(self, hf_name: str) -> str | None:
