@@ -80,8 +80,8 @@ def convert(
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "onnx":
-        return _convert_onnx(source, output, quant or "fp32", force=force, progress=progress, quality=quality,
-                             n_threads=n_threads, started=started)
+        return _convert_onnx(source, output, quant or "fp32", max_kl=max_kl, force=force, progress=progress,
+                             quality=quality, n_threads=n_threads, started=started)
     quant = normalize_quant(quant or "F16")
     ckpt = Checkpoint.open(source)
     family = family_for(ckpt)  # refuses unknown architectures before anything is written
@@ -144,47 +144,76 @@ def _make_from_reference(ckpt: Checkpoint, reference: Path, output: Path, quant:
         raise
 
 
-ONNX_TYPES = ("fp32", "int8", "int4")  # int8 / int4: MatMulNBits, block 32, symmetric; fp16 comes next
+ONNX_TYPES = ("fp32", "fp16", "int8", "int4", "int4-fast", "auto")
+ONNX_AUTO_ORDER = ("int4-fast", "int4", "int8")  # fastest first; fp32 (the reference) when none is close
 
 
-def _convert_onnx(source: Path, output: Path, quant: str, *, force: bool, progress: bool, quality: bool,
-                  n_threads: int | None, started: float) -> ConversionResult:
+def _convert_onnx(source: Path, output: Path, quant: str, *, max_kl: float, force: bool, progress: bool,
+                  quality: bool, n_threads: int | None, started: float) -> ConversionResult:
     from .report import write_report
     from .to_onnx import build_onnx
+    from .to_onnx.bert import is_bert
+    from .to_onnx.export import staged_folder
 
-    dtype = {"f32": "fp32", "fp32": "fp32"}.get(quant.strip().lower(), quant.strip().lower())
+    dtype = {"f32": "fp32", "f16": "fp16"}.get(quant.strip().lower(), quant.strip().lower())
     if dtype not in ONNX_TYPES:
         raise ConversionError(
             f"ONNX {quant!r} is not available; ONNX artifacts are {', '.join(ONNX_TYPES)} "
             "(for other types use --format gguf)"
         )
+    if dtype == "auto" and not (np.isfinite(max_kl) and max_kl > 0):
+        raise ConversionError(f"--max-kl must be a positive number, got {max_kl}")
     ckpt = Checkpoint.open(source)
-    metrics = None
-    if dtype == "fp32":
+    if is_bert(ckpt):  # an encoder has no next-token logits: KL/perplexity mean nothing
+        if dtype == "auto":
+            raise ConversionError(f"--quant auto picks a type by next-token quality, which the embedding "
+                                  f"model {ckpt.architecture} does not have: choose fp32, fp16 or int8")
+        quality = False
+    metrics, chosen = None, dtype
+    if dtype == "fp32" or (dtype == "fp16" and not quality):
         build_onnx(ckpt, output, dtype=dtype, progress=progress, force=force)
     else:
-        from .to_onnx.quality import measure_onnx_quality
-        from .to_onnx.quantize import quantize_onnx
-
         if output.exists() and not (output.is_dir() and not any(output.iterdir())) and not force:
             raise OutputExistsError(f"{output} already exists and is not empty; pass --force to replace it")
         with scratch_dir(output, "fp32") as scratch:
             reference = build_onnx(ckpt, scratch / "fp32", progress=progress)
-            quantize_onnx(reference, output, dtype, force=force)
-            try:
-                metrics = measure_onnx_quality(reference, output, n_threads=n_threads) if quality else None
-            except BaseException:
-                shutil.rmtree(output, ignore_errors=True)  # a conversion that fails leaves nothing behind
-                raise
-    reference_name = "itself (lossless)" if dtype == "fp32" else "fp32 ONNX of the same checkpoint"
+            candidates = ONNX_AUTO_ORDER if dtype == "auto" else (dtype,)
+            for chosen in candidates:
+                folder = _onnx_candidate(ckpt, reference, scratch / chosen, chosen, n_threads)
+                metrics = _onnx_quality(reference, folder, quality or dtype == "auto", n_threads)
+                if dtype != "auto" or metrics.mean_kl <= max_kl:
+                    break
+            else:  # nothing within max_kl: the lossless reference
+                chosen, folder, metrics = "fp32", reference, None
+            with staged_folder(output, force=force) as staging:
+                for item in folder.iterdir():
+                    os.replace(item, staging / item.name)
+    reference_name = "itself (lossless)" if chosen == "fp32" else "fp32 ONNX of the same checkpoint"
     try:
-        report = write_report(output, source=source, fmt="onnx", quant=dtype, quality=metrics,
+        report = write_report(output, source=source, fmt="onnx", quant=chosen, quality=metrics,
                               reference=reference_name,
-                              extra={"architecture": ckpt.architecture,
+                              extra={"requested_quant": dtype, "max_kl": max_kl if dtype == "auto" else None,
+                                     "architecture": ckpt.architecture,
                                      "seconds": round(time.perf_counter() - started, 2)})
     except BaseException:
-        if dtype != "fp32":
-            shutil.rmtree(output, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)  # a conversion that fails leaves nothing behind
         raise
-    return ConversionResult(output, report, dtype, metrics.to_dict() if metrics else None,
+    return ConversionResult(output, report, chosen, metrics.to_dict() if metrics else None,
                             time.perf_counter() - started)
+
+
+def _onnx_candidate(ckpt: Checkpoint, reference: Path, folder: Path, dtype: str,
+                    n_threads: int | None) -> Path:
+    """``dtype`` made from the fp32 ``reference`` (fp16 rebuilt from the checkpoint) into ``folder``."""
+    from .to_onnx import build_onnx
+    from .to_onnx.quantize import quantize_onnx
+
+    if dtype == "fp16":
+        return build_onnx(ckpt, folder, dtype="fp16")
+    return quantize_onnx(reference, folder, dtype, n_threads=n_threads)
+
+
+def _onnx_quality(reference: Path, folder: Path, quality: bool, n_threads: int | None) -> Any:
+    from .to_onnx.quality import measure_onnx_quality
+
+    return measure_onnx_quality(reference, folder, n_threads=n_threads) if quality else None

@@ -38,6 +38,14 @@ QUANT_SPEED_RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 FALLBACK_QUANT_ORDER = ("Q8_0", "Q4_K_M", "Q4_0")
 
+# onnxruntime execution providers edgeinfer asks for, best first: (provider, GPU api it drives, how to
+# get a build that has it). The CPU provider is always there and always last.
+ONNX_PROVIDERS: tuple[tuple[str, str, str], ...] = (
+    ("CUDAExecutionProvider", "cuda", "pip install onnxruntime-gpu (CUDA 12) instead of onnxruntime"),
+    ("CoreMLExecutionProvider", "metal", "the macOS onnxruntime wheel includes it"),
+)
+CPU_PROVIDER = "CPUExecutionProvider"
+
 
 @dataclass(frozen=True)
 class GPU:
@@ -178,15 +186,44 @@ def _usable_gpu(probe: Probe, gpu: GPU, backend: str) -> bool:
     if backend == "llama.cpp":
         return probe.llama_gpu_offload and gpu.api.upper() in probe.llama_build_backends
     if backend == "onnx":
-        provider = {"cuda": "CUDAExecutionProvider", "metal": "CoreMLExecutionProvider"}.get(gpu.api)
-        return provider in probe.onnx_providers
+        return any(api == gpu.api and name in probe.onnx_providers for name, api, _ in ONNX_PROVIDERS)
     return False
+
+
+def onnx_providers_for(device: str, available: tuple[str, ...] | list[str]) -> list[str]:
+    """The providers to open an ONNX session with for ``device`` ("cpu", "cuda:0", "metal"), best first,
+    always ending with the CPU one (onnxruntime falls back to it for ops a GPU provider lacks)."""
+    api = device.split(":")[0]
+    wanted = [name for name, provider_api, _ in ONNX_PROVIDERS if provider_api == api and name in available]
+    return [*wanted, CPU_PROVIDER]
+
+
+def onnx_provider_report(probe: Probe) -> list[tuple[str, bool, str]]:
+    """(provider, usable, why) for each provider edgeinfer knows, best first: what ``edgeinfer env`` shows."""
+    rows = []
+    for name, api, how in ONNX_PROVIDERS:
+        has_gpu = any(g.api == api for g in probe.gpus)
+        if name in probe.onnx_providers and has_gpu:
+            rows.append((name, True, f"in this onnxruntime build, and a {api} GPU is present"))
+        elif name in probe.onnx_providers:
+            rows.append((name, False, f"in this onnxruntime build, but no {api} GPU found"))
+        else:
+            gpu = f"a {api} GPU is present" if has_gpu else f"no {api} GPU found"
+            rows.append((name, False, f"{gpu}; this onnxruntime build lacks the provider ({how})"))
+    cpu_ok = CPU_PROVIDER in probe.onnx_providers
+    rows.append((CPU_PROVIDER, cpu_ok, "always available: the fallback for every model and op" if cpu_ok
+                 else "onnxruntime is not installed: pip install 'edgeinfer[onnx]'"))
+    return rows
 
 
 def _why_no_gpu(probe: Probe, backend: str) -> str:
     if not probe.gpus:
         return "no GPU found: running on the CPU"
     apis = sorted({g.api for g in probe.gpus})
+    if backend == "onnx":
+        hint = "; ".join(f"{name}: {how}" for name, api, how in ONNX_PROVIDERS if api in apis)
+        return (f"GPU present ({', '.join(apis)}) but this onnxruntime has no provider for it "
+                f"({hint or 'no provider known'}); running on the CPU")
     flag = {"cuda": 'CMAKE_ARGS="-DGGML_CUDA=on"', "metal": 'CMAKE_ARGS="-DGGML_METAL=on"'}
     hint = " or ".join(flag[a] for a in apis if a in flag)
     return (

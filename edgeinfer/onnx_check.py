@@ -3,7 +3,7 @@
 onnxruntime follows a model's external-data paths wherever they point, so a downloaded model could
 make it read any file the user can read. Every external tensor must live in a regular file inside
 the model's folder (no absolute paths, no "..", no symlinks leading out), and fit in that file.
-The decoder's I/O names are checked against the contract the engine drives.
+The I/O names are checked against the contract the backend drives (a decoder's, or an encoder's).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from .errors import CorruptModelError, ModelLoadError
 
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 DECODER_OUTPUTS = ("logits",)
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ENCODER_OUTPUTS = ("sentence_embedding",)
+ENCODER_OPTIONAL_OUTPUTS = ("last_hidden_state",)
 
 
 def _external_tensors(model: Any) -> list[Any]:
@@ -51,29 +54,42 @@ def check_external_data(model: Any, folder: Path) -> None:
             )
 
 
+def _check_io(model: Any, want_in: set[str], want_out: set[str], contract: str,
+              optional_out: set[str] | None = None) -> None:
+    """Graph inputs/outputs exactly as wanted (``optional_out`` may be there or not); else ModelLoadError."""
+    initializers = {t.name for t in model.graph.initializer}
+    have_in = {i.name for i in model.graph.input} - initializers
+    have_out = {o.name for o in model.graph.output}
+    problems = []
+    for kind, want, have, extra in (("input", want_in, have_in, set()),
+                                    ("output", want_out, have_out, optional_out or set())):
+        if want - have:
+            problems.append(f"missing {kind}s {sorted(want - have)[:4]}")
+        if have - want - extra:
+            problems.append(f"unexpected {kind}s {sorted(have - want - extra)[:4]}")
+    if problems:
+        raise ModelLoadError(
+            f"the ONNX graph does not follow edgeinfer's {contract} contract ({'; '.join(problems)}); "
+            "convert the checkpoint with `edgeinfer convert --format onnx`"
+        )
+
+
 def check_decoder_io(model: Any, n_layers: int) -> None:
     """The inputs/outputs the engine feeds and reads, no more and no fewer (ModelLoadError)."""
     layers = [(i, kv) for i in range(n_layers) for kv in ("key", "value")]
     want_in = {*DECODER_INPUTS, *(f"past_key_values.{i}.{kv}" for i, kv in layers)}
     want_out = {*DECODER_OUTPUTS, *(f"present.{i}.{kv}" for i, kv in layers)}
-    initializers = {t.name for t in model.graph.initializer}
-    have_in = {i.name for i in model.graph.input} - initializers
-    have_out = {o.name for o in model.graph.output}
-    problems = []
-    for kind, want, have in (("input", want_in, have_in), ("output", want_out, have_out)):
-        if want - have:
-            problems.append(f"missing {kind}s {sorted(want - have)[:4]}")
-        if have - want:
-            problems.append(f"unexpected {kind}s {sorted(have - want)[:4]}")
-    if problems:
-        raise ModelLoadError(
-            f"the ONNX graph does not follow edgeinfer's decoder contract ({'; '.join(problems)}); "
-            "convert the checkpoint with `edgeinfer convert --format onnx`"
-        )
+    _check_io(model, want_in, want_out, "decoder")
 
 
-def load_checked(folder: Path, *, n_layers: int | None = None) -> Any:
-    """The folder's model.onnx (graph only, weights left on disk) after every check above."""
+def check_encoder_io(model: Any) -> None:
+    """An embedding encoder's inputs and its pooled output, as the embedding backend feeds and reads them."""
+    _check_io(model, set(ENCODER_INPUTS), set(ENCODER_OUTPUTS), "encoder", set(ENCODER_OPTIONAL_OUTPUTS))
+
+
+def load_checked(folder: Path, *, n_layers: int | None = None, encoder: bool = False) -> Any:
+    """The folder's model.onnx (graph only, weights left on disk) after every check above: the decoder
+    contract when ``n_layers`` is given, the embedding encoder's when ``encoder``."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -87,4 +103,6 @@ def load_checked(folder: Path, *, n_layers: int | None = None) -> Any:
     check_external_data(model, folder)
     if n_layers is not None:
         check_decoder_io(model, n_layers)
+    if encoder:
+        check_encoder_io(model)
     return model

@@ -7,10 +7,10 @@ import base64
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
+from embedding_fixtures import SENTENCES, converted_once, cosines, sentence_transformers_embeddings
 from hf_fixtures import minilm_dir
 
 import edgeinfer as ei
@@ -18,47 +18,19 @@ from edgeinfer.errors import ContextOverflowError, InvalidRequestError, Unsuppor
 
 pytestmark = pytest.mark.slow
 
-SENTENCES = [
-    "A man is playing a guitar on the street.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Où est la bibliothèque ? Je voudrais lire un livre sur l'économie française.",
-    "Mañana vamos a la playa con nuestros niños y el perro.",
-    "東京は日本の首都です。",
-    "我喜欢在周末喝茶和看书。",
-    "I love pizza 🍕 and sunny days ☀️!",
-    "",
-    "Hi",
-    " ".join(["Sentence embeddings map texts of any length to one vector, and similar meanings end "
-              "up close together, which is what semantic search and clustering rely on."] * 4),
-]
 MIN_COSINE = 0.99
 
 
 @pytest.fixture(scope="session")
 def minilm_gguf(tmp_path_factory: pytest.TempPathFactory):
     """A function quant -> the converted GGUF path, each converted once per test session."""
-    from converters import convert
-
-    folder = tmp_path_factory.mktemp("minilm-gguf")
-    made: dict[str, Path] = {}
-
-    def get(quant: str) -> Path:
-        if quant not in made:
-            result = convert(minilm_dir(), folder / f"minilm-{quant}.gguf", quant=quant)
-            assert result.quant == quant and result.quality is None  # no KL/PPL for an encoder
-            made[quant] = result.artifact
-        return made[quant]
-
-    return get
+    return converted_once(tmp_path_factory.mktemp("minilm-gguf"), "gguf", lambda q: f"minilm-{q}.gguf")
 
 
 @pytest.fixture(scope="session")
 def reference() -> np.ndarray:
     """sentence-transformers' own (normalised) embeddings of SENTENCES."""
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(minilm_dir()), device="cpu")
-    return st.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
+    return sentence_transformers_embeddings()
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +102,6 @@ def test_unsupported_pooling_is_refused(tmp_path):
 
 
 # --- embeddings ----------------------------------------------------------------------------------
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
-
-
 @pytest.mark.parametrize("quant", ["F32", "F16"])
 def test_embeddings_match_sentence_transformers(minilm_gguf, reference, quant):
     with ei.load(minilm_gguf(quant), n_threads=2) as model:

@@ -77,22 +77,43 @@ def test_tiny_checkpoint_matches_transformers(arch: str, tmp_path: Path) -> None
     assert_parity(reference, split, tie_margin=0.02)
 
 
-def test_left_padding_matches_unpadded(tmp_path: Path) -> None:
-    """A left-padded row (attention_mask 0, positions from the first real token) gives the same logits."""
+def test_right_padded_batch_matches_unpadded(tmp_path: Path) -> None:
+    """Two prompts of different lengths in one batch (the shorter right-padded, attention_mask 0 on the
+    padding) give each prompt's own logits on its real positions."""
     out = build_onnx(Checkpoint.open(tiny_checkpoint("llama")), tmp_path / "m")
     model = OnnxDecoder(out)
-    ids = [1, 50, 60, 70, 80]
-    plain = model(ids)
-    pad = 3
-    feed = {"input_ids": np.array([[0] * pad + ids], np.int64),
-            "attention_mask": np.array([[0] * pad + [1] * len(ids)], np.int64),
-            "position_ids": np.array([[0] * pad + list(range(len(ids)))], np.int64)}
+    long, short = [1, 50, 60, 70, 80, 90], [1, 33, 44]
+    plain = [model(long)]
+    model.reset()
+    plain.append(model(short))
+    pad = len(long) - len(short)
+    feed = {"input_ids": np.array([long, short + [0] * pad], np.int64),
+            "attention_mask": np.array([[1] * len(long), [1] * len(short) + [0] * pad], np.int64),
+            "position_ids": np.array([list(range(len(long)))] * 2, np.int64)}
+    shape = (2, model.meta["n_kv_heads"], 0, model.meta["head_dim"])
+    for i in range(model.meta["n_layers"]):
+        for kv in ("key", "value"):
+            feed[f"past_key_values.{i}.{kv}"] = np.zeros(shape, np.float32)
+    batched = model.session.run(["logits"], feed)[0]
+    np.testing.assert_allclose(batched[0], plain[0], atol=1e-4)
+    np.testing.assert_allclose(batched[1, : len(short)], plain[1], atol=1e-4)
+
+
+def test_num_logits_to_keep_returns_the_last_rows(tmp_path: Path) -> None:
+    """The optional input trims logits to the last rows (what a prefill needs); 0, the default, keeps all."""
+    out = build_onnx(Checkpoint.open(tiny_checkpoint("qwen2")), tmp_path / "m")
+    model = OnnxDecoder(out)
+    ids = [1, 50, 60, 70, 80, 90]
+    full = model(ids)
+    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+            "position_ids": np.arange(len(ids), dtype=np.int64)[None], "num_logits_to_keep": np.array(2)}
     shape = (1, model.meta["n_kv_heads"], 0, model.meta["head_dim"])
     for i in range(model.meta["n_layers"]):
         for kv in ("key", "value"):
             feed[f"past_key_values.{i}.{kv}"] = np.zeros(shape, np.float32)
-    padded = model.session.run(["logits"], feed)[0][0, pad:]
-    np.testing.assert_allclose(padded, plain, atol=1e-4)
+    last_two = model.session.run(["logits"], feed)[0][0]
+    assert last_two.shape == (2, full.shape[1])
+    np.testing.assert_allclose(last_two, full[-2:], atol=1e-5)
 
 
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:

@@ -2,7 +2,17 @@
 
 import pytest
 
-from edgeinfer.device import GIB, GPU, Artifact, Probe, choose, fastest_cpu_quants, probe_system
+from edgeinfer.device import (
+    GIB,
+    GPU,
+    Artifact,
+    Probe,
+    choose,
+    fastest_cpu_quants,
+    onnx_provider_report,
+    onnx_providers_for,
+    probe_system,
+)
 from edgeinfer.errors import BackendUnavailableError, DeviceError
 
 
@@ -100,3 +110,36 @@ def test_real_probe_of_this_machine():
     assert p.llama_cpp_version and "CPU" in p.llama_build_backends
     c = choose(p, Artifact("gguf", 100 << 20))
     assert c.backend == "llama.cpp" and c.reasons
+
+
+ONNX_MODEL = Artifact("onnx", 200 * 1024**2, n_layers=30, quantization="int4-b32-asym-gptq")
+ORT_GPU = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_onnx_on_cuda_uses_the_cuda_provider_with_cpu_fallback():
+    c = choose(probe(gpus=(cuda(20),), onnx_providers=ORT_GPU), ONNX_MODEL)
+    assert (c.backend, c.device) == ("onnx", "cuda:0")
+    assert onnx_providers_for(c.device, ORT_GPU) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers_for("cpu", ORT_GPU) == ["CPUExecutionProvider"]
+
+
+def test_onnx_gpu_without_provider_says_which_wheel_to_install():
+    p = probe(gpus=(cuda(20),), onnx_providers=("CPUExecutionProvider",))
+    c = choose(p, ONNX_MODEL)
+    assert c.device == "cpu" and any("onnxruntime-gpu" in r for r in c.reasons)
+    report = {name: (usable, why) for name, usable, why in onnx_provider_report(p)}
+    usable, why = report["CUDAExecutionProvider"]
+    assert usable is False and "onnxruntime-gpu" in why
+    assert report["CPUExecutionProvider"][0] is True
+    assert list(report)[-1] == "CPUExecutionProvider"  # always the last resort
+
+
+def test_onnx_provider_report_on_a_mac_with_coreml():
+    metal = GPU("Apple M2", "metal", 16 * GIB, 10 * GIB, unified_memory=True)
+    p = probe(os="Darwin", arch="arm64", gpus=(metal,),
+              onnx_providers=("CoreMLExecutionProvider", "CPUExecutionProvider"))
+    report = {name: usable for name, usable, _ in onnx_provider_report(p)}
+    assert report == {"CUDAExecutionProvider": False, "CoreMLExecutionProvider": True,
+                      "CPUExecutionProvider": True}
+    assert choose(p, ONNX_MODEL).device == "metal"
+    assert onnx_providers_for("metal", p.onnx_providers)[0] == "CoreMLExecutionProvider"

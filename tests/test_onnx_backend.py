@@ -107,3 +107,36 @@ def test_tampered_folders_are_refused_before_onnxruntime_opens_them(onnx_dir: Pa
         handle.truncate(1000)
     with pytest.raises(ei.CorruptModelError, match="truncated"):
         ei.load(folder)
+
+
+def test_kv_buffers_grow_copy_truncate_and_restore_exactly(onnx_dir: Path) -> None:
+    """Past the first KV allocation (256 positions) and through copies, truncation and saved states, a
+    sequence's next logits equal those of one prefill of the same tokens."""
+    import numpy as np
+
+    from edgeinfer.backends.base import EvalItem
+    from edgeinfer.backends.onnx import FIRST_CAPACITY, OnnxBackend
+
+    backend = OnnxBackend(onnx_dir, n_ctx=512, n_threads=2, max_sequences=4)
+    ids = backend.tokenize(" ".join([PROMPT] * 30))[: FIRST_CAPACITY + 60]
+
+    def last_logits(seq: int, tokens: list[int]) -> np.ndarray:
+        (row,) = backend.eval([EvalItem(seq, tokens)])
+        return backend.logits(row).copy()
+
+    whole = last_logits(0, ids)
+    assert backend.seq_length(0) == len(ids) and backend._kv[0].capacity >= len(ids)
+    pieces = [ids[:100], ids[100:250], ids[250:-1], ids[-1:]]  # grows from 256 while holding data
+    stepped = [last_logits(1, piece) for piece in pieces][-1]
+    np.testing.assert_allclose(stepped, whole, atol=2e-3)
+    backend.kv_copy(0, 2, 120)  # a shared prefix, then its own continuation
+    np.testing.assert_allclose(last_logits(2, ids[120:]), whole, atol=2e-3)
+    backend.kv_truncate(1, 200)  # roll back and redo: the rows past 200 are overwritten, not reused
+    np.testing.assert_allclose(last_logits(1, ids[200:]), whole, atol=2e-3)
+    state = backend.state_save(0)
+    backend.kv_truncate(0, 10)
+    backend.state_load(3, state, len(ids))
+    extra = backend.tokenize(" and then", add_special=False)
+    reference = last_logits(1, extra)
+    np.testing.assert_allclose(last_logits(3, extra), reference, atol=2e-3)
+    backend.close()

@@ -1,10 +1,12 @@
-"""Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) as plain ONNX ops with a KV cache.
+"""Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) as an ONNX graph with a KV cache,
+built from onnxruntime's fused CPU/GPU ops, as onnxruntime-genai's model builder does.
 
-Per layer: RMSNorm -> Q/K/V (optional bias, optional per-head q/k norm) -> rotary from cos/sin tables
-gathered by ``position_ids`` -> concat with the past -> grouped attention (queries reshaped to
-[batch, kv_heads, rep*seq, head_dim], so KV heads are never copied) -> output projection -> gated MLP.
-Gemma 3 adds norms after attention and MLP, (1 + w) norm weights, scaled embeddings, GELU, and per-layer
-sliding windows with their own rope tables. The cache keeps every position; windows are masks.
+Per layer, about ten nodes: SkipSimplifiedLayerNormalization (residual add + RMSNorm) -> one QKV MatMul
+(optional bias, optional per-head q/k norm) -> GroupQueryAttention (rotary, KV cache, causal and
+sliding-window mask, grouped heads; past and present may share one preallocated buffer) -> output
+MatMul -> norm -> one gate+up MatMul -> SiLU/GELU -> down MatMul. Few nodes matter: a small model's
+decode step is bound by per-node overhead, not arithmetic. Gemma 3 adds norms after attention and MLP,
+(1 + w) norm weights, scaled embeddings, GELU, and per-layer sliding windows with their own rope tables.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from ..checkpoint import Checkpoint
 from .graph import Graph
 from .rope import cos_sin, inv_freq
 
-F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
-MASKED = float(np.finfo(np.float32).min)
+F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
 
 
 @dataclass(frozen=True)
@@ -129,156 +130,147 @@ class DecoderBuilder:
     def _has(self, name: str) -> bool:
         return name in self.ckpt.tensors
 
-    def linear(self, x: str, hf: str, rows: np.ndarray | None = None) -> str:
-        """x @ W^T (+ b); W stored transposed [in, out]. ``rows`` is a slice of a fused weight."""
-        weight = self._load(f"{hf}.weight") if rows is None else rows
-        y = self.g.op("MatMul", x, self.g.weight(f"{hf}.weight", weight.T))
-        if self._has(f"{hf}.bias"):
-            y = self.g.op("Add", y, self.g.weight(f"{hf}.bias", self._load(f"{hf}.bias")))
+    def _rows(self, fused: str | None, parts: list[str], sizes: list[int]) -> np.ndarray:
+        """A [sum(sizes), in] weight: the checkpoint's fused one, or its parts stacked."""
+        if fused is not None:
+            return self._load(fused)
+        return np.concatenate([self._load(p) for p in parts], axis=0)
+
+    def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
+        """x @ W^T (+ b); W stored transposed [in, out], the layout MatMul (and its quantizer) expects."""
+        y = self.g.op("MatMul", x, self.g.weight(f"{name}.weight", weight.T))
+        if bias is not None:
+            y = self.g.op("Add", y, self.g.weight(f"{name}.bias", bias))
         return y
 
-    def rms_norm(self, x: str, hf: str) -> str:
-        g = self.g
-        mean_sq = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)
-        inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_sq, g.const(self.d.eps, np.float32))))
-        weight = self._load(hf) + np.float32(self.spec.norm_offset)
-        return g.op("Mul", g.op("Mul", x, inv), g.weight(hf, weight))
+    def gamma(self, hf: str) -> str:
+        return self.g.weight(hf, self._load(hf) + np.float32(self.spec.norm_offset))
+
+    def norm(self, x: str, hf: str) -> str:
+        """RMSNorm over the last axis (onnxruntime's SimplifiedLayerNormalization)."""
+        return self.g.op("SimplifiedLayerNormalization", x, self.gamma(hf), axis=-1, epsilon=self.d.eps)
+
+    def add_norm(self, residual: str, delta: str | None, hf: str) -> tuple[str, str]:
+        """``residual + delta`` and its RMSNorm in one SkipSimplifiedLayerNormalization; returns
+        (normed, new residual). With no delta pending it is a plain norm."""
+        if delta is None:
+            return self.norm(residual, hf), residual
+        normed, total = self.g.ms("SkipSimplifiedLayerNormalization", delta, residual, self.gamma(hf),
+                                  n_out=4, skip=(1, 2), epsilon=self.d.eps)[::3]
+        return normed, total
 
     # --- graph pieces -------------------------------------------------------------------------
-    def attention_bias(self, mask: str, seq: str, total: str, window: int | None) -> str:
-        """[batch, 1, seq, total] additive mask: causal by cache position, padding from attention_mask."""
+    def head_norm(self, x: str, n: int, hf: str) -> str:
+        """Qwen3 / Gemma 3 per-head RMSNorm on [batch, seq, n*head_dim] (before rotary)."""
         g = self.g
-        past = g.op("Squeeze", g.op("Sub", total, seq), g.const([0]))
-        end = g.op("Squeeze", total, g.const([0]))
-        one = g.const(1)
-        q_pos = g.op("Unsqueeze", g.op("Range", past, end, one), g.const([1]))  # [seq, 1]
-        k_pos = g.op("Unsqueeze", g.op("Range", g.const(0), end, one), g.const([0]))  # [1, total]
-        allowed = g.op("LessOrEqual", k_pos, q_pos)
-        if window:
-            start = g.op("Sub", q_pos, g.const(window))
-            allowed = g.op("And", allowed, g.op("Greater", k_pos, start))
-        padding = g.op("Cast", g.op("Unsqueeze", mask, g.const([1, 2])), to=BOOL)  # [batch, 1, 1, total]
-        allowed = g.op("And", allowed, padding)
-        return g.op("Where", allowed, g.const(0.0, np.float32), g.const(MASKED, np.float32))
+        y = self.norm(g.op("Reshape", x, g.const([0, 0, n, self.d.head_dim])), hf)
+        return g.op("Reshape", y, g.const([0, 0, n * self.d.head_dim]))
 
-    def rotary_tables(self, position_ids: str, local: bool = False) -> tuple[str, str]:
-        """cos and sin for each position: [batch, 1, seq, head_dim] (halves repeated, as HF does)."""
-        g, prefix = self.g, "rotary_local" if local else "rotary"
-        cos, sin = cos_sin(inv_freq(self.ckpt, self.d.head_dim, local), self.d.max_positions)
-        out = []
-        for name, table in ((f"{prefix}.cos_cache", cos), (f"{prefix}.sin_cache", sin)):
-            half = g.op("Gather", g.weight(name, table), position_ids)  # [batch, seq, head_dim/2]
-            out.append(g.op("Unsqueeze", g.op("Concat", half, half, axis=-1), g.const([1])))
-        return out[0], out[1]
-
-    def rotate(self, x: str, cos: str, sin: str) -> str:
-        g, half = self.g, self.d.head_dim // 2
-        axis = g.const([-1])
-        x1 = g.op("Slice", x, g.const([0]), g.const([half]), axis)
-        x2 = g.op("Slice", x, g.const([half]), g.const([self.d.head_dim]), axis)
-        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
-        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
-
-    def heads(self, x: str, n: int, norm: str | None) -> str:
-        """[batch, seq, n*head_dim] -> [batch, n, seq, head_dim], with the optional per-head norm."""
-        x = self.g.op("Reshape", x, self.g.const([0, 0, n, self.d.head_dim]))
-        if norm is not None and self._has(norm):
-            x = self.rms_norm(x, norm)
-        return self.g.op("Transpose", x, perm=[0, 2, 1, 3])
-
-    def attention(self, x: str, i: int, bias: str, rope: tuple[str, str]) -> str:
+    def attention(self, x: str, i: int, cache: dict[str, str], rope: tuple[str, str]) -> str:
+        """Fused QKV projection, then GroupQueryAttention: rotary, the KV cache (past and present may
+        share one preallocated buffer), causal and sliding-window masking, grouped heads, all in one op."""
         g, d, pre = self.g, self.d, f"model.layers.{i}.self_attn"
-        if self.spec.fused_qkv:
-            fused = self._load(f"{pre}.qkv_proj.weight")
-            q_rows, kv_rows = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
-            q = self.linear(x, f"{pre}.q_proj", fused[:q_rows])
-            k = self.linear(x, f"{pre}.k_proj", fused[q_rows:q_rows + kv_rows])
-            v = self.linear(x, f"{pre}.v_proj", fused[q_rows + kv_rows:])
-            del fused
+        sizes = [d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, d.n_kv_heads * d.head_dim]
+        parts = [f"{pre}.{p}_proj" for p in "qkv"]
+        weight = self._rows(f"{pre}.qkv_proj.weight" if self.spec.fused_qkv else None,
+                            [f"{p}.weight" for p in parts], sizes)
+        bias = None
+        if self._has(f"{pre}.q_proj.bias"):
+            bias = np.concatenate([self._load(f"{p}.bias") for p in parts])
+        qkv = self.linear(x, f"{pre}.qkv_proj", weight, bias)
+        del weight
+        if self._has(f"{pre}.q_norm.weight"):
+            q, k, v = g.op("Split", qkv, g.const(sizes), axis=-1, n_out=3)
+            q = self.head_norm(q, d.n_heads, f"{pre}.q_norm.weight")
+            k = self.head_norm(k, d.n_kv_heads, f"{pre}.k_norm.weight")
         else:
-            q, k, v = (self.linear(x, f"{pre}.{p}_proj") for p in "qkv")
-        q = self.rotate(self.heads(q, d.n_heads, f"{pre}.q_norm.weight"), *rope)
-        k = self.rotate(self.heads(k, d.n_kv_heads, f"{pre}.k_norm.weight"), *rope)
-        v = self.heads(v, d.n_kv_heads, None)
+            q, k, v = qkv, "", ""  # packed: GroupQueryAttention splits it itself
         past_k = g.input(f"past_key_values.{i}.key", F32, ["batch", d.n_kv_heads, "past_seq", d.head_dim])
         past_v = g.input(f"past_key_values.{i}.value", F32, ["batch", d.n_kv_heads, "past_seq", d.head_dim])
-        k = g.op("Concat", past_k, k, axis=2, name=f"present.{i}.key")
-        v = g.op("Concat", past_v, v, axis=2, name=f"present.{i}.value")
-        q = g.op("Reshape", q, g.const([0, d.n_kv_heads, -1, d.head_dim]))  # [b, kv, rep*seq, hd]
-        scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
-        scores = g.op("Mul", scores, g.const(d.query_scale, np.float32))
-        scores = g.op("Add", g.op("Reshape", scores, g.const([0, d.n_heads, -1, 0])), bias)
-        probs = g.op("Reshape", g.op("Softmax", scores, axis=-1), g.const([0, d.n_kv_heads, -1, 0]))
-        ctx = g.op("Reshape", g.op("MatMul", probs, v), g.const([0, d.n_heads, -1, d.head_dim]))
-        ctx = g.op("Transpose", ctx, perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", ctx, g.const([0, 0, d.n_heads * d.head_dim]))
-        return self.linear(ctx, f"{pre}.o_proj")
+        window = d.window if d.sliding[i] and d.window else -1
+        present = [f"present.{i}.key", f"present.{i}.value"]  # named directly: no copy between buffers
+        out = g.ms("GroupQueryAttention", q, k, v, past_k, past_v, cache["seqlens_k"], cache["total"], *rope,
+                   n_out=3, outputs=[f"layers.{i}.attn", *present], num_heads=d.n_heads,
+                   kv_num_heads=d.n_kv_heads, do_rotary=1, rotary_interleaved=0, local_window_size=window,
+                   scale=d.query_scale)[0]
+        return self.linear(out, f"{pre}.o_proj", self._load(f"{pre}.o_proj.weight"))
 
     def mlp(self, x: str, i: int) -> str:
-        g, pre = self.g, f"model.layers.{i}.mlp"
-        if self.spec.fused_qkv:
-            fused = self._load(f"{pre}.gate_up_proj.weight")
-            gate = self.linear(x, f"{pre}.gate_proj", fused[: self.d.intermediate])
-            up = self.linear(x, f"{pre}.up_proj", fused[self.d.intermediate:])
-            del fused
-        else:
-            gate, up = self.linear(x, f"{pre}.gate_proj"), self.linear(x, f"{pre}.up_proj")
-        act = self.activation(gate)
-        return self.linear(g.op("Mul", act, up), f"{pre}.down_proj")
-
-    def activation(self, x: str) -> str:
-        """SiLU, or GELU with the tanh approximation (opset 17 has no Gelu op)."""
-        g = self.g
+        """Gated MLP with gate and up in one matmul."""
+        g, pre, n = self.g, f"model.layers.{i}.mlp", self.d.intermediate
+        weight = self._rows(f"{pre}.gate_up_proj.weight" if self.spec.fused_qkv else None,
+                            [f"{pre}.gate_proj.weight", f"{pre}.up_proj.weight"], [n, n])
+        gate, up = g.op("Split", self.linear(x, f"{pre}.gate_up_proj", weight), g.const([n, n]), axis=-1,
+                        n_out=2)
+        del weight
         if self.d.act == "silu":
-            return g.op("Mul", x, g.op("Sigmoid", x))
-        cube = g.op("Mul", g.const(0.044715, np.float32), g.op("Mul", x, g.op("Mul", x, x)))
-        inner = g.op("Mul", g.const((2 / np.pi) ** 0.5, np.float32), g.op("Add", x, cube))
-        half_x = g.op("Mul", g.const(0.5, np.float32), x)
-        return g.op("Mul", half_x, g.op("Add", g.const(1.0, np.float32), g.op("Tanh", inner)))
+            act = g.op("Mul", gate, g.op("Sigmoid", gate))
+        else:  # GELU, tanh approximation
+            act = g.ms("FastGelu", gate)
+        return self.linear(g.op("Mul", act, up), f"{pre}.down_proj", self._load(f"{pre}.down_proj.weight"))
 
-    def layer(self, x: str, i: int, bias: str, rope: tuple[str, str]) -> str:
-        """One decoder block (with Gemma 3's extra norms around attention and MLP when it has them)."""
-        g, pre = self.g, f"model.layers.{i}"
-        h = self.attention(self.rms_norm(x, f"{pre}.input_layernorm.weight"), i, bias, rope)
+    def layer(self, residual: str, delta: str | None, i: int, cache: dict[str, str],
+              rope: tuple[str, str]) -> tuple[str, str]:
+        """One decoder block; takes and returns (residual stream, delta not yet added to it), so each
+        residual add shares a node with the norm that follows it. Gemma 3 norms the attention and MLP
+        outputs too (sandwich norms)."""
+        pre = f"model.layers.{i}"
+        h, residual = self.add_norm(residual, delta, f"{pre}.input_layernorm.weight")
+        h = self.attention(h, i, cache, rope)
         if self.spec.sandwich_norms:
-            h = self.rms_norm(h, f"{pre}.post_attention_layernorm.weight")
-            x = g.op("Add", x, h)
-            h = self.mlp(self.rms_norm(x, f"{pre}.pre_feedforward_layernorm.weight"), i)
-            return g.op("Add", x, self.rms_norm(h, f"{pre}.post_feedforward_layernorm.weight"))
-        x = g.op("Add", x, h)
-        return g.op("Add", x, self.mlp(self.rms_norm(x, f"{pre}.post_attention_layernorm.weight"), i))
+            h = self.norm(h, f"{pre}.post_attention_layernorm.weight")
+            h, residual = self.add_norm(residual, h, f"{pre}.pre_feedforward_layernorm.weight")
+            return residual, self.norm(self.mlp(h, i), f"{pre}.post_feedforward_layernorm.weight")
+        h, residual = self.add_norm(residual, h, f"{pre}.post_attention_layernorm.weight")
+        return residual, self.mlp(h, i)
+
+    def cache_inputs(self, mask: str) -> dict[str, str]:
+        """GroupQueryAttention's view of the cache: per-row valid length - 1, and the total length."""
+        g = self.g
+        lengths = g.op("ReduceSum", mask, g.const([1]), keepdims=0)
+        seqlens_k = g.op("Cast", g.op("Sub", lengths, g.const(1)), to=I32)
+        total = g.op("Cast", g.op("Squeeze", g.op("Shape", mask, start=1, end=2), g.const([0])), to=I32)
+        return {"seqlens_k": seqlens_k, "total": total}
+
+    def rope_tables(self, local: bool) -> tuple[str, str]:
+        """[max_positions, head_dim/2] cos and sin tables (GroupQueryAttention's cos_cache/sin_cache)."""
+        prefix = "rotary_local" if local else "rotary"
+        cos, sin = cos_sin(inv_freq(self.ckpt, self.d.head_dim, local), self.d.max_positions)
+        return self.g.weight(f"{prefix}.cos_cache", cos), self.g.weight(f"{prefix}.sin_cache", sin)
 
     def build(self, progress: bool = False) -> None:
         """The whole graph: inputs, layers, final norm, logits, presents."""
         g, d = self.g, self.d
         ids = g.input("input_ids", I64, ["batch", "seq"])
         mask = g.input("attention_mask", I64, ["batch", "total_seq"])
-        positions = g.input("position_ids", I64, ["batch", "seq"])
-        seq = g.op("Shape", ids, start=1, end=2)
-        total = g.op("Shape", mask, start=1, end=2)
-        biases = {w: self.attention_bias(mask, seq, total, w if w else None)
-                  for w in {d.window if s else 0 for s in d.sliding}}
-        ropes = {local: self.rotary_tables(positions, local)
-                 for local in {s and self.spec.layer_types for s in d.sliding}}
+        g.input("position_ids", I64, ["batch", "seq"])  # part of the contract; positions follow the mask
+        cache = self.cache_inputs(mask)
+        ropes = {local: self.rope_tables(local) for local in {s and self.spec.layer_types for s in d.sliding}}
         embed_name = "model.embed_tokens.weight"
         embed = g.weight(embed_name, self._load(embed_name))
         x = g.op("Gather", embed, ids)
         if self.spec.scale_embeddings:
             x = g.op("Mul", x, g.const(np.float32(d.hidden) ** np.float32(0.5), np.float32))
+        residual, delta = x, None
         for i in tqdm(range(d.n_layers), desc="layers", disable=not progress):
-            sliding = d.sliding[i]
-            x = self.layer(x, i, biases[d.window if sliding else 0], ropes[sliding and self.spec.layer_types])
-        x = self.rms_norm(x, "model.norm.weight")
+            rope = ropes[d.sliding[i] and self.spec.layer_types]
+            residual, delta = self.layer(residual, delta, i, cache, rope)
+        x, _ = self.add_norm(residual, delta, "model.norm.weight")
+        # logits of the last ``num_logits_to_keep`` positions only (0, the default: all): a prompt's
+        # prefill needs one row, and the head is a large matmul per row
+        keep = g.input("num_logits_to_keep", I64, [], default=np.int64(0))
+        start = g.op("Neg", g.op("Reshape", keep, g.const([1])))
+        x = g.op("Slice", x, start, g.const([np.iinfo(np.int64).max]), g.const([1]))
         if self._has("lm_head.weight"):
-            logits = self.linear(x, "lm_head")
+            logits = self.linear(x, "lm_head", self._load("lm_head.weight"))
         else:  # tied: Gemm with transB reads the [vocab, hidden] embedding as it is, no second copy
             flat = g.op("Reshape", x, g.const([-1, d.hidden]))
-            out_shape = g.op("Concat", g.op("Shape", ids), g.const([d.vocab]), axis=0)
+            out_shape = g.op("Concat", g.op("Shape", x, start=0, end=2), g.const([d.vocab]), axis=0)
             logits = g.op("Reshape", g.op("Gemm", flat, embed, transB=1), out_shape)
         if d.final_softcap:
             cap = g.const(float(d.final_softcap), np.float32)
             logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, cap)), cap)
-        g.output(logits, "logits", F32, ["batch", "seq", d.vocab])
+        g.output(logits, "logits", F32, ["batch", "kept_seq", d.vocab])
         for i in range(d.n_layers):
             for kv in ("key", "value"):
                 g.output(f"present.{i}.{kv}", f"present.{i}.{kv}", F32,

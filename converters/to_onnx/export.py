@@ -17,13 +17,14 @@ from edgeinfer.errors import CheckpointError, ConversionError, OutputExistsError
 from edgeinfer.paths import atomic_folder
 
 from ..checkpoint import Checkpoint
+from .bert import BertBuilder, check_bert, is_bert
 from .decoder import DecoderBuilder, arch_spec
 from .graph import Graph
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-DTYPES = ("fp32",)
+DTYPES = ("fp32", "fp16")  # fp16: weights stored as float16, computed in float32
 
 
 def _special_ids(ckpt: Checkpoint) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def _special_ids(ckpt: Checkpoint) -> dict[str, Any]:
 
 def _write_folder(ckpt: Checkpoint, folder: Path, dtype: str, progress: bool) -> None:
     with open(folder / DATA_FILE, "wb") as data:
-        graph = Graph(data, DATA_FILE)
-        builder = DecoderBuilder(graph, ckpt, arch_spec(ckpt))
+        graph = Graph(data, DATA_FILE, fp16_weights=dtype == "fp16")
+        builder = BertBuilder(graph, ckpt) if is_bert(ckpt) else DecoderBuilder(graph, ckpt, arch_spec(ckpt))
         builder.build(progress=progress)
     graph.save(folder / MODEL_FILE, ckpt.architecture)
     meta = {**builder.metadata(), **_special_ids(ckpt), "chat_template": ckpt.chat_template(),
@@ -57,11 +58,15 @@ def _write_folder(ckpt: Checkpoint, folder: Path, dtype: str, progress: bool) ->
 
 def build_onnx(ckpt: Checkpoint, out_dir: Path, *, dtype: str = "fp32", progress: bool = False,
                force: bool = False) -> Path:
-    """Convert ``ckpt`` to an ONNX decoder folder with a KV cache (no torch); returns ``out_dir``."""
+    """Convert ``ckpt`` to an ONNX folder (no torch): a decoder with a KV cache, or a pooling BERT
+    encoder; returns ``out_dir``."""
     out_dir = Path(out_dir)
     if dtype not in DTYPES:
-        raise ConversionError(f"ONNX dtype {dtype!r} is not supported yet; choose one of {', '.join(DTYPES)}")
-    arch_spec(ckpt)  # refuse unknown architectures before touching the output
+        raise ConversionError(f"ONNX dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if is_bert(ckpt):  # refuse what cannot be converted before touching the output
+        check_bert(ckpt)
+    else:
+        arch_spec(ckpt)
     with staged_folder(out_dir, force=force) as staging:
         _write_folder(ckpt, staging, dtype, progress)
     return out_dir

@@ -58,7 +58,7 @@ def get_backend(name: str) -> BackendFactory:
 
 
 register_backend("llama.cpp", "edgeinfer.backends.llamacpp:LlamaCppBackend")
-register_backend("onnx", "edgeinfer.backends.onnx:OnnxBackend")
+register_backend("onnx", "edgeinfer.backends.onnx_factory:open_onnx")  # decoder or embedding encoder
 
 __all__ = [
     "Backend",

@@ -39,6 +39,10 @@ class TokenizerJson:
             self.tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
             raise ModelLoadError(f"{path} is not a usable tokenizer.json ({exc})") from exc
+        # some tokenizer.json files pad and truncate to a fixed length (sentence-transformers): the
+        # backends pad per batch themselves, and a text over the context is refused, never cut silently
+        self.tok.no_truncation()
+        self.tok.no_padding()
         vocab = self.tok.get_vocab(with_added_tokens=True)
         self.special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
         byte_level = "ByteLevel" in repr(self.tok.decoder)

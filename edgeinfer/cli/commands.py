@@ -13,7 +13,7 @@ import sys
 import threading
 
 from .. import __version__
-from ..device import Artifact, choose
+from ..device import Artifact, choose, onnx_provider_report
 from ..engine import CompletionStream
 from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
 from ..loader import artifact_format, cached_probe, load, locate_model
@@ -227,6 +227,8 @@ def env(args: argparse.Namespace) -> int:
           f"{', '.join(sorted(probe.llama_build_backends)) or '-'}; GPU offload "
           f"{'yes' if probe.llama_gpu_offload else 'no'}")
     print(f"onnxruntime providers: {', '.join(probe.onnx_providers) or 'not installed'}")
+    for name, usable, why in onnx_provider_report(probe):
+        print(f"  {'+' if usable else '-'} {name}: {why}")
     print(f"\nPlan for {args.model}:")
     if choice is None:
         print(f"  {plan['error']}")

@@ -16,7 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="gguf", choices=FORMATS)
     p.add_argument("--quant", default=None,
                    help="GGUF: F32, F16 (default), BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ... or 'auto' "
-                        "(see --max-kl); ONNX: fp32")
+                        "(see --max-kl); ONNX: fp32 (default), fp16 (half the file, fp32 compute), "
+                        "int8, int4 (GPTQ; QKV/down/head at 8 bits), int4-fast (every matmul 4-bit, "
+                        "AWQ + GPTQ) or auto (the fastest of int4-fast, int4, int8 within --max-kl, "
+                        "else fp32)")
     p.add_argument("--max-kl", type=float, default=DEFAULT_MAX_KL,
                    help="with --quant auto: the largest mean KL divergence allowed vs the unquantized model")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
