@@ -3,7 +3,7 @@
 One run, one model: SmolLM2-135M-Instruct rebuilt as an HF float32 checkpoint from its bundled GGUF
 (``tests/hf_fixtures.py``; cached). Variants:
 
-  onnx-int4 / onnx-int8 / onnx-fp32  ``converters.convert(format="onnx")``, run by edgeinfer (``ei.load``)
+  onnx-int4 / -int4-fast / -int8 / -fp32  ``converters.convert(format="onnx")``, run by edgeinfer
   genai-int4                         onnxruntime-genai's model builder (``-p int4 -e cpu``, its defaults)
                                      and its own runtime (og.Generator), in a separate venv
   gguf-Q4_K_M / gguf-Q8_0            ``converters.convert(format="gguf")``, run by edgeinfer (llama.cpp)
