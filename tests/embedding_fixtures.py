@@ -6,9 +6,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from hf_fixtures import minilm_dir
+
+from edgeinfer.errors import ContextOverflowError, InvalidRequestError
 
 SENTENCES = [
     "A man is playing a guitar on the street.",
@@ -55,3 +59,25 @@ def converted_once(root: Path, fmt: str, name: Callable[[str], str]) -> Callable
         return made[quant]
 
     return get
+
+
+def check_over_context(model: Any) -> None:
+    """A text over the context: a clear error naming the fix, or truncated on request."""
+    long_text = "word " * 600
+    with pytest.raises(ContextOverflowError, match="truncate=True") as info:
+        model.embed(["short", long_text])
+    assert info.value.n_ctx == 512 and info.value.prompt_tokens > 512
+    (vector,) = model.embed(long_text, truncate=True)
+    assert np.isfinite(vector).all()
+
+
+def check_cannot_generate(model: Any) -> None:
+    """An embedding model refuses every generation call and KV access, and keeps embedding."""
+    for call in (lambda: model.generate("hello"), lambda: model.stream("hello"),
+                 lambda: model.chat().send("hello"), lambda: model.complete_chat(
+                     [{"role": "user", "content": "hi"}])):
+        with pytest.raises(InvalidRequestError, match="embedding model"):
+            call()
+    with pytest.raises(InvalidRequestError, match="embedding model"):  # nor touch KV directly
+        model.backend.seq_length(0)
+    assert model.embed("still works").shape == (1, 384)

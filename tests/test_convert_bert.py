@@ -10,11 +10,18 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from embedding_fixtures import SENTENCES, converted_once, cosines, sentence_transformers_embeddings
+from embedding_fixtures import (
+    SENTENCES,
+    check_cannot_generate,
+    check_over_context,
+    converted_once,
+    cosines,
+    sentence_transformers_embeddings,
+)
 from hf_fixtures import minilm_dir
 
 import edgeinfer as ei
-from edgeinfer.errors import ContextOverflowError, InvalidRequestError, UnsupportedArchitectureError
+from edgeinfer.errors import InvalidRequestError, UnsupportedArchitectureError
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +32,6 @@ MIN_COSINE = 0.99
 def minilm_gguf(tmp_path_factory: pytest.TempPathFactory):
     """A function quant -> the converted GGUF path, each converted once per test session."""
     return converted_once(tmp_path_factory.mktemp("minilm-gguf"), "gguf", lambda q: f"minilm-{q}.gguf")
-
-
-@pytest.fixture(scope="session")
-def reference() -> np.ndarray:
-    """sentence-transformers' own (normalised) embeddings of SENTENCES."""
-    return sentence_transformers_embeddings()
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +104,13 @@ def test_unsupported_pooling_is_refused(tmp_path):
 
 # --- embeddings ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("quant", ["F32", "F16"])
-def test_embeddings_match_sentence_transformers(minilm_gguf, reference, quant):
+def test_embeddings_match_sentence_transformers(minilm_gguf, quant):
     with ei.load(minilm_gguf(quant), n_threads=2) as model:
         assert model.is_embedding
         vectors = model.embed(SENTENCES)
         assert len(model.tokenize(SENTENCES[-1])) < 256  # sentence-transformers truncates at 256
     assert vectors.shape == (len(SENTENCES), 384) and vectors.dtype == np.float32
-    cos = cosines(vectors, reference)
+    cos = cosines(vectors, sentence_transformers_embeddings())
     print(f"\n{quant}: min cosine to sentence-transformers {cos.min():.6f}")
     assert cos.min() >= MIN_COSINE, dict(zip(SENTENCES, cos.round(4), strict=True))
 
@@ -132,23 +133,11 @@ def test_empty_inputs(minilm):
 
 
 def test_over_context_text_is_refused_or_truncated(minilm):
-    long_text = "word " * 600
-    with pytest.raises(ContextOverflowError, match="truncate=True") as info:
-        minilm.embed(["short", long_text])
-    assert info.value.n_ctx == 512 and info.value.prompt_tokens > 512
-    (vector,) = minilm.embed(long_text, truncate=True)
-    assert np.isfinite(vector).all()
+    check_over_context(minilm)
 
 
 def test_embedding_model_cannot_generate(minilm):
-    for call in (lambda: minilm.generate("hello"), lambda: minilm.stream("hello"),
-                 lambda: minilm.chat().send("hello"), lambda: minilm.complete_chat(
-                     [{"role": "user", "content": "hi"}])):
-        with pytest.raises(InvalidRequestError, match="embedding model"):
-            call()
-    with pytest.raises(InvalidRequestError, match="embedding model"):  # nor touch KV directly
-        minilm.backend.seq_length(0)
-    assert minilm.embed("still works").shape == (1, 384)
+    check_cannot_generate(minilm)
 
 
 def test_generative_model_cannot_embed(smol):

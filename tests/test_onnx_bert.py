@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 from embedding_fixtures import (  # noqa: E402
     SENTENCES,
+    check_cannot_generate,
+    check_over_context,
     converted_once,
     cosines,
     sentence_transformers_embeddings,
@@ -26,7 +28,6 @@ from hf_fixtures import minilm_dir  # noqa: E402
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.errors import (  # noqa: E402
     ContextOverflowError,
-    InvalidRequestError,
     ModelLoadError,
     UnsupportedArchitectureError,
 )
@@ -41,12 +42,6 @@ MIN_COSINE_INT8 = 0.99  # MatMulNBits int8 with int8 activations (accuracy_level
 def minilm_onnx(tmp_path_factory: pytest.TempPathFactory):
     """A function quant -> the converted folder, each converted once per test session (about a second)."""
     return converted_once(tmp_path_factory.mktemp("minilm-onnx"), "onnx", lambda q: q)
-
-
-@pytest.fixture(scope="session")
-def st_reference() -> np.ndarray:
-    """sentence-transformers' own (normalised) embeddings of SENTENCES."""
-    return sentence_transformers_embeddings()
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +115,12 @@ def test_masked_lm_checkpoint_matches_transformers(tmp_path, pooling, act):
 
 
 # --- embeddings ----------------------------------------------------------------------------------
-def test_fp32_matches_sentence_transformers(minilm, st_reference):
+def test_fp32_matches_sentence_transformers(minilm):
     assert minilm.is_embedding and minilm.backend.name == "onnx"
     vectors = minilm.embed(SENTENCES)
     assert vectors.shape == (len(SENTENCES), 384) and vectors.dtype == np.float32
     assert len(minilm.tokenize(SENTENCES[-1])) < 256  # sentence-transformers truncates at 256
-    cos = cosines(vectors, st_reference)
+    cos = cosines(vectors, sentence_transformers_embeddings())
     print(f"\nONNX fp32: min cosine to sentence-transformers {cos.min():.7f}")
     assert cos.min() >= MIN_COSINE_FP32, dict(zip(SENTENCES, cos.round(6), strict=True))
 
@@ -159,25 +154,13 @@ def test_empty_inputs(minilm):
 
 
 def test_over_context_text_is_refused_or_truncated(minilm):
-    long_text = "word " * 600
-    with pytest.raises(ContextOverflowError, match="truncate=True") as info:
-        minilm.embed(["short", long_text])
-    assert info.value.n_ctx == 512 and info.value.prompt_tokens > 512
+    check_over_context(minilm)
     with pytest.raises(ContextOverflowError, match="at most 512"):  # the backend checks too
-        minilm.backend.embed([minilm.tokenize(long_text)])
-    (vector,) = minilm.embed(long_text, truncate=True)
-    assert np.isfinite(vector).all()
+        minilm.backend.embed([minilm.tokenize("word " * 600)])
 
 
 def test_embedding_model_cannot_generate(minilm):
-    for call in (lambda: minilm.generate("hello"), lambda: minilm.stream("hello"),
-                 lambda: minilm.chat().send("hello"), lambda: minilm.complete_chat(
-                     [{"role": "user", "content": "hi"}])):
-        with pytest.raises(InvalidRequestError, match="embedding model"):
-            call()
-    with pytest.raises(InvalidRequestError, match="embedding model"):  # nor touch KV directly
-        minilm.backend.seq_length(0)
-    assert minilm.embed("still works").shape == (1, 384)
+    check_cannot_generate(minilm)
 
 
 def test_encoder_contract_is_checked(minilm_onnx, tmp_path):

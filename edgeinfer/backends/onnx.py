@@ -68,7 +68,11 @@ class OnnxBackend(Backend):
         layers = [(i, kv) for i in range(self.n_layers) for kv in ("key", "value")]
         self._outputs = ["logits", *(f"present.{i}.{kv}" for i, kv in layers)]
         load_checked(folder, n_layers=self.n_layers)  # external data inside the folder, I/O names right
-        self.session = open_session(folder / "model.onnx", device, n_threads)
+        if device != "cpu":  # KV buffers are host memory bound in place; on a GPU provider onnxruntime
+            # would copy them each step and GroupQueryAttention could not share them: not done yet
+            log.warning("ONNX decoders run on the CPU provider (asked for %s): device-resident KV "
+                        "buffers are not implemented; use the llama.cpp backend for GPU decoding", device)
+        self.session = open_session(folder / "model.onnx", "cpu", n_threads)
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
         past = next(i for i in self.session.get_inputs() if i.name == "past_key_values.0.key")
         self._keep_input = any(i.name == "num_logits_to_keep" for i in self.session.get_inputs())
