@@ -45,13 +45,15 @@ class Recipe:
     sensitive_bits: int = 8
     calibrated: bool = False  # GPTQ for weights under 8 bits (8 bits: round-to-nearest is close enough)
     awq: bool = False  # activation-aware channel scales, folded into norms / up rows (needs calibrated)
+    block8: int = 64  # block of 8-bit weights where the input size allows (fewer scale bytes to read)
 
 
 RECIPES: dict[str, Recipe] = {
-    "int8": Recipe(bits=8, symmetric=True),
+    "int8": Recipe(bits=8, symmetric=True, block8=32),  # blocks of 64: KL 0.0068 instead of 0.0040
     # SmolLM2-135M, mean KL vs fp32 on the quality text (block 32, asymmetric 4-bit):
     #   every matmul 4-bit (head 8), round-to-nearest 0.21 -> GPTQ 0.18 -> AWQ + GPTQ 0.096; head 4-bit 0.12
-    #   QKV and down projections at 8 bits: round-to-nearest 0.063 -> GPTQ 0.042 (llama.cpp Q4_K_M: 0.051)
+    #   QKV and down projections at 8 bits: round-to-nearest 0.063 -> GPTQ 0.042 (llama.cpp Q4_K_M: 0.051);
+    #   8-bit blocks of 64 instead of 32: 0.044, 3% smaller, ~5% faster decode
     "int4": Recipe(bits=4, symmetric=False, sensitive=r"\.(qkv_proj|down_proj)\.", calibrated=True),
     "int4-fast": Recipe(bits=4, symmetric=False, head_bits=4, calibrated=True, awq=True),
 }
@@ -101,14 +103,19 @@ class _Rewriter:
             return self.recipe.sensitive_bits
         return self.recipe.bits
 
+    def block_for(self, bits: int, k: int) -> int:
+        """``block8`` for 8-bit weights whose input size it divides, else the recipe-wide block."""
+        return self.recipe.block8 if bits == 8 and k % self.recipe.block8 == 0 else self.block
+
     def _blocks(self, name: str, weight_nk: np.ndarray) -> tuple[list[str], Blocks]:
         """Quantize once (a tied table serves head and embedding) and store data/scales/zero points."""
         bits = self.bits_for(name)
         symmetric = self.recipe.symmetric or bits == 8
+        block = self.block_for(bits, weight_nk.shape[1])
         if name in self.hessians:
-            blocks = gptq_blocks(weight_nk, self.hessians.pop(name), bits, self.block, symmetric)
+            blocks = gptq_blocks(weight_nk, self.hessians.pop(name), bits, block, symmetric)
         else:
-            blocks = quantize_blocks(weight_nk, bits, self.block, symmetric)
+            blocks = quantize_blocks(weight_nk, bits, block, symmetric)
         self.quantized[name] = blocks
         names = [self._put(f"{name}.q{bits}", blocks.data), self._put(f"{name}.scales", blocks.scales)]
         zeros = blocks.zero_points
@@ -120,7 +127,7 @@ class _Rewriter:
         n, k = weight_nk.shape
         return helper.make_node("MatMulNBits", [node.input[0], *inputs], list(node.output),
                                 name=f"{node.name}/nbits", domain=MS_DOMAIN, K=k, N=n, bits=blocks.bits,
-                                block_size=self.block, accuracy_level=self.accuracy_level)
+                                block_size=blocks.block, accuracy_level=self.accuracy_level)
 
     def gather(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         """The embedding lookup from the 8-bit table (shared with a tied head), then back to [.., hidden]."""
@@ -136,7 +143,7 @@ class _Rewriter:
         return [
             helper.make_node("GatherBlockQuantized", [f"{EMBEDDING}.q8", node.input[1], scales], [rows],
                              name=f"{rows}/node", domain=MS_DOMAIN, gather_axis=0, quantize_axis=2,
-                             block_size=self.block, bits=8),
+                             block_size=blocks.block, bits=8),
             helper.make_node("Reshape", [rows, shape], list(node.output), name=f"{rows}/reshape"),
         ]
 
@@ -210,7 +217,7 @@ class _Rewriter:
                   and any(a.name == "transB" and a.i == 1 for a in node.attribute)):
                 nodes.append(self.matmul(node, EMBEDDING, read_external(self.src, self.inits[EMBEDDING])))
             elif (node.op_type == "Gather" and node.input[0] == EMBEDDING
-                  and self.inits[EMBEDDING].dims[1] % self.block == 0):
+                  and self.inits[EMBEDDING].dims[1] % self.block_for(8, self.inits[EMBEDDING].dims[1]) == 0):
                 embedding_gathers.append(len(nodes))
                 nodes.append(node)
             else:
