@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .backends.base import Backend, EvalItem, prefill_cuts
 from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
 from .prompt_cache import PromptCache
-from .sampling import SamplingParams
+from .sampling import SamplingParams, token_confidence
 from .speculative import DraftLength, Proposer, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
@@ -38,6 +38,9 @@ class Completion:
     tokens: list[int]
     finish_reason: str  # "stop" (end token or stop string), "length", "cancelled"
     stats: Stats = field(default_factory=Stats)
+    # with SamplingParams(confidence=True): per sampled token, (log-probability, top-1 minus top-2
+    # probability) under the model's own distribution; what a cascade router reads
+    confidence: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Request:
@@ -61,6 +64,7 @@ class Request:
         self.sampler = None
         self.verifier: Verifier | None = None
         self.draft_length: DraftLength | None = None
+        self.confidence: list[tuple[float, float]] = []
         self.t_first = self.t_last = 0.0
 
     @property
@@ -330,8 +334,12 @@ class Engine:
 
     def _sample(self, request: Request, row: int) -> int:
         if request.verifier is not None:  # position-keyed: the same text whatever gets drafted
-            return request.verifier.sample(row, len(request.generated))
-        return request.sampler.sample(row)
+            token = request.verifier.sample(row, len(request.generated))
+        else:
+            token = request.sampler.sample(row)
+        if request.params.confidence:
+            request.confidence.append(token_confidence(self.backend.logits(row), token))
+        return token
 
     def _decode_step(self, requests: list[Request]) -> None:
         """One eval with the next token of every decoding request (plus a draft when one decodes
@@ -372,7 +380,7 @@ class Engine:
             self._emit(request, [*draft[:accepted], follow])
 
     def _draft(self, request: Request) -> list[int]:
-        if request.verifier is None:
+        if request.verifier is None or request.params.confidence:  # confidence is read token by token
             return []
         k = request.draft_length.next_k()
         room = min(request.params.max_tokens - len(request.generated) - 1,
@@ -438,7 +446,8 @@ class Engine:
             tail = request.assembler.flush()
             if tail:
                 request.events.put(("piece", tail))
-            request.events.put(("end", Completion(request.assembler.text, request.generated, reason, stats)))
+            request.events.put(("end", Completion(request.assembler.text, request.generated, reason, stats,
+                                                  request.confidence)))
         request.finished.set()
 
     def _settle_step(self) -> None:

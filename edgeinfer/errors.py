@@ -90,3 +90,43 @@ class UnsupportedArchitectureError(ConversionError):
 
 class OutputExistsError(ConversionError):
     """The output already exists and ``force`` was not given."""
+
+
+# --- remote servers --------------------------------------------------------------------------
+class RemoteError(EdgeInferError):
+    """An OpenAI-compatible server failed or refused a request; ``status``/``code`` when it said so."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.url, self.status, self.code = url, status, code
+
+
+class RemoteUnavailableError(RemoteError):
+    """The server cannot serve now (unreachable, or HTTP 5xx after retries): another tier may."""
+
+
+class RemoteTimeoutError(RemoteUnavailableError):
+    """The server did not answer within the timeout (not retried: it may still be generating)."""
+
+
+class RemoteRequestError(RemoteError):
+    """The server refused the request with HTTP 4xx (bad request, key, model); never retried."""
+
+
+class RemoteProtocolError(RemoteError):
+    """The server's answer was malformed, or its stream broke off mid-way (e.g. the server died)."""
+
+
+# --- evaluation (routing eval set) ---------------------------------------------------------------
+class EvaluationError(EdgeInferError):
+    """An evaluation set or its scoring cannot be used (missing scorer dependency, bad data)."""
+
+
+class InvalidDatasetError(EvaluationError):
+    """A line of an evaluation set file is invalid; the message names the file and line number."""
+
+    def __init__(self, message: str, *, path: str, line: int) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line

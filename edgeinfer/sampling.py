@@ -25,6 +25,9 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 256
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # also report each token's log-probability and top-2 margin (Completion.confidence): one softmax
+    # over the vocabulary per token, and no speculative drafting for the request
+    confidence: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,3 +108,12 @@ class NumpySampler:
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def token_confidence(logits: np.ndarray, token: int) -> tuple[float, float]:
+    """(log-probability of ``token``, top-1 minus top-2 probability) under ``logits``' softmax."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = float(x.max())
+    log_total = top + float(np.log(np.exp(x - top).sum()))
+    second = float(np.partition(x, -2)[-2]) if x.size > 1 else -np.inf
+    return float(x[token]) - log_total, float(np.exp(top - log_total) - np.exp(second - log_total))

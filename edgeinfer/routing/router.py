@@ -1,0 +1,224 @@
+"""``ei.Router``: each request goes to the cheapest tier a policy thinks can serve it.
+
+Tiers are listed cheapest first (a small local model, a larger one, a remote server). The Router has
+the generate / stream / chat surface of a Model; every completion's ``stats.route`` says which tier
+served it and why, and ``router.stats`` adds up calls, tokens and cost per tier, with the saving
+against sending everything to the last (largest) tier.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine import Completion, CompletionStream
+from ..errors import BackendUnavailableError, EdgeInferError, InvalidRequestError, RemoteUnavailableError
+from ..stats import Stats
+from .costs import LocalCost, TokenPrice
+from .policies import Decision, Policy, RouteRequest, Rules
+
+Message = dict[str, str]
+DECISIONS_KEPT = 1000  # recent decisions kept in RouterStats
+
+
+@dataclass
+class Tier:
+    """One model the router can send to; ``fallback`` is the tier used when this one is unreachable."""
+
+    name: str
+    model: Any  # edgeinfer.Model, edgeinfer.RemoteModel, or anything with the same methods
+    cost: LocalCost | TokenPrice = field(default_factory=LocalCost)
+    fallback: str | None = None
+
+
+@dataclass
+class TierTotals:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+
+
+@dataclass
+class RouterStats:
+    """Totals per tier, recent decisions, and the estimated saving vs always using the largest tier."""
+
+    tiers: dict[str, TierTotals] = field(default_factory=dict)
+    decisions: list[tuple[str, str]] = field(default_factory=list)  # (tier, reason), most recent last
+    cost: float = 0.0
+    largest_tier_cost: float = 0.0  # what the same requests would have cost on the largest tier
+    unestimated: int = 0  # requests whose largest-tier cost could not be estimated yet
+
+    @property
+    def saved(self) -> float:
+        return self.largest_tier_cost - self.cost
+
+    def shares(self) -> dict[str, float]:
+        """Share of requests each tier served."""
+        total = sum(t.requests for t in self.tiers.values()) or 1
+        return {name: t.requests / total for name, t in self.tiers.items()}
+
+
+class Router:
+    """Routes each request to one of ``tiers`` (cheapest first) as ``policy`` decides (default: the
+    cheapest tier for everything, i.e. ``Rules([])``)."""
+
+    def __init__(self, tiers: Sequence[Tier], policy: Policy | None = None) -> None:
+        if not tiers:
+            raise InvalidRequestError("a Router needs at least one tier, e.g. Router([Tier('small', model)])")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError(f"tier names must be unique, got {names}")
+        for tier in tiers:
+            if tier.fallback is not None and tier.fallback not in names:
+                raise InvalidRequestError(f"tier {tier.name!r} falls back to unknown tier {tier.fallback!r}")
+        self.tiers = {t.name: t for t in tiers}
+        self.names = names
+        self.policy = policy or Rules([])
+        self.stats = RouterStats(tiers={n: TierTotals() for n in names})
+        self._lock = threading.Lock()
+
+    # --- the Model surface
+    def generate(self, prompt: str | Sequence[int], params: Any = None, *, task: str | None = None,
+                 language: str | None = None, **options: Any) -> Completion:
+        return self._run("generate", prompt, params, task, language, options)
+
+    def complete_chat(self, messages: Sequence[Message], params: Any = None, *, task: str | None = None,
+                      language: str | None = None, **options: Any) -> Completion:
+        return self._run("complete_chat", messages, params, task, language, options)
+
+    def stream(self, prompt: str | Sequence[int], params: Any = None, *, task: str | None = None,
+               language: str | None = None, **options: Any) -> CompletionStream:
+        return self._stream("stream", prompt, params, task, language, options)
+
+    def stream_chat(self, messages: Sequence[Message], params: Any = None, *, task: str | None = None,
+                    language: str | None = None, **options: Any) -> CompletionStream:
+        return self._stream("stream_chat", messages, params, task, language, options)
+
+    def close(self) -> None:
+        for tier in self.tiers.values():
+            close = getattr(tier.model, "close", None)
+            if close is not None:
+                close()
+
+    # --- deciding
+    def decide(self, prompt: Any, *, task: str | None = None, language: str | None = None) -> Decision:
+        """The policy's choice for ``prompt`` (text, token ids or chat messages), without running it."""
+        decision = self.policy.decide(self._request(prompt, task, language), self.names)
+        if decision.tier not in self.tiers:
+            raise InvalidRequestError(f"the policy chose unknown tier {decision.tier!r}")
+        return decision
+
+    def _request(self, prompt: Any, task: str | None, language: str | None) -> RouteRequest:
+        if isinstance(prompt, str):
+            text = prompt
+        elif prompt and isinstance(prompt[0], dict):
+            text = "\n".join(str(m.get("content", "")) for m in prompt)
+        else:
+            text, n = "", len(prompt)
+            return RouteRequest(text, n, task, language)
+        tokenize = getattr(self.tiers[self.names[0]].model, "tokenize", None)
+        n = len(tokenize(text)) if tokenize is not None else max(1, len(text) // 4)
+        return RouteRequest(text, n, task, language)
+
+    # --- running
+    def _run(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
+             options: dict[str, Any]) -> Completion:
+        decision = self.decide(prompt, task=task, language=language)
+        escalate = getattr(self.policy, "escalate", None)
+        if escalate is not None:  # a cascade: try the small tier, read its confidence, maybe go on
+            first = getattr(self.tiers[decision.tier].model, method)(prompt, params,
+                                                                     **{**options, "confidence": True})
+            why = escalate(first.confidence)
+            self._record(self.tiers[decision.tier], decision.reason + ("; escalated" if why else "; kept"),
+                         first.stats)
+            if why is None:
+                return first
+            decision = Decision(self.policy.large, f"cascade: {why}")  # type: ignore[attr-defined]
+        tier, reason = self.tiers[decision.tier], decision.reason
+        try:
+            completion = getattr(tier.model, method)(prompt, params, **options)
+        except EdgeInferError as exc:
+            if tier.fallback is None or not _unavailable(exc):
+                raise
+            reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
+            tier = self.tiers[tier.fallback]
+            completion = getattr(tier.model, method)(prompt, params, **options)
+        self._record(tier, reason, completion.stats)
+        return completion
+
+    def _stream(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
+                options: dict[str, Any]) -> CompletionStream:
+        if getattr(self.policy, "escalate", None) is not None:  # a cascade decides on a whole answer
+            completion = self._run(method.replace("stream", "generate").replace("generate_chat",
+                                                                                "complete_chat"),
+                                   prompt, params, task, language, options)
+
+            def whole() -> Iterator[str]:
+                yield completion.text
+                return completion
+
+            return CompletionStream(whole())
+        decision = self.decide(prompt, task=task, language=language)
+        tier, reason = self.tiers[decision.tier], decision.reason
+        try:
+            inner = getattr(tier.model, method)(prompt, params, **options)
+        except EdgeInferError as exc:
+            if tier.fallback is None or not _unavailable(exc):
+                raise
+            reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
+            tier = self.tiers[tier.fallback]
+            inner = getattr(tier.model, method)(prompt, params, **options)
+
+        def run() -> Iterator[str]:
+            yield from inner
+            completion = inner.completion
+            if completion is not None:
+                self._record(tier, reason, completion.stats)
+            return completion
+
+        return CompletionStream(run(), on_cancel=inner.cancel)
+
+    def _record(self, tier: Tier, reason: str, stats: Stats) -> None:
+        stats.route = f"{tier.name}: {reason}"
+        cost = tier.cost.cost(stats)
+        with self._lock:
+            totals = self.stats.tiers[tier.name]
+            totals.requests += 1
+            totals.prompt_tokens += stats.prompt_tokens
+            totals.completion_tokens += stats.completion_tokens
+            totals.seconds += stats.total_s
+            totals.cost += cost
+            self.stats.cost += cost
+            largest = self._largest_cost(stats, tier.name, cost)
+            if largest is None:
+                self.stats.unestimated += 1
+            else:
+                self.stats.largest_tier_cost += largest
+            self.stats.decisions.append((tier.name, reason))
+            del self.stats.decisions[:-DECISIONS_KEPT]
+
+    def _largest_cost(self, stats: Stats, served_by: str, cost: float) -> float | None:
+        """What this completion would have cost on the largest tier: exact for a token price; for a
+        local tier, its measured seconds per token so far times these tokens (None before any)."""
+        name = self.names[-1]
+        if served_by == name:
+            return cost
+        largest = self.tiers[name]
+        if isinstance(largest.cost, TokenPrice):
+            return largest.cost.cost(stats)
+        totals = self.stats.tiers[name]
+        tokens = totals.prompt_tokens + totals.completion_tokens
+        if not tokens:
+            return None
+        per_token = totals.seconds / tokens
+        return largest.cost.per_hour * per_token * (stats.prompt_tokens + stats.completion_tokens) / 3600
+
+
+def _unavailable(exc: EdgeInferError) -> bool:
+    """Errors that mean "this tier cannot serve now" (a remote that is down or timing out, a backend
+    that is not installed), not "this request is bad": only these fall back."""
+    return isinstance(exc, (RemoteUnavailableError, BackendUnavailableError))
