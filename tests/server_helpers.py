@@ -1,11 +1,16 @@
-"""A real edgeinfer server (uvicorn) in a thread on a free 127.0.0.1 port, for tests."""
+"""A real edgeinfer server for tests on a free 127.0.0.1 port: uvicorn in a thread, or the
+`edgeinfer serve` command in a child process."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -30,3 +35,21 @@ def running(models: list, options: ServerOptions) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, env: dict, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m edgeinfer serve ...` on a free port; yields the process and its base URL."""
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeinfer", "serve", *args, "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/v1", line)
+        assert match, f"no URL printed: {line!r} {log.read_text()}"
+        yield proc, match.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,8 @@ import pytest
 
 pytest.importorskip("httpx")
 
+from server_helpers import serve_process  # noqa: E402
+
 import edgeinfer as ei  # noqa: E402
 
 KEY = "remote-test-key"
@@ -27,26 +27,15 @@ MODEL = "smollm2-135m-instruct"
 PROMPT = "The capital of France is"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 COUNTING = "1, 2, 3, 4, 5, 6,"  # greedy SmolLM2 keeps counting: a stream that runs as long as asked
-SERVE_ARGS = (MODEL, "--threads", "1", "--n-ctx", "1024", "--max-sequences", "2", "--port", "0")
+SERVE_ARGS = (MODEL, "--threads", "1", "--n-ctx", "1024", "--max-sequences", "2")
 
 
 @contextlib.contextmanager
 def serve(home: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m edgeinfer serve` on a free loopback port; yields the process and its base URL."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEINFER_HOME": str(home), "EDGEINFER_API_KEY": KEY}
-    with log.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "edgeinfer", "serve", *SERVE_ARGS],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/v1", line)
-        assert match, f"no URL printed: {line!r} {log.read_text()}"
-        yield proc, match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    with serve_process(*SERVE_ARGS, env=env, log=log) as served:
+        yield served
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +23,7 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from server_helpers import running  # noqa: E402
+from server_helpers import running, serve_process  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.lock import ModelLock  # noqa: E402
@@ -291,24 +290,6 @@ def test_serve_needs_no_fastapi_to_import_the_sdk():
 
 def _prompt(i: int) -> str:
     return f"Copy the code. Code: ID-{i}. Copy: ID-{i}. Copy:"
-
-
-@contextlib.contextmanager
-def serve_process(*args: str, env: dict, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m edgeinfer serve ...` on a free port; yields the process and its base URL."""
-    with log.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "edgeinfer", "serve", *args, "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/v1", line)
-        assert match, f"no URL printed: {line!r} {log.read_text()}"
-        yield proc, match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
 
 
 def test_many_concurrent_clients_get_their_own_answers(model, tmp_path):

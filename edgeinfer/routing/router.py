@@ -138,17 +138,23 @@ class Router:
             if why is None:
                 return first
             decision = Decision(self.policy.large, f"cascade: {why}")  # type: ignore[attr-defined]
+        tier, reason, completion = self._call(decision, method, prompt, params, options)
+        self._record(tier, reason, completion.stats)
+        return completion
+
+    def _call(self, decision: Decision, method: str, prompt: Any, params: Any,
+              options: dict[str, Any]) -> tuple[Tier, str, Any]:
+        """Start ``method`` on the decided tier, or on its fallback when it is unreachable; returns the
+        tier that took it, the reason, and what the call returned (a Completion or a stream)."""
         tier, reason = self.tiers[decision.tier], decision.reason
         try:
-            completion = getattr(tier.model, method)(prompt, params, **options)
+            return tier, reason, getattr(tier.model, method)(prompt, params, **options)
         except EdgeInferError as exc:
             if tier.fallback is None or not _unavailable(exc):
                 raise
             reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
             tier = self.tiers[tier.fallback]
-            completion = getattr(tier.model, method)(prompt, params, **options)
-        self._record(tier, reason, completion.stats)
-        return completion
+            return tier, reason, getattr(tier.model, method)(prompt, params, **options)
 
     def _stream(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
                 options: dict[str, Any]) -> CompletionStream:
@@ -163,15 +169,7 @@ class Router:
 
             return CompletionStream(whole())
         decision = self.decide(prompt, task=task, language=language)
-        tier, reason = self.tiers[decision.tier], decision.reason
-        try:
-            inner = getattr(tier.model, method)(prompt, params, **options)
-        except EdgeInferError as exc:
-            if tier.fallback is None or not _unavailable(exc):
-                raise
-            reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
-            tier = self.tiers[tier.fallback]
-            inner = getattr(tier.model, method)(prompt, params, **options)
+        tier, reason, inner = self._call(decision, method, prompt, params, options)
 
         def run() -> Iterator[str]:
             yield from inner
