@@ -122,3 +122,18 @@ def test_chat_with_an_id_resumes_in_a_new_process(tmp_path):
     assert "resumed conversation 'demo': 1 earlier turns" in second.stderr
     cached = int(second.stderr.split(" cached)")[0].rsplit("(", 1)[1])
     assert cached > 20  # the first process's KV came back from the disk cache
+
+
+def test_run_cascade_shows_its_routing_decision_in_json():
+    ask = ("run", "smollm2-135m-instruct", "What is the capital of France?", "--temperature", "0",
+           "--max-tokens", "8", "--escalate-to", "gemma-3-270m", "--json")
+    kept = cli(*ask, "--threshold", "-100")
+    assert kept.returncode == 0, kept.stderr
+    out = json.loads(kept.stdout)
+    assert out["route"] == "small: cascade: small tier first; kept"
+    assert out["router"]["large"]["requests"] == 0
+    moved = json.loads(cli(*ask, "--threshold", "0").stdout)  # log-probabilities are below 0
+    assert moved["route"].startswith("large: cascade: mean_logprob -")
+    assert moved["stats"]["model"] == "gemma-3-270m" and moved["router"]["small"]["requests"] == 1
+    bad = cli(*ask, "--threshold", "0.5")
+    assert bad.returncode == 2 and "threshold must be in" in bad.stdout  # --json: the error as JSON

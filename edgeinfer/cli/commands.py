@@ -11,6 +11,8 @@ import shutil
 import signal
 import sys
 import threading
+from dataclasses import asdict
+from typing import Any
 
 from .. import __version__
 from ..device import Artifact, choose, onnx_provider_report
@@ -19,6 +21,8 @@ from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
 from ..loader import artifact_format, cached_probe, load, locate_model
 from ..lock import ModelLock
 from ..model import Model, make_params
+from ..remote import RemoteModel
+from ..routing import Cascade, Router, Tier
 from ..sources import cache_path, digest, locate, resolve
 
 _SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
@@ -38,6 +42,14 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _escalation_tier(args: argparse.Namespace) -> Any:
+    """The model a cascade escalates to: a server URL becomes a RemoteModel, anything else is loaded."""
+    target = args.escalate_to
+    if target.startswith(("http://", "https://")):
+        return RemoteModel(target, args.remote_model)
+    return _load(args, target)
+
+
 def _is_chat_model(model: Model) -> bool:
     return model.chat_template is not None
 
@@ -54,10 +66,17 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise InvalidRequestError("the prompt is empty: pass some text (or pipe it on stdin)")
     options = _options(args)
-    with _load(args) as model:
+    if args.escalate_to:  # refuse a bad threshold before loading anything
+        Cascade("small", "large", args.threshold, args.confidence)
+    with _load(args) as model, contextlib.ExitStack() as tiers:
         chat = not args.raw and _is_chat_model(model)
-        stream = (model.stream_chat(_messages(args, prompt), **options) if chat
-                  else model.stream(prompt, **options))
+        source: Any = model
+        if args.escalate_to:
+            large = tiers.enter_context(_escalation_tier(args))
+            source = Router([Tier("small", model), Tier("large", large)],
+                            Cascade("small", "large", args.threshold, args.confidence))
+        stream = (source.stream_chat(_messages(args, prompt), **options) if chat
+                  else source.stream(prompt, **options))
         if args.json:
             completion = stream.result()
             print(json.dumps({
@@ -66,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 "finish_reason": completion.finish_reason,
                 "mode": "chat" if chat else "completion",
                 "stats": completion.stats.to_dict(),
+                "route": completion.stats.route or None,
+                "router": ({name: asdict(t) for name, t in source.stats.tiers.items()}
+                           if isinstance(source, Router) else None),
                 "choice": model.choice.to_dict() if model.choice else None,
             }, indent=2, ensure_ascii=False))
             return 0

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EdgeInferError, InvalidRequestError
+from ..routing.policies import CONFIDENCE_MEASURES
 from . import commands, convert_cmd
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt ('-' or omitted: read stdin)")
     p.add_argument("--raw", action="store_true", help="plain completion: no chat template")
     p.add_argument("--json", action="store_true", help="print the completion and its stats as JSON")
+    r = p.add_argument_group("routing (a cascade: answer with MODEL, escalate when unsure)")
+    r.add_argument("--escalate-to", default=None, metavar="MODEL_OR_URL",
+                   help="a larger model (name or path), or an OpenAI-compatible server URL "
+                        "(see --remote-model)")
+    r.add_argument("--remote-model", default="default", help="the model name to ask the server for")
+    r.add_argument("--threshold", type=float, default=-1.0,
+                   help="escalate when the answer's confidence is below this (default -1.0)")
+    r.add_argument("--confidence", default="mean_logprob", choices=sorted(CONFIDENCE_MEASURES),
+                   help="how confidence is measured")
     _add_sampling_options(p)
     _add_load_options(p)
     p.set_defaults(func=commands.run)
