@@ -184,3 +184,21 @@ def test_a_remote_tier_that_is_down_falls_back_to_the_local_one(models) -> None:
     streamed = router.stream("abc", max_tokens=3, temperature=0)
     assert "".join(streamed) == done.text
     remote.close()
+
+
+def test_a_tier_can_adapt_the_request_to_its_own_prompt_style(models) -> None:
+    """A base-model tier turns chat messages into a few-shot text prompt; the router runs it as text."""
+    small, large = models
+    seen = []
+
+    def few_shot(messages):
+        seen.append(messages)
+        return "Q: 1\nA: 2\nQ: " + messages[-1]["content"] + "\nA:"
+
+    router = Router([Tier("small", small), Tier("large", large, adapt=few_shot)], Always("large"))
+    asked = [{"role": "user", "content": "abc"}]
+    done = router.complete_chat(asked, max_tokens=3, temperature=0)
+    assert seen == [asked]
+    assert done.text == large.generate("Q: 1\nA: 2\nQ: abc\nA:", max_tokens=3, temperature=0).text
+    streamed = router.stream_chat(asked, max_tokens=3, temperature=0)
+    assert "".join(streamed) == done.text

@@ -9,7 +9,7 @@ against sending everything to the last (largest) tier.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,11 @@ from .policies import Decision, Policy, RouteRequest, Rules
 
 Message = dict[str, str]
 DECISIONS_KEPT = 1000  # recent decisions kept in RouterStats
+# the method for each kind of prompt: a chat request adapted to a text prompt runs as text, and back
+TEXT_METHODS = {"generate": "generate", "complete_chat": "generate", "stream": "stream",
+                "stream_chat": "stream"}
+CHAT_METHODS = {"generate": "complete_chat", "complete_chat": "complete_chat", "stream": "stream_chat",
+                "stream_chat": "stream_chat"}
 
 
 @dataclass
@@ -31,6 +36,18 @@ class Tier:
     model: Any  # edgeinfer.Model, edgeinfer.RemoteModel, or anything with the same methods
     cost: LocalCost | TokenPrice = field(default_factory=LocalCost)
     fallback: str | None = None
+    # the request as this tier wants it (e.g. a base model: chat messages -> a few-shot text prompt)
+    adapt: Callable[[Any], Any] | None = None
+
+    def call(self, method: str, prompt: Any, params: Any, options: dict[str, Any]) -> Any:
+        """``method`` on this tier's model, with the prompt adapted (and chat <-> text methods swapped
+        when the adapted prompt is of the other kind)."""
+        if self.adapt is not None:
+            prompt = self.adapt(prompt)
+        chat = not isinstance(prompt, str) and bool(prompt) and isinstance(prompt[0], dict)
+        method = (CHAT_METHODS if chat else TEXT_METHODS)[method]
+        return getattr(self.model, method)(prompt, params, **options)
+
 
 
 @dataclass
@@ -130,8 +147,7 @@ class Router:
         decision = self.decide(prompt, task=task, language=language)
         escalate = getattr(self.policy, "escalate", None)
         if escalate is not None:  # a cascade: try the small tier, read its confidence, maybe go on
-            first = getattr(self.tiers[decision.tier].model, method)(prompt, params,
-                                                                     **{**options, "confidence": True})
+            first = self.tiers[decision.tier].call(method, prompt, params, {**options, "confidence": True})
             why = escalate(first.confidence)
             self._record(self.tiers[decision.tier], decision.reason + ("; escalated" if why else "; kept"),
                          first.stats)
@@ -148,13 +164,13 @@ class Router:
         tier that took it, the reason, and what the call returned (a Completion or a stream)."""
         tier, reason = self.tiers[decision.tier], decision.reason
         try:
-            return tier, reason, getattr(tier.model, method)(prompt, params, **options)
+            return tier, reason, tier.call(method, prompt, params, options)
         except EdgeInferError as exc:
             if tier.fallback is None or not _unavailable(exc):
                 raise
             reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
             tier = self.tiers[tier.fallback]
-            return tier, reason, getattr(tier.model, method)(prompt, params, **options)
+            return tier, reason, tier.call(method, prompt, params, options)
 
     def _stream(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
                 options: dict[str, Any]) -> CompletionStream:
