@@ -31,7 +31,7 @@ from .stats import Stats
 if TYPE_CHECKING:
     import httpx
 
-_PARAM_NAMES = tuple(f.name for f in fields(SamplingParams))
+_PARAM_NAMES = tuple(f.name for f in fields(SamplingParams) if f.name != "confidence")  # local-only
 
 
 def _httpx():  # noqa: ANN202 - the module
@@ -47,6 +47,9 @@ def request_options(params: SamplingParams | None, options: dict[str, Any]) -> d
     """The OpenAI request fields for the caller's settings: every field of ``params`` plus the
     explicit ``options`` (validated like Model's: unknown names are an InvalidRequestError)."""
     merged = make_params(params, **options)  # validates values and names
+    if merged.confidence:
+        raise InvalidRequestError("a remote tier cannot report per-token confidence: put a local model "
+                                  "first in a cascade")
     chosen = set(_PARAM_NAMES) if params is not None else {k for k, v in options.items() if v is not None}
     out = {name: getattr(merged, name) for name in _PARAM_NAMES if name in chosen}
     if "stop" in out:

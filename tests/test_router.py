@@ -202,3 +202,13 @@ def test_a_tier_can_adapt_the_request_to_its_own_prompt_style(models) -> None:
     assert done.text == large.generate("Q: 1\nA: 2\nQ: abc\nA:", max_tokens=3, temperature=0).text
     streamed = router.stream_chat(asked, max_tokens=3, temperature=0)
     assert "".join(streamed) == done.text
+
+
+def test_a_cascade_needs_a_local_first_tier() -> None:
+    """Confidence is local-only: never sent to a server, and asking a remote tier for it is an error."""
+    from edgeinfer.remote import request_options
+    from edgeinfer.sampling import SamplingParams
+
+    assert "confidence" not in request_options(SamplingParams(), {})
+    with pytest.raises(InvalidRequestError, match="per-token confidence"):
+        request_options(None, {"confidence": True})
