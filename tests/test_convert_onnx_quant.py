@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from hf_fixtures import rebuilt_checkpoint, tiny_checkpoint  # noqa: E402
+from hf_fixtures import empty_past, rebuilt_checkpoint, tiny_checkpoint  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 from converters import convert  # noqa: E402
@@ -132,12 +132,8 @@ def test_awq_folding_keeps_the_fp32_function(tmp_path: Path) -> None:
         folded = tmp_path / f"{arch}-folded.onnx"
         onnx.save_model(full, str(folded))
         ids = np.array([[1, 5, 9, 14, 20, 33, 41, 7]], np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(8)[None]}
-        meta = json.loads((src / "edgeinfer.json").read_text())
-        for i in range(meta["n_layers"]):
-            for kv in ("key", "value"):
-                feed[f"past_key_values.{i}.{kv}"] = np.zeros((1, meta["n_kv_heads"], 0, meta["head_dim"]),
-                                                           np.float32)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(8)[None],
+                **empty_past(json.loads((src / "edgeinfer.json").read_text()))}
         runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
                 for p in (src / "model.onnx", folded)]
         np.testing.assert_allclose(runs[1], runs[0], rtol=1e-3, atol=1e-3)

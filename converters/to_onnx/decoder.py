@@ -130,7 +130,7 @@ class DecoderBuilder:
     def _has(self, name: str) -> bool:
         return name in self.ckpt.tensors
 
-    def _rows(self, fused: str | None, parts: list[str], sizes: list[int]) -> np.ndarray:
+    def _rows(self, fused: str | None, parts: list[str]) -> np.ndarray:
         """A [sum(sizes), in] weight: the checkpoint's fused one, or its parts stacked."""
         if fused is not None:
             return self._load(fused)
@@ -173,7 +173,7 @@ class DecoderBuilder:
         sizes = [d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, d.n_kv_heads * d.head_dim]
         parts = [f"{pre}.{p}_proj" for p in "qkv"]
         weight = self._rows(f"{pre}.qkv_proj.weight" if self.spec.fused_qkv else None,
-                            [f"{p}.weight" for p in parts], sizes)
+                            [f"{p}.weight" for p in parts])
         bias = None
         if self._has(f"{pre}.q_proj.bias"):
             bias = np.concatenate([self._load(f"{p}.bias") for p in parts])
@@ -199,7 +199,7 @@ class DecoderBuilder:
         """Gated MLP with gate and up in one matmul."""
         g, pre, n = self.g, f"model.layers.{i}.mlp", self.d.intermediate
         weight = self._rows(f"{pre}.gate_up_proj.weight" if self.spec.fused_qkv else None,
-                            [f"{pre}.gate_proj.weight", f"{pre}.up_proj.weight"], [n, n])
+                            [f"{pre}.gate_proj.weight", f"{pre}.up_proj.weight"])
         gate, up = g.op("Split", self.linear(x, f"{pre}.gate_up_proj", weight), g.const([n, n]), axis=-1,
                         n_out=2)
         del weight

@@ -76,6 +76,7 @@ class _Rewriter:
         self.new_inits: list[TensorProto] = []
         self.quantized: dict[str, Blocks] = {}
         self.hessians: dict[str, np.ndarray] = {}
+        self.sources: dict[str, str] = {}  # calibrated weight -> the graph value its matmul reads
         self.overrides: dict[str, np.ndarray] = {}  # fp32 initializers changed by AWQ folding
 
     def array(self, name: str) -> np.ndarray:
@@ -163,15 +164,16 @@ class _Rewriter:
 
     def calibrate(self, n_threads: int | None) -> None:
         """Input Hessians of the weights the recipe quantizes below 8 bits (for GPTQ)."""
-        sources = {n.input[1]: n.input[0] for n in self.model.graph.node if n.op_type == "MatMul"
-                   and len(n.input) > 1 and n.input[1] in self.inits and self.bits_for(n.input[1]) < 8}
-        if sources:
-            self.hessians = input_hessians(self.src, sources, n_threads=n_threads)
+        self.sources = {n.input[1]: n.input[0] for n in self.model.graph.node if n.op_type == "MatMul"
+                        and len(n.input) > 1 and n.input[1] in self.inits and self.bits_for(n.input[1]) < 8}
+        if self.sources:
+            self.hessians = input_hessians(self.src, self.sources, n_threads=n_threads)
 
     def awq(self) -> None:
         """Scale each calibrated weight's input channels (AWQ), folding 1/s into their producer: down
         projections first (into the up rows of gate+up), then those fed by a norm (into its gamma)."""
-        folds = [f for f in map(self._fold, self.hessians) if f is not None]
+        producers = {out: node for node in self.model.graph.node for out in node.output}
+        folds = [f for f in (self._fold(w, producers) for w in self.hessians) if f is not None]
         for fold in sorted(folds, key=lambda f: f.gamma is not None):
             weight = self._changing(fold.weight)  # [K, N]
             hessian = self.hessians[fold.weight]
@@ -183,11 +185,9 @@ class _Rewriter:
             else:
                 self._changing(fold.producer)[:, fold.start:fold.stop] /= scales[None, :]
 
-    def _fold(self, weight: str) -> Fold | None:
-        """Where ``weight``'s input comes from, when 1/s can be folded there."""
-        producers = {out: node for node in self.model.graph.node for out in node.output}
-        node = next(n for n in self.model.graph.node if n.op_type == "MatMul" and n.input[1] == weight)
-        source = producers.get(node.input[0])
+    def _fold(self, weight: str, producers: dict[str, onnx.NodeProto]) -> Fold | None:
+        """Where ``weight``'s input comes from (``producers``: value -> node), when 1/s can be folded."""
+        source = producers.get(self.sources[weight])
         while source is not None and source.op_type in ("Reshape", "Slice"):  # channels kept as they are
             source = producers.get(source.input[0])
         if source is None:

@@ -175,9 +175,8 @@ class Router:
     def _stream(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
                 options: dict[str, Any]) -> CompletionStream:
         if getattr(self.policy, "escalate", None) is not None:  # a cascade decides on a whole answer
-            completion = self._run(method.replace("stream", "generate").replace("generate_chat",
-                                                                                "complete_chat"),
-                                   prompt, params, task, language, options)
+            whole_method = {"stream": "generate", "stream_chat": "complete_chat"}[method]
+            completion = self._run(whole_method, prompt, params, task, language, options)
 
             def whole() -> Iterator[str]:
                 yield completion.text
