@@ -202,7 +202,51 @@ def cascade_curve(rows: Sequence[dict[str, Any]], fold: Sequence[int], measure: 
     return out
 
 
-def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def embed_requests(rows: Sequence[dict[str, Any]], threads: int) -> Any:
+    """Each item's request as the Router sees it (the small tier's prompt), embedded by the default
+    embedding model (all-MiniLM-L6-v2, converted to GGUF once on first load)."""
+    import edgeinfer as ei
+    from edgeinfer.routing.evalset import load_evalset, prompt_for
+    from edgeinfer.routing.learned import DEFAULT_EMBEDDER
+
+    items = {it.id: it for it in load_evalset()}
+    with ei.load(DEFAULT_EMBEDDER, n_threads=threads) as embedder:
+        return embedder.embed([prompt_for(items[r["id"]], SMALL_STYLE) for r in rows], truncate=True)
+
+
+def needs_large(rows: Sequence[dict[str, Any]]) -> list[bool]:
+    """The training label: the large tier scored higher than the small one on this item."""
+    return [r["large"]["score"] > r["small"]["score"] for r in rows]
+
+
+def learned_curve(rows: Sequence[dict[str, Any]], fold: Sequence[int], x: Any,
+                  totals: dict[str, float]) -> list[dict[str, Any]]:
+    """A Learned policy per fold: classifier fitted (ridge strength by 5-fold CV) on the other half,
+    threshold set on that half's out-of-fold probabilities for the target share, applied to this half.
+    Only the chosen tier is paid."""
+    import numpy as np
+
+    from edgeinfer.routing.learned import RouteClassifier, auc, threshold_for_share
+
+    y, f = np.array(needs_large(rows), dtype=float), np.asarray(fold)
+    fitted, probability = [], np.zeros(len(rows))
+    for held in (0, 1):
+        classifier, held_out = RouteClassifier.fit_cv(x[f != held], y[f != held])
+        probability[f == held] = classifier.probability(x[f == held])
+        fitted.append((classifier, held_out))
+    out = []
+    for target in TARGET_SHARES:
+        thresholds = [threshold_for_share(held_out, target) for _, held_out in fitted]
+        to_large = [bool(probability[i] >= thresholds[f[i]]) for i in range(len(rows))]
+        p = point(rows, to_large, [not g for g in to_large], totals)
+        out.append({"target_share": target, "thresholds": thresholds, **p})
+    for p in out:
+        p["auc"] = auc(probability, y)
+        p["l2"] = [c.l2 for c, _ in fitted]
+    return out
+
+
+def evaluate(rows: list[dict[str, Any]], x: Any) -> dict[str, Any]:
     from edgeinfer.routing.policies import CONFIDENCE_MEASURES
 
     n = len(rows)
@@ -227,6 +271,7 @@ def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     rules_choice, rules_fitted = rules_by_task(rows, fold)
     rules = {**point(rows, rules_choice, [not g for g in rules_choice], totals), "fitted": rules_fitted}
     cascades = {m: cascade_curve(rows, fold, m, totals) for m in CONFIDENCE_MEASURES}
+    learned = learned_curve(rows, fold, x, totals)
     random_curve = [random_at(r, totals) for r in RANDOM_RATES]
 
     # against random routing at the same realized large share, and against the best random mix that
@@ -242,18 +287,20 @@ def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "random_quality_same_cost": same_cost["quality"] if same_cost else None,
                 "gain_same_cost": p["quality"] - same_cost["quality"] if same_cost else None}
 
-    for curve in cascades.values():
+    curves = {**{f"cascade {m}": c for m, c in cascades.items()}, "learned (MiniLM)": learned}
+    for curve in curves.values():
         for p in curve:
             p.update(vs_random(p))
     rules.update(vs_random(rules))
 
-    candidates = [("rules by task", rules)] + [(f"cascade {m} (target {p['target_share']})", p)
-                                               for m, c in cascades.items() for p in c]
+    candidates = [("rules by task", rules)] + [(f"{name} (target {p['target_share']})", p)
+                                               for name, c in curves.items() for p in c]
     eligible = [(name, p) for name, p in candidates if p["large_share"] <= 0.5]
     best_name, best = max(eligible, key=lambda x: x[1]["quality"])
     beats = {m: {"points": len(c), "beat_same_share": sum(p["gain_same_share"] > 0 for p in c),
                  "beat_same_cost": sum((p["gain_same_cost"] or 0) > 0 for p in c)}
-             for m, c in cascades.items()}
+             for m, c in curves.items()}
+    best_learned = max((p for p in learned if p["large_share"] <= 0.5), key=lambda p: p["quality"])
     best_cascade = max(((m, p) for m, c in cascades.items() for p in c if p["large_share"] <= 0.5),
                        key=lambda x: x[1]["quality"])
 
@@ -272,7 +319,11 @@ def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "small_wins": sum(r["small"]["score"] > r["large"]["score"] for r in part),
             }
     return {"n": n, "totals": totals, "always_small": always_small, "always_large": always_large,
-            "oracle": oracle, "rules_by_task": rules, "cascades": cascades, "random": random_curve,
+            "oracle": oracle, "rules_by_task": rules, "cascades": cascades, "learned": learned,
+            "random": random_curve,
+            "best_learned": {"target_share": best_learned["target_share"],
+                             "large_share": best_learned["large_share"],
+                             "pct_of_large": best_learned["pct_of_large"], "auc": best_learned["auc"]},
             "best_at_half": {"policy": best_name, **best}, "beats_random": beats,
             "best_cascade": {"measure": best_cascade[0], "target_share": best_cascade[1]["target_share"],
                              "large_share": best_cascade[1]["large_share"],
@@ -296,27 +347,56 @@ class FewShotTier:
         return self.model.generate(prompt_for(item, "few_shot"), params, **{**options, "stop": ["\n"]})
 
 
-def end_to_end(rows: list[dict[str, Any]], measure: str, share: float, count: int,
-               threads: int) -> dict[str, Any]:
-    import edgeinfer as ei
-    from edgeinfer.routing import Cascade, LocalCost, Router, Tier, calibrate_threshold
+def write_labels(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The items as a training file for ``edgeinfer router train`` (request text and both tiers' scores)."""
     from edgeinfer.routing.evalset import load_evalset, prompt_for
 
     items = {it.id: it for it in load_evalset()}
-    threshold = calibrate_threshold([r["small"]["confidence"][measure] for r in rows], share)
-    policy = Cascade("small", "large", threshold, measure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": prompt_for(items[r["id"]], SMALL_STYLE),
+                                        "small_score": r["small"]["score"],
+                                        "large_score": r["large"]["score"]}) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def end_to_end(rows: list[dict[str, Any]], kind: str, share: float, count: int, threads: int,
+               x: Any = None, measure: str = "mean_logprob") -> dict[str, Any]:
+    """``count`` items through a real Router with a Cascade (``kind="cascade"``, threshold calibrated on
+    all items) or a Learned policy (trained with ``train_router`` from the labels file, on all items),
+    checking its decisions and answers against the replay."""
+    import edgeinfer as ei
+    from edgeinfer.routing import Cascade, Learned, LocalCost, Router, Tier, calibrate_threshold
+    from edgeinfer.routing.evalset import load_evalset, prompt_for
+    from edgeinfer.routing.learned import DEFAULT_EMBEDDER, read_labelled, train_router
+
+    items = {it.id: it for it in load_evalset()}
     step = max(1, len(rows) // count)
-    picked = rows[::step][:count]
+    picked = list(range(len(rows)))[::step][:count]
     small, large = ei.load(SMALL, n_threads=threads), ei.load(LARGE, n_threads=threads)
-    by_prompt = {prompt_for(items[r["id"]], "chat"): items[r["id"]] for r in picked}
+    embedder = None
+    if kind == "cascade":
+        threshold = calibrate_threshold([r["small"]["confidence"][measure] for r in rows], share)
+        policy: Any = Cascade("small", "large", threshold, measure)
+        simulated = [policy.escalate([tuple(p) for p in rows[i]["small"]["per_token"]]) is not None
+                     for i in picked]
+        setup = {"measure": measure, "threshold": threshold}
+    else:
+        labels = write_labels(rows, CACHE_DIR / f"labels-{cache_key(threads)}.jsonl")
+        embedder = ei.load(DEFAULT_EMBEDDER, n_threads=threads)
+        trained = train_router(read_labelled(labels), embedder, large_share=share)
+        policy = Learned(embedder, trained)
+        # the replay's decision, from the benchmark's batched embeddings (the Router embeds one at a time)
+        simulated = [bool(trained.classifier.probability(x[i])[0] >= trained.threshold) for i in picked]
+        setup = {"labels": str(labels), "threshold": trained.threshold, "summary": trained.summary}
+    by_prompt = {prompt_for(items[rows[i]["id"]], "chat"): items[rows[i]["id"]] for i in picked}
     large_tier = FewShotTier(large, by_prompt) if SMALL_STYLE == "chat" else large
     router = Router([Tier("small", small, LocalCost(RATE)), Tier("large", large_tier, LocalCost(RATE))],
                     policy)
     checks = []
     try:
-        for r in picked:
-            item = items[r["id"]]
-            simulated = policy.escalate([tuple(p) for p in r["small"]["per_token"]]) is not None
+        for i, sim in zip(picked, simulated, strict=True):
+            r, item = rows[i], items[rows[i]["id"]]
             if SMALL_STYLE == "chat":
                 done = router.complete_chat([{"role": "user", "content": prompt_for(item, "chat")}],
                                             max_tokens=MAX_TOKENS, temperature=0, task=item.task)
@@ -324,16 +404,19 @@ def end_to_end(rows: list[dict[str, Any]], measure: str, share: float, count: in
                 done = router.generate(prompt_for(item, "few_shot"), max_tokens=MAX_TOKENS, temperature=0,
                                        stop=["\n"], task=item.task)
             real = done.stats.route.startswith("large")
-            expected = r["large"]["answer"] if simulated else r["small"]["answer"]
-            checks.append({"id": r["id"], "simulated_escalate": simulated, "router_escalated": real,
+            expected = r["large"]["answer"] if sim else r["small"]["answer"]
+            checks.append({"id": r["id"], "simulated_large": sim, "router_large": real,
                            "route": done.stats.route, "same_answer": done.text == expected})
     finally:
         router.close()
-    return {"measure": measure, "target_share": share, "threshold": threshold, "n": len(checks),
-            "decisions_agree": sum(c["simulated_escalate"] == c["router_escalated"] for c in checks),
+        if embedder is not None:
+            embedder.close()
+    return {"policy": kind, "target_share": share, **setup, "n": len(checks),
+            "decisions_agree": sum(c["simulated_large"] == c["router_large"] for c in checks),
             "answers_agree": sum(c["same_answer"] for c in checks),
-            "escalated": sum(c["router_escalated"] for c in checks),
-            "router_shares": router.stats.shares(), "checks": checks}
+            "to_large": sum(c["router_large"] for c in checks),
+            "router_shares": router.stats.shares(), "saved": router.stats.saved,
+            "router_cost": router.stats.cost, "checks": checks}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -352,6 +435,8 @@ def chart(ev: dict[str, Any], path: Path) -> None:
                                            strict=False):
             ax.plot([p[x] for p in curve], [p["quality"] for p in curve], "o-", color=color, ms=4,
                     label=f"cascade {measure}")
+        ax.plot([p[x] for p in ev["learned"]], [p["quality"] for p in ev["learned"]], "s-", color="tab:brown",
+                ms=4, lw=2, label="learned (MiniLM + logistic regression)")
         for key, marker, color, name in (("always_small", "s", "black", "always-small"),
                                          ("always_large", "D", "black", "always-large"),
                                          ("rules_by_task", "^", "tab:red", "rules by task"),
@@ -367,7 +452,7 @@ def chart(ev: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"Routing {SMALL} ({SMALL_STYLE}) -> {LARGE} (few-shot), {ev['n']} items "
-                 "(cascade thresholds 2-fold cross-fit)")
+                 "(thresholds and classifiers 2-fold cross-fit)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -388,7 +473,31 @@ def cost_note(ev: dict[str, Any]) -> str:
     return note
 
 
-def markdown(ev: dict[str, Any], e2e: dict[str, Any] | None, info: dict[str, Any]) -> str:
+def e2e_lines(e2e: dict[str, Any]) -> list[str]:
+    """The end-to-end check of one policy, as Markdown."""
+    how = ("`router.complete_chat`. The Router sends one prompt to every tier, so the large tier "
+           "is a thin adapter that swaps in the item's few-shot prompt (and stop at newline) for the "
+           "base model; the small tier is the plain Model." if SMALL_STYLE == "chat" else
+           "`router.generate(few_shot_prompt, stop=['\\n'])`: both tiers are plain Models given the "
+           "same prompt.")
+    if e2e["policy"] == "cascade":
+        policy = (f"Cascade(measure={e2e['measure']!r}, threshold={e2e['threshold']:.4f})", "threshold "
+                  f"calibrated on all items for a {e2e['target_share']} large share; the Router asks the "
+                  "small tier for confidence and escalates")
+    else:
+        policy = (f"Learned(embedder, train_router(read_labelled(labels), embedder, large_share="
+                  f"{e2e['target_share']}))", "trained on all items from the labels file the benchmark "
+                  f"writes, threshold p >= {e2e['threshold']:.3f}; the replay decision uses the benchmark's "
+                  "batched embeddings, the Router embeds each request alone")
+    return ["", f"## End-to-end check (real Router, {e2e['policy']})", "",
+            f"`Router([Tier('small', ...), Tier('large', ...)], {policy[0]})` ({policy[1]}), {e2e['n']} "
+            "items spread over the set, via " + how, "",
+            f"Decisions equal to the replayed ones: **{e2e['decisions_agree']}/{e2e['n']}**; final "
+            f"answers identical to the cached runs: **{e2e['answers_agree']}/{e2e['n']}**; sent to large "
+            f"{e2e['to_large']}/{e2e['n']}; the Router's own stats: shares {e2e['router_shares']}."]
+
+
+def markdown(ev: dict[str, Any], e2e: list[dict[str, Any]] | None, info: dict[str, Any]) -> str:
     t, best = ev["totals"], ev["best_at_half"]
 
     def row(name: str, p: dict[str, Any]) -> list[str]:
@@ -401,6 +510,7 @@ def markdown(ev: dict[str, Any], e2e: dict[str, Any] | None, info: dict[str, Any
             row("rules by task (2-fold)", ev["rules_by_task"]), row("oracle (upper bound)", ev["oracle"])]
     for m, curve in ev["cascades"].items():
         rows += [row(f"cascade {m}, target {p['target_share']}", p) for p in curve]
+    rows += [row(f"learned, target {p['target_share']}", p) for p in ev["learned"]]
     rnd = [row(f"random r={p['large_share']}", p) for p in ev["random"]
            if round(p["large_share"] * 10, 6) % 1 == 0]
     meets = best["pct_of_large"] >= 95
@@ -426,7 +536,8 @@ def markdown(ev: dict[str, Any], e2e: dict[str, Any] | None, info: dict[str, Any
           cost_note(ev), "",
           "## Policies", "",
           "Quality = mean score (chrF/100 for translation, 0/1 otherwise). Cost = measured seconds x one "
-          "rate for both local tiers, relative to always-large; a cascade pays the small call always. "
+          "rate for both local tiers, relative to always-large; a cascade pays the small call always, a "
+          "learned router only the tier it picks (plus one ~6 ms embedding, not counted). "
           "gain = quality minus random routing's at the same realized large share / minus the best random "
           "mix (share r of large calls) that costs no more.", "",
           markdown_table(["policy", "large share", "quality", "% of always-large", "rel. cost",
@@ -447,24 +558,17 @@ def markdown(ev: dict[str, Any], e2e: dict[str, Any] | None, info: dict[str, Any
           "- Rules and cascade thresholds are fitted on one half (stratified by task) and evaluated on the "
           "other, then swapped (2-fold cross-fit); each item is scored once by a policy that never saw it. "
           "The cascade's realized large share can differ from the target.",
+          f"- Learned: all-MiniLM-L6-v2 (our GGUF conversion) embeds the small tier's prompt; a logistic "
+          f"regression (ridge strength by 5-fold CV inside the fitting half: {ev['learned'][0]['l2']}) "
+          f"predicts 'the large tier scores higher'; out-of-fold AUC {ev['best_learned']['auc']:.3f}. "
+          "Its threshold is set on the fitting half's out-of-fold probabilities for the target share. The "
+          "set's task types differ in wording, so much of what it learns is the task; 'rules by task' is "
+          "the baseline that knows the task outright.",
           "- Random routing at rate r: expected quality and cost (1-r)*small + r*large.",
           "- Oracle: the better tier per item (ties to small), paying only that tier.",
           ]
-    if e2e is not None:
-        how = ("`router.complete_chat`. The Router sends one prompt to every tier, so the large tier "
-               "is a thin adapter that swaps in the item's few-shot prompt (and stop at newline) for the "
-               "base model; the small tier is the plain Model, the Router itself asks it for confidence "
-               "and escalates." if SMALL_STYLE == "chat" else
-               "`router.generate(few_shot_prompt, stop=['\\n'])`: both tiers are plain Models given the "
-               "same prompt; the Router itself asks the small one for confidence and escalates.")
-        md += ["", "## End-to-end check (real Router)", "",
-               f"`Router([Tier('small', ...), Tier('large', ...)], Cascade(measure={e2e['measure']!r}, "
-               f"threshold={e2e['threshold']:.4f}))` (threshold calibrated on all items for a "
-               f"{e2e['target_share']} large share), {e2e['n']} items spread over the set, via "
-               + how, "",
-               f"Decisions equal to the simulated ones: **{e2e['decisions_agree']}/{e2e['n']}**; final "
-               f"answers identical to the cached runs: **{e2e['answers_agree']}/{e2e['n']}**; escalated "
-               f"{e2e['escalated']}/{e2e['n']}."]
+    for check in e2e or []:
+        md += e2e_lines(check)
     md += ["", f"Machine: {info['cpu_model']}, {info['cpu_affinity']} CPUs usable, load {info['loadavg']}; "
                f"2 threads per model. Chart: `benchmarks/results/{report_name()}.png`.", "",
            "Run: `EDGEINFER_HOME=/tmp/eihome python benchmarks/routing.py"
@@ -493,12 +597,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("step 1: every item on both tiers", flush=True)
     rows, cache, run_s = load_or_run(args.threads, args.rerun)
     print(f"  {len(rows)} items ({'ran in ' + fmt(run_s, 0) + ' s' if run_s else 'from cache'}: {cache})")
-    ev = evaluate(rows)
+    x = embed_requests(rows, args.threads)
+    ev = evaluate(rows, x)
     e2e = None
     if args.e2e > 0:
-        print("step 3: real Router check", flush=True)
-        best = ev["best_cascade"]
-        e2e = end_to_end(rows, best["measure"], best["target_share"], args.e2e, args.threads)
+        print("step 3: real Router checks", flush=True)
+        cascade, learned = ev["best_cascade"], ev["best_learned"]
+        e2e = [end_to_end(rows, "cascade", cascade["target_share"], args.e2e, args.threads,
+                          measure=cascade["measure"]),
+               end_to_end(rows, "learned", learned["target_share"], args.e2e, args.threads, x=x)]
     info = machine_info()
     png = RESULTS_DIR / f"{report_name()}.png"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from .loader import load
 from .lock import ModelEntry, ModelLock
 from .model import Conversation, Model
 from .remote import RemoteModel
-from .routing import Cascade, LocalCost, Router, Rule, Rules, Tier, TokenPrice
+from .routing import Cascade, Learned, LocalCost, Router, Rule, Rules, Tier, TokenPrice, train_router
 from .sampling import SamplingParams
 from .sources import ResolvedModel, resolve
 from .stats import Stats
@@ -75,6 +75,7 @@ __all__ = [
     "Engine",
     "EvalItem",
     "InvalidRequestError",
+    "Learned",
     "LocalCost",
     "LockFileError",
     "Model",
@@ -109,4 +110,5 @@ __all__ = [
     "register_backend",
     "render_chat",
     "resolve",
+    "train_router",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from .backends import get_backend
 from .device import Artifact, Probe, choose, probe_system
 from .disk_cache import DiskCache
-from .errors import BackendUnavailableError, UnknownModelError
+from .errors import BackendUnavailableError, OutputExistsError, UnknownModelError
 from .hashing import cached_digest, sha256_file
 from .lock import ModelEntry, ModelLock
 from .model import Model
@@ -47,6 +47,25 @@ def _gguf_layers(path: Path) -> int | None:
         return int(reader.fields[f"{arch}.block_count"].contents())
     except Exception:  # noqa: BLE001 - sizing falls back to a default layer count
         return None
+
+
+def embedding_gguf(folder: Path, name: str, entry: ModelEntry) -> Path:
+    """A pinned HF embedding checkpoint (small: MiniLM is 90 MB) converted to an F16 GGUF once, kept in
+    the cache under its checksum, so ``ei.load("all-minilm-l6-v2").embed(...)`` just works."""
+    target = cache_root() / "converted" / f"{name}-{entry.sha256[:16]}-F16.gguf"
+    if not target.is_file():
+        try:
+            from converters import convert
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"{name} is a Hugging Face checkpoint and converting it needs the converters: "
+                "pip install 'edgeinfer[convert]'") from exc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            convert(folder, target, format="gguf", quant="F16", quality=False)  # temp file, then rename
+        except OutputExistsError:  # another process converted it meanwhile
+            pass
+    return target
 
 
 @dataclass(frozen=True)
@@ -114,7 +133,9 @@ def load(
     located = locate_model(name_or_path, offline=offline, progress=progress)
     path, name, entry = located.path, located.name, located.entry
     fmt = artifact_format(path)
-    if fmt == "hf":
+    if fmt == "hf" and entry is not None and entry.role == "embedding":
+        path, fmt = embedding_gguf(path, name, entry), "gguf"
+    elif fmt == "hf":
         raise BackendUnavailableError(
             f"{name} is a Hugging Face checkpoint; convert it first: "
             f"edgeinfer convert {path} --format gguf -o {name}.gguf"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,22 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test session gets its own EDGEINFER_HOME (shared across tests so models assemble once)."""
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Each test session gets its own EDGEINFER_HOME (shared across tests so models assemble once), set
+    before any module- or session-scoped fixture loads a model."""
     home = tmp_path_factory.getbasetemp() / "edgeinfer-home"
     home.mkdir(exist_ok=True)
-    monkeypatch.setenv("EDGEINFER_HOME", str(home))
-    return home
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEINFER_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(_session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Restores the session's EDGEINFER_HOME for every test (some tests point it elsewhere)."""
+    monkeypatch.setenv("EDGEINFER_HOME", str(_session_home))
+    return _session_home
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from ..loader import artifact_format, cached_probe, load, locate_model
 from ..lock import ModelLock
 from ..model import Model, make_params
 from ..remote import RemoteModel
-from ..routing import Cascade, Router, Tier
+from ..routing import Cascade, Learned, Router, Tier, TrainedRouter
 from ..sources import cache_path, digest, locate, resolve
 
 _SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
@@ -66,15 +66,24 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise InvalidRequestError("the prompt is empty: pass some text (or pipe it on stdin)")
     options = _options(args)
-    if args.escalate_to:  # refuse a bad threshold before loading anything
+    if args.router and not args.escalate_to:
+        raise InvalidRequestError("--router picks between MODEL and a larger one: give --escalate-to too")
+    # refuse a bad threshold or router file before loading anything
+    trained = TrainedRouter.load(args.router) if args.router else None
+    if args.escalate_to and trained is None:
         Cascade("small", "large", args.threshold, args.confidence)
     with _load(args) as model, contextlib.ExitStack() as tiers:
         chat = not args.raw and _is_chat_model(model)
         source: Any = model
         if args.escalate_to:
             large = tiers.enter_context(_escalation_tier(args))
-            source = Router([Tier("small", model), Tier("large", large)],
-                            Cascade("small", "large", args.threshold, args.confidence))
+            if trained is not None:
+                embedder = tiers.enter_context(_load(args, trained.embedder.get("load") or
+                                                     trained.embedder["name"]))
+                policy: Any = Learned(embedder, trained)
+            else:
+                policy = Cascade("small", "large", args.threshold, args.confidence)
+            source = Router([Tier("small", model), Tier("large", large)], policy)
         stream = (source.stream_chat(_messages(args, prompt), **options) if chat
                   else source.stream(prompt, **options))
         if args.json:

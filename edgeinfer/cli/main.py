@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EdgeInferError, InvalidRequestError
 from ..routing.policies import CONFIDENCE_MEASURES
-from . import commands, convert_cmd
+from . import commands, convert_cmd, router_cmd
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt ('-' or omitted: read stdin)")
     p.add_argument("--raw", action="store_true", help="plain completion: no chat template")
     p.add_argument("--json", action="store_true", help="print the completion and its stats as JSON")
-    r = p.add_argument_group("routing (a cascade: answer with MODEL, escalate when unsure)")
+    r = p.add_argument_group("routing (a cascade: answer with MODEL, escalate when unsure; or --router)")
     r.add_argument("--escalate-to", default=None, metavar="MODEL_OR_URL",
                    help="a larger model (name or path), or an OpenAI-compatible server URL "
                         "(see --remote-model)")
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="escalate when the answer's confidence is below this (default -1.0)")
     r.add_argument("--confidence", default="mean_logprob", choices=sorted(CONFIDENCE_MEASURES),
                    help="how confidence is measured")
+    r.add_argument("--router", default=None, metavar="FILE",
+                   help="route with a learned router (from `edgeinfer router train`) instead of a cascade: "
+                        "MODEL or the --escalate-to model, decided before answering")
     _add_sampling_options(p)
     _add_load_options(p)
     p.set_defaults(func=commands.run)
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.pull)
 
     convert_cmd.add_parser(sub)
+    router_cmd.add_parser(sub)
 
     p = sub.add_parser("lock", help="models.lock tools")
     lock_sub = p.add_subparsers(dest="lock_command", required=True, metavar="ACTION")

@@ -1,6 +1,7 @@
 """Routing: send each request to the smallest model that can serve it, and measure how well it does."""
 
 from .costs import LocalCost, TokenPrice
+from .learned import LabelledPrompt, Learned, RouteClassifier, TrainedRouter, read_labelled, train_router
 from .policies import Always, Cascade, Decision, Policy, RouteRequest, Rule, Rules, calibrate_threshold
 from .router import Router, RouterStats, Tier, TierTotals
 
@@ -8,8 +9,11 @@ __all__ = [
     "Always",
     "Cascade",
     "Decision",
+    "LabelledPrompt",
+    "Learned",
     "LocalCost",
     "Policy",
+    "RouteClassifier",
     "RouteRequest",
     "Router",
     "RouterStats",
@@ -18,5 +22,8 @@ __all__ = [
     "Tier",
     "TierTotals",
     "TokenPrice",
+    "TrainedRouter",
     "calibrate_threshold",
+    "read_labelled",
+    "train_router",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import InvalidRequestError
 
@@ -18,6 +18,15 @@ class RouteRequest:
     prompt_tokens: int
     task: str | None = None
     language: str | None = None
+
+
+def prompt_text(prompt: Any) -> str:
+    """The text a policy reads from a prompt: the text itself, or a chat's message contents joined."""
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and isinstance(prompt[0], dict):
+        return "\n".join(str(m.get("content", "")) for m in prompt)
+    return ""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ..engine import Completion, CompletionStream
 from ..errors import BackendUnavailableError, EdgeInferError, InvalidRequestError, RemoteUnavailableError
 from ..stats import Stats
 from .costs import LocalCost, TokenPrice
-from .policies import Decision, Policy, RouteRequest, Rules
+from .policies import Decision, Policy, RouteRequest, Rules, prompt_text
 
 Message = dict[str, str]
 DECISIONS_KEPT = 1000  # recent decisions kept in RouterStats
@@ -130,13 +130,9 @@ class Router:
         return decision
 
     def _request(self, prompt: Any, task: str | None, language: str | None) -> RouteRequest:
-        if isinstance(prompt, str):
-            text = prompt
-        elif prompt and isinstance(prompt[0], dict):
-            text = "\n".join(str(m.get("content", "")) for m in prompt)
-        else:
-            text, n = "", len(prompt)
-            return RouteRequest(text, n, task, language)
+        if not isinstance(prompt, str) and not (prompt and isinstance(prompt[0], dict)):  # token ids
+            return RouteRequest("", len(prompt), task, language)
+        text = prompt_text(prompt)
         tokenize = getattr(self.tiers[self.names[0]].model, "tokenize", None)
         n = len(tokenize(text)) if tokenize is not None else max(1, len(text) // 4)
         return RouteRequest(text, n, task, language)
