@@ -87,6 +87,8 @@ class CompletionStream:
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self.completion is not None:  # already read to its end (e.g. result() after a for loop)
+            return
         if self._gen is not None:  # a wrapped stream (e.g. a conversation turn)
             self.completion = yield from self._gen
             return

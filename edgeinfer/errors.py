@@ -130,3 +130,24 @@ class InvalidDatasetError(EvaluationError):
         super().__init__(f"{path}:{line}: {message}")
         self.path = path
         self.line = line
+
+
+# --- translation ---------------------------------------------------------------------------------
+class TranslationError(InvalidRequestError):
+    """A translation request cannot be served as asked; the message says what to change."""
+
+
+class EmptyTextError(TranslationError):
+    """There is nothing to translate."""
+
+
+class TextTooLongError(TranslationError):
+    """The text is longer than the translator takes at once."""
+
+
+class UnsupportedLanguageError(TranslationError):
+    """A language (or pair) the translator does not know."""
+
+
+class WrongSourceLanguageError(TranslationError):
+    """The text is not in the chosen source language, or its language cannot be told."""

@@ -1,4 +1,5 @@
-"""Where edgeinfer keeps its files: one cache root, overridable with EDGEINFER_HOME."""
+"""Where edgeinfer keeps its files: a cache root (EDGEINFER_HOME) for what can be rebuilt, and a data
+root (EDGEINFER_DATA) for what the user made (translation memory and history)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def cache_root() -> Path:
     """Root of edgeinfer's cache (models, verification stamps, KV states)."""
     env = os.environ.get("EDGEINFER_HOME")
     root = Path(env) if env else Path(platformdirs.user_cache_dir("edgeinfer"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_root() -> Path:
+    """Root of the user's own edgeinfer data (kept when the cache is cleared)."""
+    env = os.environ.get("EDGEINFER_DATA")
+    root = Path(env) if env else Path(platformdirs.user_data_dir("edgeinfer"))
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -19,6 +19,7 @@ def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEINFER_HOME", str(home))
+        patch.setenv("EDGEINFER_DATA", str(home / "data"))  # the user's translation memory stays untouched
         yield home
 
 

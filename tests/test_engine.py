@@ -38,6 +38,16 @@ def test_stream_yields_the_same_text_and_sets_the_completion():
     assert "".join(pieces) == "lmnopq" == stream.completion.text
 
 
+def test_result_after_reading_a_stream_returns_its_completion():
+    """Reading a stream to its end, then asking for the result, must not wait for more pieces."""
+    m = model()
+    stream = m.stream([1, 2, 3], max_tokens=4)
+    pieces = list(stream)
+    assert stream.result() is stream.completion and stream.result().text == "".join(pieces)
+    assert list(stream) == []  # read again: nothing more, and still the same completion
+    assert stream.completion is not None
+
+
 def test_empty_prompt_and_too_long_prompt_are_refused():
     m = model(n_ctx=16)
     with pytest.raises(EmptyPromptError):

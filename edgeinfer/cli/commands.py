@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -100,11 +101,16 @@ def run(args: argparse.Namespace) -> int:
                 "choice": model.choice.to_dict() if model.choice else None,
             }, indent=2, ensure_ascii=False))
             return 0
-        for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        print_stream(stream)
     return 0
+
+
+def print_stream(stream: Iterable[str]) -> None:
+    """Write the pieces to stdout as they come, then a newline."""
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 def chat(args: argparse.Namespace) -> int:

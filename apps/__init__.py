@@ -1,0 +1,1 @@
+"""Applications built on edgeinfer (the offline translator lives in `apps.translator`)."""

@@ -1,0 +1,1 @@
+"""An offline translation app (Kivy) on `edgeinfer.Translator`: `python -m apps.translator`."""

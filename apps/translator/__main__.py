@@ -1,0 +1,6 @@
+"""`python -m apps.translator [--model NAME] [--memory PATH] [--threads N]`."""
+
+from .main import run
+
+if __name__ == "__main__":
+    raise SystemExit(run())
