@@ -46,6 +46,7 @@ from .errors import (
 )
 from .loader import load
 from .lock import ModelEntry, ModelLock
+from .metrics import ModelMetrics
 from .model import Conversation, Model
 from .remote import RemoteModel
 from .routing import Cascade, Learned, LocalCost, Router, Rule, Rules, Tier, TokenPrice, train_router
@@ -94,6 +95,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelLock",
+    "ModelMetrics",
     "ModelNotAvailableError",
     "OutputExistsError",
     "Probe",

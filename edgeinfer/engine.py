@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .backends.base import Backend, EvalItem, prefill_cuts
 from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
+from .metrics import ModelMetrics
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, token_confidence
 from .speculative import DraftLength, Proposer, StepCosts, Verifier, make_proposer
@@ -157,6 +158,7 @@ class Engine:
         self.proposer = make_proposer(speculation, backend)
         self.model_name = model_name
         self.cache = cache or PromptCache(backend)
+        self.metrics = ModelMetrics(model_name)  # every finished request's stats, added up
         self.settle_idle = settle
         self.max_batch = max(1, min(max_batch or backend.caps.max_sequences, backend.caps.max_sequences))
         self.step_costs = StepCosts()  # measured cost of a decode step by its token count
@@ -442,6 +444,7 @@ class Engine:
         stats.decode_s = request.t_last - request.t_first if request.generated else 0.0
         stats.total_s = time.perf_counter() - request.t_start
         stats.finish_reason = reason if error is None else "error"
+        self.metrics.record(stats)  # before the consumer can see the end
         if error is not None:
             request.events.put(("end", error))
         else:

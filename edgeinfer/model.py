@@ -67,6 +67,7 @@ class Model:
         self.engine = Engine(backend, model_name=name, cache=cache, settle=settle, max_batch=max_batch,
                              speculation=DraftModel(speculation.backend) if isinstance(speculation, Model)
                              else speculation)
+        self.metrics = self.engine.metrics  # live totals and percentiles: model.metrics.snapshot()
 
     def __repr__(self) -> str:
         return f"<Model {self.name} {self.backend.name}/{self.backend.device} n_ctx={self.n_ctx}>"

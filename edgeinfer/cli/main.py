@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EdgeInferError, InvalidRequestError
 from ..routing.policies import CONFIDENCE_MEASURES
-from . import commands, convert_cmd, router_cmd, translate_cmd
+from . import bench_cmd, commands, convert_cmd, router_cmd, translate_cmd
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_parser(sub)
     router_cmd.add_parser(sub)
     translate_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub)
 
     p = sub.add_parser("lock", help="models.lock tools")
     lock_sub = p.add_subparsers(dest="lock_command", required=True, metavar="ACTION")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..engine import Completion, CompletionStream
@@ -78,6 +78,15 @@ class RouterStats:
         total = sum(t.requests for t in self.tiers.values()) or 1
         return {name: t.requests / total for name, t in self.tiers.items()}
 
+    def snapshot(self) -> dict:
+        """Plain numbers, in the style of ``ModelMetrics.snapshot()``: per-tier totals and shares,
+        cost, what the largest tier would have cost, and the saving."""
+        shares = self.shares()
+        return {"requests": sum(t.requests for t in self.tiers.values()),
+                "tiers": {name: {**asdict(t), "share": shares[name]} for name, t in self.tiers.items()},
+                "cost": self.cost, "largest_tier_cost": self.largest_tier_cost, "saved": self.saved,
+                "unestimated": self.unestimated}
+
 
 class Router:
     """Routes each request to one of ``tiers`` (cheapest first) as ``policy`` decides (default: the
@@ -120,6 +129,11 @@ class Router:
             close = getattr(tier.model, "close", None)
             if close is not None:
                 close()
+
+    def metrics_snapshot(self) -> dict:
+        """``self.stats.snapshot()`` taken consistently (each tier's model has its own ``metrics``)."""
+        with self._lock:
+            return self.stats.snapshot()
 
     # --- deciding
     def decide(self, prompt: Any, *, task: str | None = None, language: str | None = None) -> Decision:

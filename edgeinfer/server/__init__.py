@@ -1,5 +1,5 @@
 """`edgeinfer serve`: a local OpenAI-compatible HTTP server (needs the `server` extra: fastapi,
-uvicorn). Imported only by the serve path, so the SDK itself never needs them."""
+uvicorn, prometheus_client). Imported only by the serve path, so the SDK itself never needs them."""
 
 from __future__ import annotations
 

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from ..engine import CompletionStream
 from ..errors import EdgeInferError
+from ..metrics import prometheus_registry
 from ..model import Model
 from .errors import APIError, from_edgeinfer, install_handlers
 from .guards import LOOPBACK_ORIGIN, Guard
@@ -22,6 +24,7 @@ from .pump import Admission, Pump
 from .responses import CHAT, TEXT, EventStream, Reply, Shape, ended
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest, parse
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
 TEXT_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat runs to a stop or the context
 
 
@@ -101,6 +104,17 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "models": {s.id: s.health() for s in registry.served.values()}}
+
+    metrics = prometheus_registry({s.id: s.model for s in registry.served.values()},
+                                  load=lambda: {s.id: s.health() for s in registry.served.values()})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format 0.0.4: per model (label ``model``) requests by finish reason, tokens,
+        cached share, TTFT / tok/s / duration summaries, queue gauges; plus the process' memory and CPU.
+        Behind the API key when one is set (a scraper sends ``Authorization: Bearer KEY``)."""
+        body = await run_in_threadpool(generate_latest, metrics)  # /proc reads stay off the event loop
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models() -> dict:

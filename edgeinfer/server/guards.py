@@ -36,8 +36,10 @@ class Guard:
 
     ``loopback``: the Host header must name this machine and an Origin, if any, must be a loopback
     origin; a web page on another site can then not reach the server through DNS rebinding.
-    ``api_key``: /v1/* needs ``Authorization: Bearer KEY``. ``max_body``: larger bodies get a 413,
-    refused from Content-Length before reading, or as soon as the bytes read exceed it.
+    ``api_key``: /v1/* and /metrics need ``Authorization: Bearer KEY`` (a Prometheus scrape job sends
+    it with ``authorization: {credentials: KEY}``); /health stays open for liveness probes.
+    ``max_body``: larger bodies get a 413, refused from Content-Length before reading, or as soon as
+    the bytes read exceed it.
     """
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, max_body: int, loopback: bool) -> None:
@@ -57,7 +59,8 @@ class Guard:
     def _check(self, scope: Scope, headers: Headers) -> None:
         if self.loopback:
             self._check_origin(headers)
-        if self.api_key and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+        path = scope["path"]
+        if self.api_key and (path.startswith("/v1/") or path == "/metrics") and scope["method"] != "OPTIONS":
             self._check_key(headers.get("authorization", ""))
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
