@@ -260,7 +260,7 @@ def plot(data: dict[str, Any], path: str | Path) -> Path:
     except ImportError as exc:
         from .errors import InvalidRequestError
 
-        raise InvalidRequestError("--plot needs matplotlib: pip install matplotlib") from exc
+        raise InvalidRequestError("--plot needs matplotlib: pip install 'edgeinfer[plot]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -103,6 +103,14 @@ class FrameWatch:
         self.max_gap: dict[str, float] = {"loading": 0.0, "streaming": 0.0, "idle": 0.0}
         self.slow: list[dict[str, Any]] = []  # frames over 0.2 s, for diagnosis
         self.loading_frames = self.stream_frames = self.text_frames = 0
+        self.pieces = 0  # translation pieces the UI thread applied to the output (streamed, not whole)
+        shown = app._on_piece
+
+        def counted(job: int, piece: str) -> None:
+            self.pieces += job == app._job
+            shown(job, piece)
+
+        app._on_piece = counted  # the worker posts through this attribute: every piece passes here
         self.last_output = ""
         self.t0 = time.monotonic()
 
@@ -245,12 +253,13 @@ class Driver:
     def translate(self, key: str) -> Iterator[Step]:
         """Tap Translate and wait for the stream to end; records the output and UI updates."""
         app, ids = self.app, self.app.root.ids
-        self.watch.stream_frames = self.watch.text_frames = 0
+        self.watch.stream_frames = self.watch.text_frames = self.watch.pieces = 0
         t0 = time.monotonic()
         yield from self.tap(ids.translate_button)
         yield self.until(lambda: not app.streaming, 60, f"the translation ({key}) to finish")
         yield from self.frames(2)
         self.report[key] = self.snapshot(frames=self.watch.stream_frames, text_frames=self.watch.text_frames,
+                                         pieces=self.watch.pieces,
                                          seconds=round(time.monotonic() - t0, 2))
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:

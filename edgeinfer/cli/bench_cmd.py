@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequestError(f"{name} must be at least 1")
     if args.gen_tokens < 2:
         raise InvalidRequestError("--gen-tokens must be at least 2 (decode speed needs two tokens)")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # say so before minutes of measuring
+        raise InvalidRequestError("--plot needs matplotlib: pip install 'edgeinfer[plot]'")
     progress = None if args.json else (lambda message: print(f"... {message}", file=sys.stderr, flush=True))
     data = measure(args.artifacts, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                    threads=args.threads, repeats=args.repeats, offline=args.offline, progress=progress)
