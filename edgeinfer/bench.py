@@ -115,7 +115,7 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
     import logging
 
     logging.getLogger("edgeinfer").setLevel(logging.ERROR)
-    from .loader import load, locate_model
+    from .loader import artifact_format, load, locate_model
 
     try:
         located = locate_model(artifact, offline=options.get("offline"))
@@ -124,7 +124,7 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
                      kv_settle=False, speculation=None, offline=options.get("offline"))
         load_s = time.perf_counter() - start
         prompt = _prompt_ids(model, options["prompt_tokens"])
-        facts = {"name": display_name(artifact, located.name), "format": _format(located.path),
+        facts = {"name": display_name(artifact, located.name), "format": artifact_format(located.path),
                  "backend": model.backend.name, "device": model.backend.device,
                  "size_bytes": artifact_size(located.path),
                  "bytes_per_token": bytes_read_per_token(located.path), "load_s": load_s}
@@ -141,12 +141,6 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
                         ttft_s=s.ttft_s, decode_tok_s=decode, generated=s.completion_tokens)
         conn.send((sample, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
     model.close()
-
-
-def _format(path: Path) -> str:
-    from .loader import artifact_format
-
-    return artifact_format(path)
 
 
 def run(artifacts: list[str], *, prompt_tokens: int = 256, gen_tokens: int = 64, threads: int | None = None,

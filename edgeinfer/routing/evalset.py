@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import EvaluationError, InvalidDatasetError, InvalidRequestError
+
+T = TypeVar("T")
 
 TASKS = ("qa", "arithmetic", "translation", "classification", "extraction")
 LANGS = {"en": "English", "fr": "French", "es": "Spanish", "de": "German"}
@@ -139,26 +141,33 @@ def _check_task_fields(item: EvalItem) -> None:
         raise ValueError("'spans' is only for extraction items")
 
 
-def load_evalset(path: str | Path | None = None) -> list[EvalItem]:
-    """Read an evaluation set (JSONL, one item a line, blank lines skipped); default: the shipped one."""
-    path = Path(path) if path is not None else default_evalset_path()
-    items: list[EvalItem] = []
-    seen: dict[str, int] = {}
+def read_jsonl(path: str | Path, parse: Callable[[Any], T]) -> list[tuple[int, T]]:
+    """``parse`` of every row of a JSONL file with its line number (blank lines skipped). An unreadable
+    file, invalid JSON or a row ``parse`` refuses (ValueError) is an InvalidDatasetError naming the line."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidDatasetError(f"cannot read the file: {exc}", path=str(path), line=0) from exc
+    out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            out.append((lineno, parse(json.loads(line))))
         except json.JSONDecodeError as exc:
             raise InvalidDatasetError(f"invalid JSON: {exc.msg}", path=str(path), line=lineno) from exc
-        try:
-            item = _item_from(row)
         except ValueError as exc:
             raise InvalidDatasetError(str(exc), path=str(path), line=lineno) from exc
+    return out
+
+
+def load_evalset(path: str | Path | None = None) -> list[EvalItem]:
+    """Read an evaluation set (JSONL, one item a line, blank lines skipped); default: the shipped one."""
+    path = Path(path) if path is not None else default_evalset_path()
+    seen: dict[str, int] = {}
+    items = []
+    for lineno, item in read_jsonl(path, _item_from):
         if item.id in seen:
             raise InvalidDatasetError(f"duplicate id {item.id!r} (first on line {seen[item.id]})",
                                       path=str(path), line=lineno)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidDatasetError, InvalidRequestError
+from ..errors import InvalidRequestError
 from ..paths import atomic_write
+from .evalset import read_jsonl
 from .policies import Decision, RouteRequest, prompt_text
 
 ROUTER_FORMAT = "edgeinfer-router"
@@ -67,22 +68,7 @@ def _labelled_from(row: Any) -> LabelledPrompt:
 def read_labelled(path: str | Path) -> list[LabelledPrompt]:
     """A labelled JSONL file: one request a line (``prompt`` or ``messages``) with ``label`` ("small" or
     "large") or both tiers' ``small_score`` / ``large_score``; blank lines are skipped."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidDatasetError(f"cannot read the file: {exc}", path=str(path), line=0) from exc
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(_labelled_from(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise InvalidDatasetError(f"invalid JSON: {exc.msg}", path=str(path), line=lineno) from exc
-        except ValueError as exc:
-            raise InvalidDatasetError(str(exc), path=str(path), line=lineno) from exc
-    return out
+    return [example for _, example in read_jsonl(path, _labelled_from)]
 
 
 # --- the classifier ----------------------------------------------------------------------------------
@@ -229,9 +215,10 @@ class TrainedRouter:
             raise InvalidRequestError(f"{path} is a damaged router file ({exc}): train it again") from exc
 
 
-def embedder_identity(embedder: Any) -> dict[str, Any]:
-    """Name, checksum and width of an embedding model, recorded so a router is used with the same one."""
-    dim = int(embedder.embed(["x"]).shape[1])
+def embedder_identity(embedder: Any, dim: int | None = None) -> dict[str, Any]:
+    """Name, checksum and width of an embedding model, recorded so a router is used with the same one
+    (the width is measured with one embedding unless already known)."""
+    dim = int(embedder.embed(["x"]).shape[1]) if dim is None else dim
     return {"name": getattr(embedder, "name", None), "sha256": getattr(embedder, "sha256", None), "dim": dim}
 
 
@@ -256,7 +243,7 @@ def train_router(examples: Sequence[LabelledPrompt], embedder: Any, *,
         # of the requests that need the large tier, the share the router sends there
         "cv_large_recall": float(np.mean(routed[y == 1])),
     }
-    return TrainedRouter(classifier, threshold, embedder_identity(embedder), summary)
+    return TrainedRouter(classifier, threshold, embedder_identity(embedder, x.shape[1]), summary)
 
 
 # --- the policy ----------------------------------------------------------------------------------------

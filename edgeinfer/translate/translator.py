@@ -125,10 +125,9 @@ class Translator:
         if self.style == "few_shot" and sum(p.translate for p in parts) > 1:
             self.warm(source, target)  # the batch's sentences then all start from the cached examples
         # every sentence starts now (the engine batches them); the output is read back in order
-        jobs: list[Any] = []
-        for part in parts:
-            jobs.append(self._start(part, source, target, stats) if part.translate else part.text)
-        ends = [_terminal(p.text) if p.translate else None for p in parts]
+        started_jobs = [self._start(p, source, target, stats) if p.translate else (p.text, None)
+                        for p in parts]
+        jobs = [job for job, _ in started_jobs]
         cancelled = threading.Event()
 
         def cancel() -> None:
@@ -141,7 +140,7 @@ class Translator:
             out: list[str] = []
             fresh: list[tuple[str, str]] = []
             try:
-                for part, job, end in zip(parts, jobs, ends, strict=True):
+                for part, (job, end) in zip(parts, started_jobs, strict=True):
                     if isinstance(job, str):
                         out.append(job)
                         yield job
@@ -236,29 +235,31 @@ class Translator:
                                            "different languages")
         return source, to
 
-    def _start(self, part: Segment, source: str, target: str, stats: TranslationStats) -> Any:
-        """A stream for one sentence: from the memory, or a request started on the model now."""
+    def _start(self, part: Segment, source: str, target: str,
+               stats: TranslationStats) -> tuple[Any, str | None]:
+        """A stream for one sentence (from the memory, or a request started on the model now), and the
+        final mark its generation stops on (None: it stops at a newline or the model's end)."""
         stats.sentences += 1
         sentence = part.text
         if self.memory is not None:
             known = self.memory.get(self._model_key, source, target, sentence)
             if known is not None:
                 stats.from_memory += 1
-                return _Remembered(known)
+                return _Remembered(known), None
         budget = 2 * _token_count(self.model, sentence) + 24
         if self.style == "chat":
             return self.model.stream_chat(chat_messages(sentence, source, target), max_tokens=budget,
-                                          temperature=0)
+                                          temperature=0), None
         # one sentence in, one out: stop at its final mark instead of generating the newline after it
         end = _terminal(sentence) if hasattr(self.model, "detokenize") else None
-        return self.model.stream(few_shot_prompt(sentence, source, target, self.shots), max_tokens=budget,
-                                 temperature=0, stop=["\n", end] if end else ["\n"])
+        stream = self.model.stream(few_shot_prompt(sentence, source, target, self.shots), max_tokens=budget,
+                                   temperature=0, stop=["\n", end] if end else ["\n"])
+        return stream, end
 
     def _stopped_at(self, done: Any, end: str) -> bool:
         """Whether generation stopped on the sentence's final mark (rather than a newline)."""
-        detokenize = getattr(self.model, "detokenize", None)
-        return (detokenize is not None and done.finish_reason == "stop" and bool(done.tokens)
-                and end in detokenize(done.tokens[-1:]))
+        return (done.finish_reason == "stop" and bool(done.tokens)
+                and end in self.model.detokenize(done.tokens[-1:]))
 
 
 class _Remembered:
