@@ -25,6 +25,7 @@ os.environ.setdefault("KIVY_NO_ARGS", "1")
 import argparse
 import json
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -44,6 +45,10 @@ EXTRAS = [("Where is the train station?", "English", "Spanish"),
           ("I would like a coffee, please.", "English", "German"),
           ("Thank you very much for your help.", "Detect language", "Italian")]
 FRENCH_TEXT = "Bonjour tout le monde, je suis très content de vous voir aujourd'hui."
+# How long a step may wait for something that will happen (a frame, a translation): a guard against a
+# hang, generous for a loaded 2-core machine that renders in software; never what is being tested.
+PATIENCE = 120.0
+LOADING_FRAMES = 5  # the load waits until the window has drawn this many frames (see WorkerHolds)
 
 
 def main() -> int:
@@ -53,7 +58,7 @@ def main() -> int:
     parser.add_argument("--memory", required=True, help="translation memory path for the app")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--threads", type=int, default=None, help="model threads (default: the app's)")
-    parser.add_argument("--timeout", type=float, default=240, help="whole run, seconds")
+    parser.add_argument("--timeout", type=float, default=600, help="whole run, seconds")
     args = parser.parse_args()
     args.report.parent.mkdir(parents=True, exist_ok=True)
     kivy_home = (args.report.parent / "kivy-home").resolve()
@@ -68,7 +73,8 @@ def main() -> int:
     app = TranslatorApp(translator_options={"model": args.model, "memory": args.memory,
                                             "n_threads": args.threads})
     frames = FrameWatch(app)
-    driver = Driver(app, report, args, frames)
+    holds = WorkerHolds(app, frames)
+    driver = Driver(app, report, args, frames, holds)
 
     def on_start(_app: Any) -> None:  # runs before the app's own on_start, i.e. before loading begins
         ids = app.root.ids
@@ -112,6 +118,7 @@ class FrameWatch:
 
         app._on_piece = counted  # the worker posts through this attribute: every piece passes here
         self.last_output = ""
+        self.loading_seen = threading.Event()  # LOADING_FRAMES frames were drawn while loading
         self.t0 = time.monotonic()
 
     def tick(self, _dt: float) -> None:
@@ -120,6 +127,8 @@ class FrameWatch:
         app = self.app
         if not app.loaded:
             self.loading_frames += 1
+            if self.loading_frames >= LOADING_FRAMES:
+                self.loading_seen.set()
         if app.streaming:
             self.stream_frames += 1
             if app.output_text and app.output_text != self.last_output:
@@ -163,11 +172,47 @@ class Touch:
 Step = tuple[Callable[[], bool], float, str]
 
 
+class WorkerHolds:
+    """Test hooks on the app's worker thread, so that "while the app is still working" holds by
+    construction rather than by the machine being slow enough:
+    - loading starts only once the window has drawn LOADING_FRAMES frames (were loading done on the
+      UI thread, no frame could be drawn and the load would never start: the test fails);
+    - with ``hold_next_stream`` set, the next translation stops reading its stream after its first
+      piece until the UI supersedes it (Translate again, Clear, Swap...), so it is still streaming
+      however fast the model is."""
+
+    def __init__(self, app: Any, frames: FrameWatch) -> None:
+        self.app = app
+        self.hold_next_stream = False
+        self.holding = False
+        load, post = app._load_job, app._post
+
+        def held_load() -> None:
+            frames.loading_seen.wait(PATIENCE)
+            load()
+
+        def held_post(fn: Callable[..., None], *args: Any) -> None:
+            post(fn, *args)
+            if self.hold_next_stream and fn is app._on_piece:  # on the worker, after the first piece
+                self.hold_next_stream = False
+                self._hold(job=args[0])
+
+        app._load_job, app._post = held_load, held_post
+
+    def _hold(self, job: int) -> None:
+        self.holding = True
+        deadline = time.monotonic() + PATIENCE
+        while self.app._job == job and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.holding = False
+
+
 class Driver:
     """Runs the scenario, a generator yielding (condition, deadline, what) waits, from Clock ticks."""
 
-    def __init__(self, app: Any, report: dict[str, Any], args: argparse.Namespace, watch: FrameWatch) -> None:
-        self.app, self.report, self.args, self.watch = app, report, args, watch
+    def __init__(self, app: Any, report: dict[str, Any], args: argparse.Namespace, watch: FrameWatch,
+                 holds: WorkerHolds) -> None:
+        self.app, self.report, self.args, self.watch, self.holds = app, report, args, watch, holds
         self.scenario = self.run_scenario()
         self.waiting: Step | None = None
         self.done = False
@@ -203,7 +248,7 @@ class Driver:
 
     # --- helpers (generators: `yield from`) ---------------------------------------------------
     @staticmethod
-    def until(cond: Callable[[], bool], timeout: float, what: str) -> Step:
+    def until(cond: Callable[[], bool], what: str, timeout: float = PATIENCE) -> Step:
         return cond, time.monotonic() + timeout, what
 
     def frames(self, n: int = 1) -> Iterator[Step]:
@@ -212,7 +257,7 @@ class Driver:
 
         fired: list[bool] = []
         Clock.schedule_interval(lambda _dt: fired.append(True) if len(fired) < n else False, 0)
-        yield self.until(lambda: len(fired) >= n, 5, f"{n} frames")
+        yield self.until(lambda: len(fired) >= n, f"{n} frames")
 
     def tap(self, widget: Any) -> Iterator[Step]:
         assert widget.get_root_window() is not None, f"{widget} is not on screen"
@@ -256,7 +301,7 @@ class Driver:
         self.watch.stream_frames = self.watch.text_frames = self.watch.pieces = 0
         t0 = time.monotonic()
         yield from self.tap(ids.translate_button)
-        yield self.until(lambda: not app.streaming, 60, f"the translation ({key}) to finish")
+        yield self.until(lambda: not app.streaming, f"the translation ({key}) to finish")
         yield from self.frames(2)
         self.report[key] = self.snapshot(frames=self.watch.stream_frames, text_frames=self.watch.text_frames,
                                          pieces=self.watch.pieces,
@@ -287,7 +332,7 @@ class Driver:
         fired: list[float] = []
         t0 = time.monotonic()
         Clock.schedule_once(lambda _dt: fired.append(time.monotonic() - t0), 0)
-        yield self.until(lambda: bool(fired), 5, "a Clock tick")
+        yield self.until(lambda: bool(fired), "a Clock tick")
         self.report.setdefault("tick_latencies", []).append(round(fired[0], 3))
 
     def bad_input(self, key: str, text: str | None, source: str = "English", target: str = "French",
@@ -307,7 +352,7 @@ class Driver:
     def run_scenario(self) -> Iterator[Step]:
         app, ids, report = self.app, self.app.root.ids, self.report
         t0 = time.monotonic()
-        yield self.until(lambda: app.loaded or app.load_failed, 120, "the model to load")
+        yield self.until(lambda: app.loaded or app.load_failed, "the model to load")
         report["load_seconds"] = round(time.monotonic() - t0, 2)
         report["load_error"] = app.error_text
         assert app.loaded, f"the model did not load: {app.error_text}"
@@ -333,17 +378,19 @@ class Driver:
         # typing during a stream, then Translate again: the first stream is cancelled
         yield from self.tap(ids.clear_button)
         yield from self.type_text(LONG, chunk=8)
+        self.holds.hold_next_stream = True  # it stays in flight until Translate is pressed again
         yield from self.tap(ids.translate_button)
-        yield self.until(lambda: bool(app.output_text), 30, "the first streamed piece")
+        yield self.until(lambda: bool(app.output_text), "the first streamed piece")
         report["cancel_first_partial"] = app.output_text
         report["cancelled_text"] = ids.source_input.text
         yield from self.type_text(LONG_EXTRA, chunk=16)
-        report["typed_while_streaming"] = {"input": ids.source_input.text, "still_streaming": app.streaming}
+        report["typed_while_streaming"] = {"input": ids.source_input.text, "still_streaming": app.streaming,
+                                           "worker_held": self.holds.holding}
         report["cancel_was_streaming"] = app.streaming
         yield from self.translate("second")
 
         # the history: the first translation is listed; tapping it restores it
-        yield self.until(lambda: any(d["source_text"] == FIRST for d in app.history_data), 10, "history")
+        yield self.until(lambda: any(d["source_text"] == FIRST for d in app.history_data), "history")
         report["history"] = [dict(d) for d in app.history_data]
         yield from self.frames(2)
         items = [w for w in ids.history.layout_manager.children if getattr(w, "source_text", None) == FIRST]

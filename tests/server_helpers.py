@@ -8,11 +8,11 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from waits import wait_until
 
 from edgeinfer.server import ServerOptions, bind, create_app, url_of
 
@@ -25,10 +25,8 @@ def running(models: list, options: ServerOptions) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(create_app(models, options), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), "the server to start")
+    assert server.started, "the server did not start"
     try:
         yield url_of(sock)
     finally:

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 from fake_backend import FakeBackend
+from waits import EvalGate
 
 from edgeinfer.model import Model
 
@@ -28,16 +29,20 @@ def test_concurrent_requests_share_steps_and_match_one_by_one():
     prompts = [chr(97 + i) * 3 for i in range(4)]
     solo = Model(FakeBackend(n_ctx=128, max_sequences=4), name="fake", speculation=None)
     expected = [solo.generate(p, max_tokens=20, **GREEDY).text for p in prompts]
-    backend = FakeBackend(n_ctx=128, max_sequences=4, delay=0.005)
-    m = Model(backend, name="fake", speculation=None)
-    done = run_concurrently(m, prompts, max_tokens=20, **GREEDY)
+    backend = FakeBackend(n_ctx=128, max_sequences=4)
+    m = Model(backend, name="fake", speculation=None, settle=False)
+    with EvalGate(backend) as gate:
+        gate.hold()  # all four are queued before the first step runs: they overlap by construction
+        streams = [m.stream(p, max_tokens=20, **GREEDY) for p in prompts]
+        gate.open()
+        done = [s.result() for s in streams]
     assert [c.text for c in done] == expected
-    # 4 prefills + 19 decode steps each: batched, far fewer than the 4 x 20 evals of one by one
-    assert backend.evals < 4 * 20 * 0.6
+    # 4 prefills (one a step) + 19 decode steps: batched, far fewer than the 4 x 20 evals of one by one
+    assert backend.evals <= 4 + 19 + 3
 
 
 def test_more_requests_than_sequences_wait_their_turn():
-    backend = FakeBackend(n_ctx=128, max_sequences=2, delay=0.002)
+    backend = FakeBackend(n_ctx=128, max_sequences=2)
     m = Model(backend, name="fake", speculation=None)
     prompts = [chr(97 + i) for i in range(7)]
     done = run_concurrently(m, prompts, max_tokens=5, **GREEDY)
@@ -47,12 +52,18 @@ def test_more_requests_than_sequences_wait_their_turn():
 
 
 def test_a_cancelled_request_frees_its_sequence_for_a_waiting_one():
-    m = Model(FakeBackend(n_ctx=512, max_sequences=1, delay=0.01), name="fake", speculation=None)
+    backend = FakeBackend(n_ctx=512, max_sequences=1)
+    m = Model(backend, name="fake", speculation=None)
+    gate = EvalGate(backend)
+    gate.allow(3)  # the long request runs a few steps, then waits at the gate, unfinished
     long = m.stream("a", max_tokens=400, **GREEDY)
     waiting = m.stream("b", max_tokens=3, **GREEDY)
-    next(iter(long))
+    pieces = iter(long)
+    next(pieces)
+    gate.wait_held()
     assert m.engine.load == (1, 1)
     long.cancel()
+    gate.open()
     assert waiting.result().text == "cde"
     assert long.result().finish_reason == "cancelled"
 
@@ -94,12 +105,16 @@ def test_speculation_stops_exactly_at_max_tokens_and_stop_strings():
 def test_when_shared_kv_cells_run_out_only_the_youngest_request_gives_way():
     from edgeinfer.errors import KVCacheFullError
 
-    m = Model(FakeBackend(n_ctx=128, max_sequences=2, kv_cells=50, delay=0.002), name="fake",
-              speculation=None, settle=False)
+    backend = FakeBackend(n_ctx=128, max_sequences=2, kv_cells=50)
+    m = Model(backend, name="fake", speculation=None, settle=False)
+    gate = EvalGate(backend)
+    gate.allow(2)  # the older request's prefill and one step; it waits at the gate, unfinished...
     older = m.stream("abcde", max_tokens=30, **GREEDY)
     pieces = iter(older)
-    next(pieces)  # the older request is running before the younger arrives
-    younger = m.stream("vwxyz", max_tokens=30, **GREEDY)
+    next(pieces)
+    gate.wait_held()
+    younger = m.stream("vwxyz", max_tokens=30, **GREEDY)  # ...when the younger one arrives
+    gate.open()
     with pytest.raises(KVCacheFullError, match="retry"):
         younger.result()
     for _ in pieces:

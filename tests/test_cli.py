@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from child_hooks import child_code
 
 pytestmark = pytest.mark.slow
 EDGEINFER = [sys.executable, "-m", "edgeinfer"]
@@ -76,7 +77,10 @@ def test_list_pull_and_lock_verify():
 def test_chat_is_interactive_multi_turn_and_streams():
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["-m", "edgeinfer", "chat", "--temperature", "0", "--max-tokens", "400", "--show-stats"]
+    # the story pauses after a few words until it is cancelled (a test hook), so the Ctrl-C below
+    # always lands mid-answer, however fast this machine writes the story
+    code = child_code('pause_answer("dragon", after_tokens=12)')
+    args = ["-c", code, "chat", "--temperature", "0", "--max-tokens", "400", "--show-stats"]
     child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=120)
     try:
         child.expect(">>> ")

@@ -10,11 +10,11 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from child_hooks import child_code
 from hf_fixtures import TINY_CONFIGS, rebuilt_checkpoint, tiny_checkpoint
 
 import edgeinfer as ei
@@ -327,15 +327,25 @@ def test_disk_full_mid_write(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_cli_conversion(smollm2_hf: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the output GGUF is half written: exit 130, nothing left behind. The child stops
+    mid-write (a test hook) and says so before the signal is sent, so it always lands there."""
     out = tmp_path / "out.gguf"
-    proc = run_cli(["convert", str(smollm2_hf), "-o", str(out), "--quant", "F16"])
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.suffix == ".part" for p in tmp_path.iterdir()):
-        time.sleep(0.05)  # wait until the write has begun
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    ready_read, ready_write = os.pipe()
+    hook = f"pause_gguf_output({str(out)!r}, {ready_write})"
+    args = ["convert", str(smollm2_hf), "-o", str(out), "--quant", "F16"]
+    with (tmp_path.parent / f"{tmp_path.name}-stderr.txt").open("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", child_code(hook), *args], stdout=subprocess.DEVNULL,
+                                stderr=err, text=True, pass_fds=(ready_write,))
+        os.close(ready_write)
+        with os.fdopen(ready_read) as ready:
+            said = ready.readline()  # blocks until the child is mid-write (or has died: "")
+        assert said == "writing\n", f"the child never reached the write (exit {proc.wait(60)})"
+        part = [p.name for p in tmp_path.iterdir() if p.suffix == ".part" and "reference" not in p.name]
+        assert part, "the output was not being written"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        err.seek(0)
+        assert "Traceback" not in err.read()
     assert_nothing_written(tmp_path)
 
 

@@ -1,9 +1,8 @@
 """Engine logic on the fake backend: stop conditions, limits, prefix reuse, cancellation, stats."""
 
-import time
-
 import pytest
 from fake_backend import FakeBackend
+from waits import EvalGate, wait_until
 
 from edgeinfer.errors import ContextOverflowError, EmptyPromptError
 from edgeinfer.model import Model, make_params
@@ -11,8 +10,8 @@ from edgeinfer.model import Model, make_params
 GREEDY = dict(temperature=0)
 
 
-def model(**kw) -> Model:
-    return Model(FakeBackend(**kw), name="fake")
+def model(settle: bool = True, **kw) -> Model:
+    return Model(FakeBackend(**kw), name="fake", settle=settle)
 
 
 def test_greedy_continuation_and_max_tokens():
@@ -68,7 +67,7 @@ SYSTEM = "You are a terse assistant. " * 2  # 52 characters = tokens
 def test_prefix_is_reused_at_an_aligned_boundary_and_output_is_unchanged():
     cold = model(n_ctx=256)
     expected = cold.generate(SYSTEM + "hello world", max_tokens=4, **GREEDY).text
-    m = model(n_ctx=256)
+    m = model(n_ctx=256, settle=False)  # idle-time settling would evaluate tokens of its own meanwhile
     m.generate(SYSTEM + "hello there", max_tokens=4, **GREEDY)
     before = m.backend.evaluated_tokens
     c = m.generate(SYSTEM + "hello world", max_tokens=4, **GREEDY)
@@ -88,14 +87,21 @@ def test_identical_prompt_reuses_an_aligned_prefix():
 
 
 def test_closing_a_stream_early_stops_it_and_keeps_the_cache_consistent():
-    m = model(delay=0.02)
+    m = model(settle=False)  # no idle-time evals after the request
+    gate = EvalGate(m.backend)
+    gate.allow(4)  # the prefill and 3 decode steps; then the request waits at the gate, unfinished
     stream = m.stream("abc", max_tokens=200, **GREEDY)
     it = iter(stream)
     next(it)
     next(it)
+    gate.wait_held()
+    stream.cancel()
+    gate.open()
     stream.close()  # returns once the engine has let go of the request
     held = m.engine.cache.slots[0].tokens
-    assert m.backend.seqs[0] == held and 3 + 1 <= len(held) < 3 + 20  # stopped within a few steps
+    # stopped at the first step after the cancel: no eval after the one waiting at the gate
+    assert gate.passed == 5 and m.metrics.snapshot()["finish_reasons"]["cancelled"] == 1
+    assert m.backend.seqs[0] == held and len(held) == 3 + 4  # the prompt, and the tokens evaluated
     assert not m.engine.cache.slots[0].busy and m.engine.load == (0, 0)
     assert m.generate("abc", max_tokens=3, **GREEDY).text == "def"
 
@@ -135,9 +141,7 @@ def test_idle_time_settles_an_answer_so_the_next_turn_reuses_it():
     m = Model(backend, name="fake", chat_template=template)
     conv = m.chat(system="S" * 40)
     conv.send("hi", max_tokens=30, **GREEDY)  # 44-token prompt + 29 evaluated answer tokens = 73
-    deadline = time.monotonic() + 10
-    while m.engine.cache.unsettled() is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: m.engine.cache.unsettled() is None, "idle-time settling")
     slot = m.engine.cache.slots[0]
     assert slot.exact_end == 64 and len(slot.tokens) == 64  # the last partial tile is left out
     before = backend.evaluated_tokens

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 from fake_backend import FakeBackend
+from waits import EvalGate, wait_until
 
 from edgeinfer.metrics import ModelMetrics, percentile, prometheus_registry
 from edgeinfer.model import Model
@@ -18,15 +19,6 @@ from edgeinfer.stats import Stats
 
 GREEDY = dict(temperature=0)
 SYSTEM = "You are a terse assistant. " * 2  # 54 tokens: the first 48 are reused by a second request
-
-
-def wait(condition, timeout: float = 5.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        event.wait(0.01)
-    raise AssertionError("timed out")
 
 
 def test_totals_cached_share_and_percentiles_match_the_requests_own_stats():
@@ -60,11 +52,14 @@ def test_totals_cached_share_and_percentiles_match_the_requests_own_stats():
 
 
 def test_cancelled_and_failed_requests_are_counted_by_reason():
-    m = Model(FakeBackend(n_ctx=256, delay=0.01), name="slow")
-    stream = m.stream("a", max_tokens=200, **GREEDY)
-    next(iter(stream))  # it is decoding
-    stream.cancel()
-    wait(lambda: m.metrics.requests == 1)
+    m = Model(FakeBackend(n_ctx=256), name="slow")
+    with EvalGate(m.backend) as gate:
+        gate.allow(3)  # it is decoding, and cannot finish before the cancel
+        stream = m.stream("a", max_tokens=200, **GREEDY)
+        pieces = iter(stream)
+        next(pieces)
+        stream.cancel()
+    wait_until(lambda: m.metrics.requests == 1, "the cancelled request to be counted")
     m.close()
     failing = Model(FakeBackend(fail_on_eval=1), name="broken")
     with pytest.raises(RuntimeError, match="injected"):

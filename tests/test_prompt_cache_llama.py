@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from waits import wait_until
 
 import edgeinfer as ei
 
@@ -48,11 +48,8 @@ def test_chat_turns_equal_their_cold_outputs(smollm2_path, cold):
                 assert stats.cache_source == "ram" and stats.cached_tokens > stats.prompt_tokens // 2
 
 
-def wait_settled(model, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while model.engine.cache.unsettled() is not None:
-        assert time.monotonic() < deadline, "the idle-time settling did not finish"
-        time.sleep(0.01)
+def wait_settled(model) -> None:
+    wait_until(lambda: model.engine.cache.unsettled() is None, "the idle-time settling")
 
 
 def test_idle_time_makes_the_whole_history_reusable_and_exact(smollm2_path, cold):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ pytest.importorskip("httpx")
 from server_helpers import serve_process  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
+import edgeinfer.remote  # noqa: E402
 
 KEY = "remote-test-key"
 MODEL = "smollm2-135m-instruct"
@@ -89,13 +91,21 @@ def test_generate_stream_and_chat_match_the_local_model(remote, server):
     assert streamed.text == chat.text and streamed.stats.completion_tokens > 0
 
 
+@pytest.fixture
+def backoffs(monkeypatch) -> list[float]:
+    """The seconds RemoteModel sleeps between attempts, recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(edgeinfer.remote, "time", types.SimpleNamespace(sleep=slept.append,
+                                                                        perf_counter=time.perf_counter))
+    return slept
+
+
 @pytest.mark.slow
-def test_server_refusals_are_not_retried_and_carry_its_message(server):
+def test_server_refusals_are_not_retried_and_carry_its_message(server, backoffs):
     with ei.RemoteModel(server, MODEL, api_key="wrong", retries=3, backoff=5) as bad_key:
-        started = time.monotonic()
         with pytest.raises(ei.RemoteRequestError) as info:
             bad_key.generate(PROMPT, max_tokens=2)
-        assert time.monotonic() - started < 2  # no backoff sleeps
+        assert backoffs == []  # not retried
         assert info.value.status == 401 and "401" in str(info.value)
         assert not bad_key.available()
     with ei.RemoteModel(server, "no-such-model", api_key=KEY) as unknown:
@@ -115,10 +125,11 @@ def test_a_stream_can_be_cancelled_from_another_thread(remote):
     stream = remote.stream(COUNTING, temperature=0, max_tokens=900)
     pieces = iter(stream)
     next(pieces)
-    threading.Timer(0.2, stream.cancel).start()
-    started = time.monotonic()
+    canceller = threading.Thread(target=stream.cancel)
+    canceller.start()  # while this thread reads on
     rest = list(pieces)
-    assert time.monotonic() - started < 3 and len(rest) < 800
+    canceller.join()
+    assert len(rest) < 800  # far from the 900 asked for: the server-side request was cut off too
     assert stream.completion.finish_reason == "cancelled"
     assert remote.generate(PROMPT, max_tokens=2).stats.completion_tokens == 2  # the client still works
 
@@ -128,7 +139,7 @@ def test_a_server_killed_mid_stream_raises_promptly(tmp_path, tmp_path_factory):
     home = tmp_path_factory.getbasetemp() / "edgeinfer-home"
     home.mkdir(exist_ok=True)
     with serve(home, tmp_path / "serve.log") as (proc, url):
-        model = ei.RemoteModel(url, MODEL, api_key=KEY, timeout=30)
+        model = ei.RemoteModel(url, MODEL, api_key=KEY, timeout=120)
         stream = model.stream(COUNTING, temperature=0, max_tokens=900)
         received: list[str] = []
         with pytest.raises(ei.RemoteProtocolError) as info:
@@ -137,7 +148,7 @@ def test_a_server_killed_mid_stream_raises_promptly(tmp_path, tmp_path_factory):
                 if len(received) == 3:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed = time.monotonic()
-        assert time.monotonic() - killed < 5
+        assert time.monotonic() - killed < 60  # at once, not after the 120 s read timeout
         assert len(received) >= 3 and "broke off" in str(info.value) and url in str(info.value)
         assert stream.completion is None
         proc.wait(timeout=10)
@@ -145,20 +156,18 @@ def test_a_server_killed_mid_stream_raises_promptly(tmp_path, tmp_path_factory):
     started = time.monotonic()
     with pytest.raises(ei.RemoteUnavailableError):
         model.generate(PROMPT, max_tokens=2)
-    assert time.monotonic() - started < 3 and not model.available()
+    assert time.monotonic() - started < 60 and not model.available()  # refused, not timed out
     model.close()
 
 
 # --- no server -----------------------------------------------------------------------------------
-def test_an_unreachable_server_fails_after_retries_with_backoff():
+def test_an_unreachable_server_fails_after_retries_with_backoff(backoffs):
     url = f"http://127.0.0.1:{free_port()}"
     with ei.RemoteModel(url, "m", retries=2, backoff=0.1) as model:
         assert not model.available()
-        started = time.monotonic()
         with pytest.raises(ei.RemoteUnavailableError) as info:
             model.generate("hi")
-        elapsed = time.monotonic() - started
-        assert 0.3 <= elapsed < 2  # slept 0.1 + 0.2 between three attempts
+        assert backoffs == [0.1, 0.2]  # between three attempts, doubling
         assert url in str(info.value) and "3 attempt" in str(info.value) and info.value.status is None
         with pytest.raises(ei.RemoteUnavailableError):  # a stream fails before it is returned
             model.stream_chat(HELLO)

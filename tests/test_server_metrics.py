@@ -15,6 +15,7 @@ httpx = pytest.importorskip("httpx")
 parser = pytest.importorskip("prometheus_client.parser")
 
 from server_helpers import running  # noqa: E402
+from waits import wait_until  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.server import ServerOptions  # noqa: E402
@@ -72,6 +73,8 @@ def test_metrics_add_up_to_the_requests_usage(http, model):
     stats = [b["x_edgeinfer"] for b in bodies]
     assert usages[1]["prompt_tokens_details"]["cached_tokens"] > 0  # the system prompt's KV was reused
 
+    # a streamed request's slot is released just after its last byte is sent: wait for that, not luck
+    wait_until(lambda: http.get("/health").json()["models"][name]["admitted"] == 0, "the slots to be free")
     after = scrape(http)
     reasons = collections.Counter(s["finish_reason"] for s in stats)
     for reason in ("stop", "length", "cancelled", "error"):

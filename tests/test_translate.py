@@ -160,7 +160,7 @@ def test_repeats_come_from_the_memory(translator):
     first = translator.translate("Where is the train station?", to="es", source="en")
     again = translator.translate("Where is the train station?", to="es", source="en")
     assert not first.from_memory and again.from_memory and again.text == first.text
-    assert again.stats.completion_tokens == 0 and again.stats.total_s < 0.2
+    assert again.stats.completion_tokens == 0  # nothing generated: answered from the memory
     latest = translator.history(1)[0]
     assert (latest.source_text, latest.text) == ("Where is the train station?", first.text)
     assert latest.target == "es"
