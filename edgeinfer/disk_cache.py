@@ -32,6 +32,29 @@ def tokens_key(tokens: list[int]) -> str:
     return hashlib.sha256(np.asarray(tokens, dtype=np.int32).tobytes()).hexdigest()[:32]
 
 
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_problem(header: object) -> str:
+    """What is wrong with a state file's header (a file on disk is untrusted), or "" if nothing."""
+    if not isinstance(header, dict):
+        return "not an object"
+    if not isinstance(header.get("binding"), dict):
+        return "no binding"
+    tokens = header.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not all(_int(t) and t < 2**31 for t in tokens):
+        return "no token list"
+    header.setdefault("prefill_end", 0)
+    header.setdefault("exact_end", 0)
+    for key in ("prefill_end", "exact_end", "payload_bytes"):
+        if not _int(header.get(key)) or (key != "payload_bytes" and header[key] > len(tokens)):
+            return f"bad {key}"
+    if not isinstance(header.get("payload_sha256"), str):
+        return "no payload digest"
+    return ""
+
+
 @dataclass(frozen=True)
 class DiskEntry:
     path: Path
@@ -67,7 +90,7 @@ class DiskCache:
         }).encode()
         target = self.folder / f"{tokens_key(tokens)}.kv"
         try:
-            with atomic_write(target) as handle:
+            with atomic_write(target, private=True) as handle:  # it holds the user's text
                 handle.write(MAGIC + _LEN.pack(len(header)) + header)
                 handle.write(state)
         except OSError as exc:  # full disk, read-only folder...: keep running without it
@@ -124,14 +147,13 @@ class DiskCache:
                 size = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, struct.error) as exc:
+        except (OSError, ValueError, struct.error, RecursionError) as exc:
             self._discard(path, f"unreadable header ({exc})")
             return None
         if header["binding"] != self.binding:
             log.warning("ignoring KV state %s: made for another model or settings", path.name)
             return None
-        return DiskEntry(path, tuple(header["tokens"]), size, int(header.get("prefill_end", 0)),
-                         int(header.get("exact_end", 0)))
+        return DiskEntry(path, tuple(header["tokens"]), size, header["prefill_end"], header["exact_end"])
 
     @staticmethod
     def _parse_header(handle) -> dict:  # noqa: ANN001
@@ -141,8 +163,9 @@ class DiskCache:
         if n > 64 << 20:
             raise ValueError("header too large")
         header = json.loads(handle.read(n))
-        if not isinstance(header.get("tokens"), list):
-            raise ValueError("header has no token list")
+        problem = _header_problem(header)
+        if problem:
+            raise ValueError(f"malformed header: {problem}")
         return header
 
     def load(self, entry: DiskEntry) -> bytes | None:
@@ -153,7 +176,7 @@ class DiskCache:
                 state = handle.read()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, struct.error) as exc:
+        except (OSError, ValueError, struct.error, RecursionError) as exc:
             self._discard(entry.path, f"unreadable ({exc})")
             return None
         if len(state) != header.get("payload_bytes") or \

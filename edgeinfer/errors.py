@@ -36,6 +36,10 @@ class LockFileError(ModelError):
     """models.lock cannot be read or has an invalid entry."""
 
 
+class StorageError(EdgeInferError):
+    """edgeinfer could not write its own files (disk full, read-only or missing folder)."""
+
+
 # --- backends and devices ------------------------------------------------------------------------
 class BackendError(EdgeInferError):
     """A backend failed while running a model."""

@@ -37,10 +37,12 @@ def _fingerprint(path: Path) -> list[int]:
 
 
 def _load_stamps() -> dict:
+    """The stamps file (a cache file: untrusted, so anything not shaped as written counts as empty)."""
     try:
-        return json.loads(_stamp_file().read_text())
-    except (OSError, ValueError):
+        stamps = json.loads(_stamp_file().read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return stamps if isinstance(stamps, dict) else {}
 
 
 def cached_digest(
@@ -51,7 +53,8 @@ def cached_digest(
     fingerprint = [_fingerprint(m) for m in members]
     if trust_stamp:
         stamp = _load_stamps().get(key)
-        if stamp and stamp.get("fingerprint") == fingerprint:
+        if isinstance(stamp, dict) and stamp.get("fingerprint") == fingerprint \
+                and isinstance(stamp.get("sha256"), str):
             return stamp["sha256"]
     digest = compute(path)
     with _stamp_lock:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LockFileError, UnknownModelError
+from .errors import EdgeInferError, LockFileError, UnknownModelError
+from .lock_schema import ENTRY_KEYS, SOURCE_NEEDS, check_source, check_table, model_name
 from .sampling import SamplingParams
 
 if sys.version_info >= (3, 11):
@@ -16,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-SOURCE_TYPES = ("package", "package-chunks", "hub", "path")
+SOURCE_TYPES = tuple(SOURCE_NEEDS)
 LOCK_ENV = "EDGEINFER_LOCK"  # another models.lock to use instead of the bundled one
 FORMATS = ("gguf", "onnx", "hf")
 
@@ -60,7 +61,6 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # for folder formats: the files the checksum covers
     sampling: dict[str, Any] = field(default_factory=dict)  # the model's recommended defaults
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_lock_path() -> Path:
@@ -75,37 +75,36 @@ def default_lock_path() -> Path:
     raise LockFileError(f"models.lock not found next to {here}; reinstall edgeinfer")
 
 
-def _entry(name: str, raw: dict[str, Any], origin: Path) -> ModelEntry:
-    required = ("role", "format", "sha256", "size", "file", "sources")
-    missing = [k for k in required if k not in raw]
-    if missing:
-        raise LockFileError(f"{origin}: model {name!r} lacks {', '.join(missing)}")
+def _entry(name: str, raw: Any, origin: Path) -> ModelEntry:
+    """One validated entry (see lock_schema: every key known and typed, every path inside its root)."""
+    where = f"{origin}: model {model_name(name, origin)!r}"
+    raw = check_table(raw, ENTRY_KEYS, where)
     if raw["format"] not in FORMATS:
-        raise LockFileError(f"{origin}: model {name!r} has unknown format {raw['format']!r}")
-    sha = str(raw["sha256"]).lower()
+        raise LockFileError(f"{where} has unknown format {raw['format']!r}; known: {', '.join(FORMATS)}")
+    sha = raw["sha256"].lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise LockFileError(f"{origin}: model {name!r} has a malformed sha256")
+        raise LockFileError(f"{where} has a malformed sha256 (64 hex digits expected)")
     sampling = raw.get("sampling", {})
     unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
     if unknown:
-        raise LockFileError(f"{origin}: model {name!r} has unknown sampling keys {sorted(unknown)}")
+        raise LockFileError(f"{where} has unknown sampling keys {sorted(unknown)}")
+    try:
+        SamplingParams(**sampling)
+    except (TypeError, ValueError, EdgeInferError) as exc:
+        raise LockFileError(f"{where}: invalid sampling defaults: {exc}") from exc
     sources = []
-    for src in raw["sources"]:
-        if src.get("type") not in SOURCE_TYPES:
-            raise LockFileError(f"{origin}: model {name!r} has a source of unknown type {src}")
+    for i, src in enumerate(raw["sources"]):
+        src = check_source(src, f"{where}: sources[{i}]")
         if src["type"] == "path":  # relative to the lock file's folder
-            if not src.get("path"):
-                raise LockFileError(f"{origin}: model {name!r} has a path source without a path")
             src = {**src, "path": str((origin.parent / Path(src["path"]).expanduser()).resolve())}
         sources.append(Source(**{**src, "chunks": tuple(src.get("chunks", ()))}))
-    known = set(ModelEntry.__dataclass_fields__) - {"name", "sources", "extra"}
     return ModelEntry(
         name=name,
         role=raw["role"],
         format=raw["format"],
         quantization=raw.get("quantization", ""),
         sha256=sha,
-        size=int(raw["size"]),
+        size=raw["size"],
         license=raw.get("license", ""),
         file=raw["file"],
         sources=tuple(sources),
@@ -113,8 +112,7 @@ def _entry(name: str, raw: dict[str, Any], origin: Path) -> ModelEntry:
         description=raw.get("description", ""),
         aliases=tuple(raw.get("aliases", ())),
         files=tuple(raw.get("files", ())),
-        sampling=dict(raw.get("sampling", {})),
-        extra={k: v for k, v in raw.items() if k not in known and k != "sources"},
+        sampling=dict(sampling),
     )
 
 
@@ -132,9 +130,16 @@ class ModelLock:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise LockFileError(f"cannot read {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise LockFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise LockFileError(f"{path} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(data) - {"version", "models"})
+        if unknown:
+            raise LockFileError(f"{path} has unknown top-level key(s) {', '.join(unknown)}")
         models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise LockFileError(f"{path}: [models] must be a table of model entries")
         return cls(path, {name: _entry(name, raw, path) for name, raw in models.items()})
 
     def get(self, name: str) -> ModelEntry:
@@ -158,7 +163,6 @@ _NEW_LOCK_HEADER = (
     "# models.lock: models pinned by sha256 (written by `edgeinfer lock add`).\n"
     "# A file is used only after its sha256 matches. \"path\" sources are relative to this file.\n"
 )
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def _header_comments(text: str) -> str:
@@ -262,9 +266,7 @@ def add_entry(
 
     from .paths import atomic_write
 
-    key = name.strip().lower()
-    if not key or not set(key) <= _NAME_CHARS:
-        raise LockFileError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-'")
+    key = model_name(name.strip(), "edgeinfer lock add").lower()
     if role not in ROLES:
         raise LockFileError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
     if tier and tier not in TIERS:

@@ -15,7 +15,7 @@ from .backends.base import Backend
 from .chat_template import Message, render_chat
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
-from .errors import ContextOverflowError, InvalidRequestError
+from .errors import ContextOverflowError, InvalidRequestError, StorageError
 from .paths import atomic_write, cache_root
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
@@ -196,8 +196,13 @@ class Model:
             messages = data["messages"]
         except FileNotFoundError:
             raise InvalidRequestError(f"no saved conversation {id!r} for {self.name}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise InvalidRequestError(f"saved conversation {id!r} is unreadable ({exc})") from exc
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise InvalidRequestError(f"saved conversation {id!r} is damaged (its messages are not a list of "
+                                      "role/content texts); start a new one or remove it")
         return Conversation(self, messages=messages, id=id)
 
     def save_cache(self) -> None:
@@ -258,8 +263,12 @@ class Conversation:
         if not self.id:
             raise InvalidRequestError("give the conversation an id to save it: model.chat(id='...')")
         path = self.model.conversation_path(self.id)
-        with atomic_write(path, "w") as handle:
-            json.dump({"model": self.model.name, "messages": self.messages}, handle, ensure_ascii=False)
+        try:
+            with atomic_write(path, "w", private=True) as handle:  # the user's text: 0600 in a 0700 folder
+                json.dump({"model": self.model.name, "messages": self.messages}, handle, ensure_ascii=False)
+        except OSError as exc:
+            raise StorageError(f"could not save conversation {self.id!r} to {path.parent} ({exc}); "
+                               "free some disk space, or go on without saving") from exc
         self.model.save_cache()
         return path
 

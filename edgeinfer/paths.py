@@ -24,9 +24,15 @@ def cache_root() -> Path:
 def data_root() -> Path:
     """Root of the user's own edgeinfer data (kept when the cache is cleared)."""
     env = os.environ.get("EDGEINFER_DATA")
-    root = Path(env) if env else Path(platformdirs.user_data_dir("edgeinfer"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return private_folder(Path(env) if env else Path(platformdirs.user_data_dir("edgeinfer")))
+
+
+def inside(root: Path, *parts: str) -> Path | None:
+    """``root / parts`` if it resolves (symlinks followed) to a path inside ``root``, else None: a name
+    read from an untrusted file must never lead out of the folder it is meant for."""
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    return target if target != base and target.is_relative_to(base) else None
 
 
 def current_umask() -> int:
@@ -36,18 +42,29 @@ def current_umask() -> int:
     return mask
 
 
+def private_folder(path: Path) -> Path:
+    """Make ``path`` (and missing parents) for the user's own data: a folder it creates is 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
-def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
+def atomic_path(target: Path, suffix: str = ".part", *, private: bool = False) -> Iterator[Path]:
     """A temp path beside ``target`` for a writer that opens files itself; renamed into place only
-    if the block completes, removed on any exception (KeyboardInterrupt included)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if the block completes, removed on any exception (KeyboardInterrupt included). ``private``: the
+    file holds the user's text (conversations, KV states), so it stays 0600 in a 0700 folder."""
+    if private:
+        private_folder(target.parent)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the result is an ordinary file
+        if not private:  # mkstemp makes 0600; the result is an ordinary file
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,9 +72,9 @@ def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_write(target: Path, mode: str = "wb") -> Iterator:
+def atomic_write(target: Path, mode: str = "wb", *, private: bool = False) -> Iterator:
     """Write to a temp file beside ``target`` and rename it into place only on success."""
-    with atomic_path(target) as tmp, open(tmp, mode) as handle:
+    with atomic_path(target, private=private) as tmp, open(tmp, mode) as handle:
         yield handle
         handle.flush()
 

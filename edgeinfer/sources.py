@@ -12,10 +12,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ChecksumMismatchError, ModelNotAvailableError
+from .errors import ChecksumMismatchError, LockFileError, ModelNotAvailableError
 from .hashing import cached_digest, sha256_file, sha256_tree
 from .lock import ModelEntry, Source
-from .paths import atomic_write, cache_root
+from .paths import atomic_write, cache_root, inside
 
 log = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
@@ -39,7 +39,13 @@ def is_offline(offline: bool | None = None) -> bool:
 
 
 def cache_path(entry: ModelEntry) -> Path:
-    return cache_root() / "models" / entry.name / entry.sha256[:16] / entry.file
+    """Where the cache keeps ``entry`` (written, and on a checksum mismatch deleted, so it must stay
+    inside the cache folder even if a folder on the way is a symlink)."""
+    path = inside(cache_root() / "models", entry.name, entry.sha256[:16], entry.file)
+    if path is None:
+        raise LockFileError(f"{entry.name}: its cache path ({entry.name}/{entry.file}) leads outside "
+                            f"{cache_root() / 'models'}; refusing to use it")
+    return path
 
 
 def package_dir(module: str) -> Path | None:
@@ -79,19 +85,24 @@ def _check(entry: ModelEntry, path: Path, where: str, advice: str = "") -> None:
         )
 
 
+def _in_package(module: str, rel: str) -> Path | None:
+    """``rel`` inside the installed package ``module``, or None (not installed, or leads outside it)."""
+    root = package_dir(module)
+    return inside(root, rel) if root is not None else None
+
+
 def _from_package(entry: ModelEntry, src: Source) -> Path | None:
-    root = package_dir(src.package)
-    return root / src.path if root is not None else None
+    return _in_package(src.package, src.path)
 
 
 def _chunk_paths(src: Source) -> list[Path] | None:
     paths = []
     for chunk in src.chunks:
         module, _, rel = chunk.partition("/")
-        root = package_dir(module)
-        if root is None or not (root / rel).is_file():
+        path = _in_package(module, rel)
+        if path is None or not path.is_file():
             return None
-        paths.append(root / rel)
+        paths.append(path)
     return paths
 
 

@@ -15,9 +15,12 @@ TESTS = Path(__file__).resolve().parent
 
 def child_code(hook: str) -> str:
     """Python source for ``python -c``: install ``hook`` (a call into this module), then run the
-    edgeinfer CLI on the child's own arguments and exit with its code."""
+    edgeinfer CLI on the child's own arguments and exit with its code. Ctrl-C raises KeyboardInterrupt
+    in the child as it does in a terminal, even when the test runs in the background (a background
+    job starts with SIGINT ignored, and Python then leaves it ignored)."""
     return "\n".join([
-        "import sys",
+        "import signal, sys",
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
         f"sys.path.insert(0, {str(TESTS)!r})",
         "import child_hooks",
         f"child_hooks.{hook}",

@@ -80,8 +80,9 @@ def test_chat_is_interactive_multi_turn_and_streams():
     # the story pauses after a few words until it is cancelled (a test hook), so the Ctrl-C below
     # always lands mid-answer, however fast this machine writes the story
     code = child_code('pause_answer("dragon", after_tokens=12)')
-    args = ["-c", code, "chat", "--temperature", "0", "--max-tokens", "400", "--show-stats"]
-    child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=120)
+    # one thread: with another process on a core, llama.cpp's second thread stalls every step
+    args = ["-c", code, "chat", "--temperature", "0", "--max-tokens", "64", "--threads", "1", "--show-stats"]
+    child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=300)
     try:
         child.expect(">>> ")
         child.sendline("What is the capital of France?")

@@ -337,13 +337,18 @@ def test_ctrl_c_during_cli_conversion(smollm2_hf: Path, tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-c", child_code(hook), *args], stdout=subprocess.DEVNULL,
                                 stderr=err, text=True, pass_fds=(ready_write,))
         os.close(ready_write)
-        with os.fdopen(ready_read) as ready:
-            said = ready.readline()  # blocks until the child is mid-write (or has died: "")
-        assert said == "writing\n", f"the child never reached the write (exit {proc.wait(60)})"
-        part = [p.name for p in tmp_path.iterdir() if p.suffix == ".part" and "reference" not in p.name]
-        assert part, "the output was not being written"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
+        try:
+            with os.fdopen(ready_read) as ready:
+                said = ready.readline()  # blocks until the child is mid-write (or has died: "")
+            assert said == "writing\n", f"the child never reached the write (exit {proc.wait(60)})"
+            part = [p.name for p in tmp_path.iterdir() if p.suffix == ".part" and "reference" not in p.name]
+            assert part, "the output was not being written"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130
+        finally:
+            if proc.poll() is None:  # a failed test leaves no child behind
+                proc.kill()
+                proc.wait()
         err.seek(0)
         assert "Traceback" not in err.read()
     assert_nothing_written(tmp_path)

@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__
 from ..device import Artifact, choose, onnx_provider_report
 from ..engine import CompletionStream
-from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError
+from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError, StorageError
 from ..loader import artifact_format, cached_probe, load, locate_model
 from ..lock import ModelLock
 from ..model import Model, make_params
@@ -151,7 +151,10 @@ def chat(args: argparse.Namespace) -> int:
             except EdgeInferError as exc:  # a bad turn must not end the session
                 print(f"error: {exc}", file=sys.stderr)
             if args.id:
-                conv.save()
+                try:
+                    conv.save()
+                except StorageError as exc:  # a full disk must not end the session either
+                    print(f"warning: {exc}", file=sys.stderr)
 
 
 def _open_conversation(model: Model, args: argparse.Namespace):  # noqa: ANN202
