@@ -7,6 +7,7 @@ We read only what cannot run code: JSON configs, tokenizer.json and safetensors.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,6 +35,38 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+# Sizes a config may give, and their largest sane value: a config is untrusted, and a value such as
+# num_hidden_layers = 10**9 would otherwise make a converter loop or allocate without bound.
+CONFIG_LIMITS: dict[str, int] = {
+    "num_hidden_layers": 4096, "n_layer": 4096, "num_layers": 4096,
+    "hidden_size": 1 << 17, "n_embd": 1 << 17, "intermediate_size": 1 << 20, "n_inner": 1 << 20,
+    "num_attention_heads": 4096, "n_head": 4096, "num_key_value_heads": 4096, "head_dim": 1 << 14,
+    "vocab_size": 1 << 24, "max_position_embeddings": 1 << 24, "n_positions": 1 << 24,
+    "sliding_window": 1 << 24, "type_vocab_size": 1 << 16,
+}
+LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+def _check_config(root: Path, config: dict[str, Any], tensors: dict[str, TensorRecord]) -> None:
+    """Sizes in config.json are whole numbers within CONFIG_LIMITS, and the layer count is no more
+    than the weights hold: checked before anything is converted or written."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for cfg in (config, text):
+        for key, limit in CONFIG_LIMITS.items():
+            value = cfg.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                raise CheckpointError(f"{root}/config.json: {key} = {value!r} is not a size between 1 and "
+                                      f"{limit:,}; the config is damaged")
+    layers = {int(m.group(1)) for name in tensors for m in [LAYER_INDEX.search(name)] if m}
+    claimed = next((cfg[k] for cfg in (text, config) for k in ("num_hidden_layers", "n_layer", "num_layers")
+                    if cfg.get(k) is not None), None)
+    if layers and claimed is not None and claimed > len(layers):
+        raise CheckpointError(f"{root}/config.json says {claimed} layers but the weights hold {len(layers)}; "
+                              "the config does not belong to these weights")
+
+
 @dataclass
 class Checkpoint:
     """An opened HF checkpoint folder. ``tensors`` maps HF tensor names to where their bytes are."""
@@ -55,6 +88,7 @@ class Checkpoint:
                 "code shipped with a checkpoint. Use a model whose architecture is built into transformers."
             )
         tensors = index_files(root)
+        _check_config(root, config, tensors)
         if not tensors:
             pickled = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickled:

@@ -8,6 +8,7 @@ offsets inside the file, sizes that match dtype x shape, no overlaps.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -48,7 +49,7 @@ class TensorRecord:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python integers: a lying shape cannot overflow
 
 
 def read_header(path: Path) -> dict[str, TensorRecord]:
@@ -66,7 +67,7 @@ def read_header(path: Path) -> dict[str, TensorRecord]:
                     "the file is truncated or not safetensors. Re-download or re-save the checkpoint."
                 )
             header = json.loads(handle.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc})") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
@@ -92,11 +93,13 @@ def _record(path: Path, name: str, info: object, data_start: int, size: int) -> 
         raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from exc
     if dtype not in DTYPES:
         raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-    if not all(isinstance(d, int) and d >= 0 for d in shape) or not (
-        isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
-    ):
+    def whole(value: object) -> bool:  # JSON true/false are not sizes
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    offsets_ok = whole(begin) and whole(end) and begin <= end
+    if len(shape) > 8 or not all(whole(d) for d in shape) or not offsets_ok:
         raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape or offsets")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)  # Python integers: [2**62 + 1, 4] cannot wrap around to a small size
     if end - begin != n * DTYPES[dtype][1]:
         raise CheckpointError(
             f"{path}: tensor {name!r} claims {end - begin} bytes but {dtype}{list(shape)} needs "
