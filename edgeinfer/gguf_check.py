@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import mmap
+import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ def require_gguf_magic(path: Path) -> None:
 
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 class _Cursor:
@@ -55,19 +59,47 @@ class _Cursor:
         return self.data[self.pos - n : self.pos]
 
     def value(self, vtype: int):  # noqa: ANN201
+        """A scalar or string; for an array, an ``ArrayInfo`` (its items are skipped, not kept)."""
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
             item_type, count = self.take("I"), self.take("Q")
-            if item_type in _SCALAR and item_type != _STRING:
-                self.pos += count * struct.calcsize(_SCALAR[item_type])
-                return None
-            for _ in range(count):
-                self.value(item_type)
-            return None
+            if item_type == _ARRAY:  # llama.cpp reads no nested arrays either; recursion is unbounded
+                raise ValueError("nested metadata arrays are not supported")
+            if item_type in _SCALAR:
+                end = self.pos + count * struct.calcsize(_SCALAR[item_type])
+                if end > len(self.data):
+                    raise EOFError(f"array runs past the end at byte {self.pos}")
+                self.pos = end
+            elif item_type == _STRING:  # a vocabulary: 10^5 strings, skipped in a tight loop
+                pos, size, unpack = self.pos, len(self.data), _U64.unpack_from
+                for _ in range(count):
+                    if pos + 8 > size:
+                        raise EOFError(f"array runs past the end at byte {pos}")
+                    pos += 8 + unpack(self.data, pos)[0]
+                if pos > size:
+                    raise EOFError(f"array runs past the end at byte {pos}")
+                self.pos = pos
+            else:
+                raise ValueError(f"unknown metadata array type {item_type}")
+            return ArrayInfo(item_type, count)
         if vtype not in _SCALAR:
             raise ValueError(f"unknown metadata value type {vtype}")
         return self.take(_SCALAR[vtype])
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """A metadata array, as far as the checks need it: its item type and length."""
+
+    item_type: int
+    count: int
+
+
+def _alignment(value: object) -> int:
+    if not isinstance(value, int) or value <= 0 or value & (value - 1) or value > 1 << 20:
+        raise ValueError(f"general.alignment {value!r} is not a power of two")
+    return value
 
 
 def gguf_data_end(path: Path) -> int:
@@ -87,8 +119,8 @@ def _data_end(cur: _Cursor) -> int:
     for _ in range(n_kv):
         key = cur.string()
         value = cur.value(cur.take("I"))
-        if key == b"general.alignment" and isinstance(value, int):
-            alignment = value
+        if key == b"general.alignment":
+            alignment = _alignment(value)
     end = 0
     for _ in range(n_tensors):
         cur.string()
@@ -134,6 +166,8 @@ class GGUFHeader:
 
     metadata: dict[str, Any]
     tensors: tuple[tuple[str, int, int], ...]
+    arrays: dict[str, ArrayInfo] = field(default_factory=dict)  # metadata arrays: item type and length
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tensor name -> ggml dims (ne)
 
     @property
     def n_params(self) -> int:
@@ -156,28 +190,106 @@ def read_gguf_header(path: Path) -> GGUFHeader:
                 raise ValueError("no GGUF magic")
             cur.take("I")  # version
             n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+            if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
+                raise ValueError(f"{n_kv} metadata keys and {n_tensors} tensors is more than any model has")
             metadata: dict[str, Any] = {}
+            arrays: dict[str, ArrayInfo] = {}
             for _ in range(n_kv):
                 key = cur.string().decode("utf-8", errors="replace")
                 value = cur.value(cur.take("I"))
                 if isinstance(value, bytes):
                     value = value.decode("utf-8", errors="replace")
-                if value is not None:
+                if isinstance(value, ArrayInfo):
+                    arrays[key] = value
+                else:
                     metadata[key] = value
-            tensors = []
+            if "general.alignment" in metadata:
+                _alignment(metadata["general.alignment"])
+            tensors, shapes = [], {}
             for _ in range(n_tensors):
                 name = cur.string().decode("utf-8", errors="replace")
-                dims = [cur.take("Q") for _ in range(cur.take("I"))]
+                n_dims = cur.take("I")
+                if not 1 <= n_dims <= 4:  # GGML_MAX_DIMS
+                    raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+                dims = [cur.take("Q") for _ in range(n_dims)]
                 qtype = gguf.GGMLQuantizationType(cur.take("I"))
                 cur.take("Q")  # offset
                 block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-                n = 1
-                for d in dims:
-                    n *= d
+                n = math.prod(dims)
+                if not all(dims) or n > 1 << 40 or dims[0] % block:
+                    raise ValueError(f"tensor {name!r} has impossible dimensions {dims}")
                 tensors.append((name, n, n // block * type_size))
+                shapes[name] = tuple(dims)
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise CorruptModelError(f"{path} is not a readable GGUF file ({exc}); pass a complete .gguf") from exc
-    return GGUFHeader(metadata, tuple(tensors))
+    return GGUFHeader(metadata, tuple(tensors), arrays, shapes)
+
+
+# llama.cpp aborts the process (GGML_ASSERT) on some metadata instead of refusing the file; these
+# are checked here first. LLAMA_MAX_LAYERS in llama.cpp is 512.
+MAX_LAYERS = 512
+MAX_KV, MAX_TENSORS = 1 << 16, 1 << 20
+_LAYER = re.compile(r"blk\.(\d+)\.")
+
+
+def check_gguf_metadata(path: Path) -> GGUFHeader:
+    """Refuse (CorruptModelError) a GGUF whose metadata llama.cpp would assert on: a layer count that
+    is out of range or disagrees with the tensors, zero or inconsistent head counts and sizes, a
+    vocabulary that disagrees with the embedding matrix. Returns the header (remembered while the file
+    is unchanged, so loading a model again costs nothing more)."""
+    st = Path(path).stat()
+    return _checked_header(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@lru_cache(maxsize=32)
+def _checked_header(path_text: str, size: int, mtime_ns: int, inode: int) -> GGUFHeader:
+    path = Path(path_text)
+    header = read_gguf_header(path)
+    arch = header.metadata.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        problems = ["general.architecture is missing"]
+    else:
+        problems = _layer_problems(header, arch) + _size_problems(header.metadata, arch)
+    tokens = header.arrays.get("tokenizer.ggml.tokens")
+    embedding = header.shapes.get("token_embd.weight")
+    if tokens is not None and embedding is not None and len(embedding) == 2 and tokens.count > embedding[1]:
+        problems.append(f"the vocabulary has {tokens.count} tokens but token_embd.weight has rows for "
+                        f"{embedding[1]}")
+    if problems:
+        raise CorruptModelError(f"{path.name} has metadata llama.cpp cannot use: {'; '.join(problems)}. "
+                                f"{_REFETCH}")
+    return header
+
+
+def _layer_problems(header: GGUFHeader, arch: str) -> list[str]:
+    layers = {int(m.group(1)) for name in header.shapes for m in [_LAYER.match(name)] if m}
+    blocks = header.metadata.get(f"{arch}.block_count")
+    if blocks is None and not layers:
+        return []
+    if not isinstance(blocks, int) or not 1 <= blocks <= MAX_LAYERS:
+        return [f"{arch}.block_count is {blocks!r} (llama.cpp supports 1 to {MAX_LAYERS})"]
+    if layers and blocks != len(layers):
+        return [f"{arch}.block_count is {blocks} but the file has tensors for {len(layers)} layers"]
+    return []
+
+
+def _size_problems(meta: dict[str, Any], arch: str) -> list[str]:
+    problems = []
+    for key in ("embedding_length", "attention.head_count", "context_length"):
+        value = meta.get(f"{arch}.{key}")
+        if value is not None and (not isinstance(value, int) or not 0 < value <= 1 << 24):
+            problems.append(f"{arch}.{key} is {value!r}")
+    heads = meta.get(f"{arch}.attention.head_count")
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv")
+    if not isinstance(heads, int) or heads <= 0:
+        return problems
+    kv_ok = isinstance(kv_heads, int) and 0 < kv_heads <= heads and heads % kv_heads == 0
+    if kv_heads is not None and not kv_ok:
+        problems.append(f"{arch}.attention.head_count_kv is {kv_heads!r} for {heads} heads")
+    embd = meta.get(f"{arch}.embedding_length")
+    if isinstance(embd, int) and embd % heads and f"{arch}.attention.key_length" not in meta:
+        problems.append(f"{arch}.embedding_length {embd} is not a multiple of the {heads} heads")
+    return problems
 
 
 def file_type_name(value: int) -> str:
