@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .chat_template import Message, render_chat
+from .chat_template import Message
+from .chat_tokens import chat_tokens
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
 from .errors import ContextOverflowError, InvalidRequestError, StorageError
@@ -158,12 +159,8 @@ class Model:
         """Token ids of ``messages`` rendered with the model's chat template."""
         self._require_generative()
         caps = self.backend.caps
-        text = render_chat(self.chat_template, messages, bos_token=caps.bos_token,
+        return chat_tokens(self.tokenize, self.chat_template, messages, bos_token=caps.bos_token,
                            eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt)
-        tokens = self.tokenize(text, add_special=True, parse_special=True)
-        if len(tokens) >= 2 and tokens[0] == tokens[1] and caps.bos_token and text.startswith(caps.bos_token):
-            tokens = tokens[1:]  # the template already wrote BOS; tokenize added another
-        return tokens
 
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
