@@ -15,6 +15,7 @@ import uvicorn
 from waits import wait_until
 
 from edgeinfer.server import ServerOptions, bind, create_app, url_of
+from edgeinfer.server.run import server_config
 
 
 @contextlib.contextmanager
@@ -22,7 +23,7 @@ def running(models: list, options: ServerOptions) -> Iterator[str]:
     """A uvicorn server in a thread on a free 127.0.0.1 port; yields its base URL. (The options are
     taken as given: `edgeinfer serve` derives ``loopback`` from the host it binds.)"""
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(models, options), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(create_app(models, options), options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), "the server to start")

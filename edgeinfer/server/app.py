@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from ..engine import CompletionStream
 from ..errors import EdgeInferError
@@ -31,12 +32,16 @@ TEXT_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat runs 
 @dataclass
 class ServerOptions:
     """How the server admits requests. ``max_queue``: requests a model takes beyond those it runs
-    (None: 4 x its sequences); ``loopback``: the server is bound to loopback (guards on)."""
+    (None: 4 x its sequences); ``loopback``: the server is bound to loopback (guards on);
+    ``header_timeout`` / ``body_timeout``: seconds a client has to send a request's headers / its whole
+    body before the connection is dropped / the request refused (a slow client holds no slot)."""
 
     api_key: str | None = None
     max_queue: int | None = None
     max_body: int = 1 << 20
     loopback: bool = True
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
 
 class Served:
@@ -93,7 +98,8 @@ def create_app(models: Sequence[Model], options: ServerOptions | None = None, *,
     app.state.registry = registry
     install_handlers(app)
     _add_routes(app, registry)
-    app.add_middleware(Guard, api_key=options.api_key, max_body=options.max_body, loopback=options.loopback)
+    app.add_middleware(Guard, api_key=options.api_key, max_body=options.max_body, loopback=options.loopback,
+                       body_timeout=options.body_timeout)
     if options.loopback:  # local web apps may call it; remote pages may not
         app.add_middleware(CORSMiddleware, allow_origin_regex=LOOPBACK_ORIGIN, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
@@ -126,7 +132,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = parse(ChatRequest, await request.body())
+        body = parse(ChatRequest, await _body(request))
         served = registry.get(body.model)
         _refuse_embedding_model(served)
         if served.model.chat_template is None:
@@ -139,7 +145,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = parse(CompletionRequest, await request.body())
+        body = parse(CompletionRequest, await _body(request))
         served = registry.get(body.model)
         _refuse_embedding_model(served)
         prompt = body.single_prompt()
@@ -149,9 +155,18 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict:
-        body = parse(EmbeddingRequest, await request.body())
+        body = parse(EmbeddingRequest, await _body(request))
         served = registry.get(body.model)
         return await _embed(served, body)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body; a client that leaves mid-upload ends the request quietly (no traceback)."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise APIError(400, "the client disconnected before sending the whole request",
+                       code="client_disconnected") from None
 
 
 def _refuse_embedding_model(served: Served) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import re
@@ -39,11 +40,13 @@ class Guard:
     ``api_key``: /v1/* and /metrics need ``Authorization: Bearer KEY`` (a Prometheus scrape job sends
     it with ``authorization: {credentials: KEY}``); /health stays open for liveness probes.
     ``max_body``: larger bodies get a 413, refused from Content-Length before reading, or as soon as
-    the bytes read exceed it.
+    the bytes read exceed it. ``body_timeout``: a body not complete within that many seconds is a 408.
     """
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body: int, loopback: bool) -> None:
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body: int, loopback: bool,
+                 body_timeout: float = 30.0) -> None:
         self.app, self.api_key, self.max_body, self.loopback = app, api_key, max_body, loopback
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,16 +87,28 @@ class Guard:
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     def _limited(self, receive: Receive) -> Receive:
-        """``receive`` that fails with a 413 once the body grows past the limit (chunked uploads)."""
-        seen = 0
+        """``receive`` that fails with a 413 once the body grows past the limit (chunked uploads), and
+        with a 408 when the body is not complete in time (a client trickling bytes holds no slot).
+        Once the body is in, receive waits as long as it must (it then only reports a disconnect)."""
+        seen, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                raise APIError(408, f"the request body did not arrive within {self.body_timeout:g} s",
+                               code="request_timeout") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_body:
                     raise _too_large(self.max_body)
+            else:
+                complete = True
             return message
 
         return limited

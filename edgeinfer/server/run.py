@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..model import Model
 from .app import ServerOptions, create_app
@@ -44,9 +46,51 @@ def make_server(models: Sequence[Model], options: ServerOptions | None = None, *
     """A uvicorn server for ``models``; the DNS-rebinding guard is on when ``host`` is loopback."""
     options = replace(options or ServerOptions(), loopback=is_loopback(host.strip("[]")))
     app = create_app(models, options, aliases=aliases)
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info"),
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, lifespan="off")
-    return uvicorn.Server(config)
+    return uvicorn.Server(server_config(app, options, log_level=log_level))
+
+
+def server_config(app: object, options: ServerOptions, *, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn's settings for ``app``: graceful shutdown, and a deadline for each request's headers."""
+    protocol = type("HeaderDeadline", (HeaderDeadlineProtocol,), {"header_timeout": options.header_timeout})
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info"), http=protocol,
+                          timeout_graceful_shutdown=SHUTDOWN_GRACE_S, lifespan="off")
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for a request's headers: a client that opens a
+    connection and trickles its headers (slowloris) is dropped after ``header_timeout`` seconds, on
+    a new connection and between the requests of a kept-alive one. uvicorn alone has no such limit."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._deadline is not None and self.cycle is not self._waiting_after:  # headers are in
+            self._deadline.cancel()
+            self._deadline = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._waiting_after = self.cycle  # a new request replaces the cycle
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.cycle is self._waiting_after and not self.transport.is_closing():
+            self.transport.close()
 
 
 def serve(models: Sequence[Model], options: ServerOptions | None = None, *, host: str = "127.0.0.1",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import APIError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+MAX_STOP, MAX_STOP_CHARS = 16, 1000  # OpenAI allows 4 stop strings
 
 _Check = tuple[str, Any, str]  # (field, predicate on its value: True when fine, why it is refused)
 
@@ -61,6 +62,10 @@ class GenerationRequest(_Strict):
         ("presence_penalty", lambda v: not v, "presence_penalty is not supported; use repeat_penalty"),
         ("logit_bias", lambda v: not v, "logit_bias is not supported"),
         ("logprobs", lambda v: not v, "logprobs are not supported"),
+        ("stop", lambda v: len(_stops(v)) <= MAX_STOP,
+         f"at most {MAX_STOP} stop strings (each is checked at every generated token)"),
+        ("stop", lambda v: all(len(x) <= MAX_STOP_CHARS for x in _stops(v)),
+         f"a stop string may have at most {MAX_STOP_CHARS} characters"),
     )
 
     @property
@@ -172,14 +177,50 @@ Body = TypeVar("Body", bound=_Strict)
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none)$|[^a-z0-9_]")  # pydantic's union branch names
 
 
+MAX_DEPTH = 32  # an OpenAI request nests a few levels (messages, content parts, tools' JSON schemas)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _too_deep() -> APIError:
+    return APIError(400, f"the request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+
+
+def _stops(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else value
+
+
+def _check_tree(data: Any) -> None:
+    """Refuse what JSON allows but text cannot hold: nesting past MAX_DEPTH, and lone surrogates
+    (``"\\ud800"``), which no encoder can turn into UTF-8 for the tokenizer. Iterative: no recursion."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise APIError(400, "the request holds invalid Unicode (a lone surrogate such as \\ud800); "
+                               "send well-formed UTF-16 pairs or plain UTF-8", code="invalid_unicode")
+            continue
+        children = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if children and depth > MAX_DEPTH:
+            raise _too_deep()
+        for child in children:
+            if isinstance(child, tuple):  # a dict item: its key is text too
+                stack.append((child[0], depth + 1))
+                child = child[1]
+            stack.append((child, depth + 1))
+
+
 def parse(schema: type[Body], raw: bytes) -> Body:
     """A request body validated against ``schema``; any problem is a 400 naming the field."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    _check_tree(data)
     try:
         body = schema.model_validate(data)
     except ValidationError as exc:
