@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -111,10 +113,15 @@ def sse(data: dict) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+SHUTTING_DOWN = sse(APIError(503, "the server is shutting down: retry later", code="shutting_down").body())
+
+
 class EventStream(StreamingResponse):
     """A text/event-stream response that calls ``on_close`` however it ends (done, client gone,
     server stopping), so the request's stream and admission are always released. The pump, not
-    this response, watches for the client going away."""
+    this response, watches for the client going away. A stream still running when the server's grace
+    period ends (Ctrl-C, SIGTERM) is finished properly, with a shutting_down error event and
+    ``[DONE]``, not cut off (and not logged as a traceback)."""
 
     def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         super().__init__(events, media_type="text/event-stream",
@@ -128,5 +135,9 @@ class EventStream(StreamingResponse):
             async for event in self.body_iterator:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:  # the server stopped waiting for this response
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await send({"type": "http.response.body", "body": SHUTTING_DOWN + b"data: [DONE]\n\n",
+                            "more_body": False})
         finally:
             self.on_close()
