@@ -1,8 +1,9 @@
 """What the untrusted-input checks cost: model load and time to first token, with and without them.
 
-"checked" is edgeinfer as shipped: the GGUF metadata check before llama.cpp sees the file, the bounded
-chat-template render, and chat tokenization that keeps message text out of control tokens.
-"unchecked" is the same build with those three replaced by the plain paths they wrap. Each
+"checked" is edgeinfer as shipped: the GGUF metadata check before llama.cpp sees the file (stamped in the
+cache once passed, so it runs once per file), the bounded chat-template render, and chat tokenization
+that keeps message text out of control tokens. "checked-first" is the same with the file's stamp
+removed (a file's first load). "unchecked" replaces the three with the plain paths they wrap. Each
 measurement runs in a fresh process (no warm caches carried over), the variants alternate in every
 round with their order swapped each round, and the report gives the median of per-round ratios.
 
@@ -25,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/hardening.py
 from benchmarks.common import fmt, machine_info, markdown_table, median_summary, paired_ratios, write_report  # noqa: E402
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
-VARIANTS = ("unchecked", "checked")
+VARIANTS = ("unchecked", "checked", "checked-first")  # checked-first: the file's check stamp removed
 SYSTEM = ("You are a helpful assistant for a travel company. Answer in two short sentences, plainly, and "
           "say when you do not know. ") * 4
 CHAT_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
@@ -39,7 +40,7 @@ def _unchecked() -> None:
     import edgeinfer.model as model
     from edgeinfer.chat_template import render_chat
 
-    llamacpp.check_gguf_metadata = lambda path: None
+    llamacpp.ensure_gguf_checked = lambda path: None
     chat_template._bounded_render = lambda compiled, **variables: compiled.render(**variables)
 
     def plain_tokens(tokenize, template, messages, *, bos_token="", eos_token="", add_generation_prompt=True):
@@ -56,6 +57,10 @@ def worker(variant: str, name: str) -> dict:
     if variant == "unchecked":
         _unchecked()
     import edgeinfer as ei
+    from edgeinfer.paths import cache_root
+
+    if variant == "checked-first":
+        (cache_root() / "gguf-checked.json").unlink(missing_ok=True)
 
     started = time.perf_counter()
     m = ei.load(name, n_threads=2, kv_settle=False)
@@ -102,14 +107,14 @@ def main() -> int:
     for name in args.models:
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for r in range(args.rounds):
-            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            for variant in VARIANTS[r % 3:] + VARIANTS[:r % 3]:  # each variant first in turn
                 runs[variant].append(_run_worker(variant, name))
         summary = {}
         for key in ("load_s", "ttft_s", "prompt_ms"):
-            checked = [x[key] for x in runs["checked"]]
             unchecked = [x[key] for x in runs["unchecked"]]
-            summary[key] = {"checked": median_summary(checked), "unchecked": median_summary(unchecked),
-                            "ratio": paired_ratios(checked, unchecked)}
+            summary[key] = {v: median_summary([x[key] for x in runs[v]]) for v in VARIANTS}
+            for v in VARIANTS[1:]:
+                summary[key][f"ratio {v}"] = paired_ratios([x[key] for x in runs[v]], unchecked)
         results[name] = {"summary": summary, "runs": runs}
     info["steal_ticks_during_run"] = _steal() - steal_before
     rows = []
@@ -119,9 +124,10 @@ def main() -> int:
             s = result["summary"][key]
             digits = 3 if key != "prompt_ms" else 2
             medians = [fmt(s[v]["median"], digits) for v in VARIANTS]
-            rows.append([name, label, *medians, fmt(s["ratio"]["median"], 3)])
-    table = markdown_table(["model", "measure", "unchecked (median)", "checked (median)",
-                            "checked / unchecked (median of per-round ratios)"], rows)
+            ratios = [fmt(s[f"ratio {v}"]["median"], 3) for v in VARIANTS[1:]]
+            rows.append([name, label, *medians, *ratios])
+    table = markdown_table(["model", "measure", *(f"{v} (median)" for v in VARIANTS),
+                            *(f"{v} / unchecked (median of per-round ratios)" for v in VARIANTS[1:])], rows)
     markdown = (f"# What the untrusted-input checks cost\n\n{args.rounds} rounds per model, each variant in "
                 "a fresh process, alternating (order swapped every round). Load average at the start "
                 f"{info['loadavg']}; steal ticks during the run {info['steal_ticks_during_run']}.\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptModelError, EdgeInferError, ModelLoadError, ModelNotAvailableError
+from .paths import atomic_write, cache_root
 
 GGUF_MAGIC = b"GGUF"
 _REFETCH = "re-download it (`edgeinfer pull NAME --force`) or convert it again"
@@ -230,6 +232,37 @@ def read_gguf_header(path: Path) -> GGUFHeader:
 MAX_LAYERS = 512
 MAX_KV, MAX_TENSORS = 1 << 16, 1 << 20
 _LAYER = re.compile(r"blk\.(\d+)\.")
+
+
+CHECKS_VERSION = 1  # bump when the checks change: files stamped by older checks are checked again
+
+
+def ensure_gguf_checked(path: Path) -> None:
+    """``check_gguf_metadata``, skipped for a file that passed before and is unchanged since (a stamp
+    in the cache folder keyed by path, size, mtime and inode), so a model's second load costs no more
+    than a load without the check."""
+    path = Path(path).resolve()
+    st = path.stat()
+    fingerprint = [st.st_size, st.st_mtime_ns, st.st_ino, CHECKS_VERSION]
+    stamps = _read_stamps()
+    if stamps.get(str(path)) == fingerprint:
+        return
+    check_gguf_metadata(path)
+    stamps = {k: v for k, v in list(_read_stamps().items())[-255:]}
+    stamps[str(path)] = fingerprint
+    try:
+        with atomic_write(cache_root() / "gguf-checked.json", "w") as handle:
+            json.dump(stamps, handle)
+    except OSError:
+        pass  # a read-only or full cache only costs a check next time
+
+
+def _read_stamps() -> dict:
+    try:
+        stamps = json.loads((cache_root() / "gguf-checked.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
 
 
 def check_gguf_metadata(path: Path) -> GGUFHeader:

@@ -22,7 +22,7 @@ from ..errors import (
     KVCacheFullError,
     ModelLoadError,
 )
-from ..gguf_check import check_gguf_metadata, diagnose_gguf, require_gguf_magic
+from ..gguf_check import diagnose_gguf, ensure_gguf_checked, require_gguf_magic
 from ..sampling import SamplingParams
 from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, prefill_cuts
 
@@ -162,7 +162,7 @@ class LlamaCppBackend(Backend):
         self.device = device
         path = Path(path)
         require_gguf_magic(path)
-        check_gguf_metadata(path)  # what llama.cpp would abort the process on is refused here first
+        ensure_gguf_checked(path)  # what llama.cpp would abort the process on is refused here first
 
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
