@@ -301,8 +301,8 @@ def _layer_problems(header: GGUFHeader, arch: str) -> list[str]:
         return []
     if not isinstance(blocks, int) or not 1 <= blocks <= MAX_LAYERS:
         return [f"{arch}.block_count is {blocks!r} (llama.cpp supports 1 to {MAX_LAYERS})"]
-    if layers and blocks != len(layers):
-        return [f"{arch}.block_count is {blocks} but the file has tensors for {len(layers)} layers"]
+    if layers and max(layers) >= blocks:
+        return [f"{arch}.block_count is {blocks} but the file has tensors for {max(layers) + 1} layers"]
     return []
 
 
