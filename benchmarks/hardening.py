@@ -54,6 +54,8 @@ def _unchecked() -> None:
 
 
 def worker(variant: str, name: str) -> dict:
+    import edgeinfer.backends.llamacpp  # noqa: F401 - every variant imports llama.cpp before the clock starts
+
     if variant == "unchecked":
         _unchecked()
     import edgeinfer as ei
