@@ -62,7 +62,15 @@ def worker(variant: str, name: str) -> dict:
     from edgeinfer.paths import cache_root
 
     if variant == "checked-first":
-        (cache_root() / "gguf-checked.json").unlink(missing_ok=True)
+        from edgeinfer.gguf_check import CHECKS_VERSION
+
+        stamps_file = cache_root() / "verified.json"  # drop this file's passed-check stamp only
+        try:
+            stamps = json.loads(stamps_file.read_text())
+            prefix = f"gguf-checks-v{CHECKS_VERSION}:"
+            stamps_file.write_text(json.dumps({k: v for k, v in stamps.items() if not k.startswith(prefix)}))
+        except (OSError, ValueError):
+            pass
 
     started = time.perf_counter()
     m = ei.load(name, n_threads=2, kv_settle=False)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import CheckpointError
+from edgeinfer.untrusted import is_count
 
 from .safetensors_io import TensorRecord, index_files, iter_rows, load_tensor
 
@@ -56,7 +57,7 @@ def _check_config(root: Path, config: dict[str, Any], tensors: dict[str, TensorR
             value = cfg.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            if not is_count(value) or not 0 < value <= limit:
                 raise CheckpointError(f"{root}/config.json: {key} = {value!r} is not a size between 1 and "
                                       f"{limit:,}; the config is damaged")
     layers = {int(m.group(1)) for name in tensors for m in [LAYER_INDEX.search(name)] if m}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeinfer.errors import CheckpointError
+from edgeinfer.untrusted import is_count, relative_path
 
 HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
 # safetensors dtype -> (numpy dtype used to read the raw bytes, bytes per element)
@@ -93,11 +93,8 @@ def _record(path: Path, name: str, info: object, data_start: int, size: int) -> 
         raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from exc
     if dtype not in DTYPES:
         raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-    def whole(value: object) -> bool:  # JSON true/false are not sizes
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    offsets_ok = whole(begin) and whole(end) and begin <= end
-    if len(shape) > 8 or not all(whole(d) for d in shape) or not offsets_ok:
+    offsets_ok = is_count(begin) and is_count(end) and begin <= end
+    if len(shape) > 8 or not all(is_count(d) for d in shape) or not offsets_ok:
         raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape or offsets")
     n = math.prod(shape)  # Python integers: [2**62 + 1, 4] cannot wrap around to a small size
     if end - begin != n * DTYPES[dtype][1]:
@@ -172,7 +169,7 @@ def index_files(root: Path) -> dict[str, TensorRecord]:
             raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from exc
         files = sorted(set(weight_map.values()))
         for rel in files:
-            if os.path.isabs(rel) or ".." in Path(rel).parts:
+            if not isinstance(rel, str) or not relative_path(rel):
                 raise CheckpointError(f"{index} points outside the checkpoint folder: {rel!r}")
     else:
         files = sorted(p.name for p in root.glob("*.safetensors"))

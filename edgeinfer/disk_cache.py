@@ -22,6 +22,7 @@ import numpy as np
 
 from .paths import atomic_write
 from .prompt_cache import common_prefix
+from .untrusted import is_count
 
 log = logging.getLogger(__name__)
 MAGIC = b"EIKV1\n"
@@ -32,10 +33,6 @@ def tokens_key(tokens: list[int]) -> str:
     return hashlib.sha256(np.asarray(tokens, dtype=np.int32).tobytes()).hexdigest()[:32]
 
 
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _header_problem(header: object) -> str:
     """What is wrong with a state file's header (a file on disk is untrusted), or "" if nothing."""
     if not isinstance(header, dict):
@@ -43,12 +40,12 @@ def _header_problem(header: object) -> str:
     if not isinstance(header.get("binding"), dict):
         return "no binding"
     tokens = header.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not all(_int(t) and t < 2**31 for t in tokens):
+    if not isinstance(tokens, list) or not tokens or not all(is_count(t) and t < 2**31 for t in tokens):
         return "no token list"
     header.setdefault("prefill_end", 0)
     header.setdefault("exact_end", 0)
     for key in ("prefill_end", "exact_end", "payload_bytes"):
-        if not _int(header.get(key)) or (key != "payload_bytes" and header[key] > len(tokens)):
+        if not is_count(header.get(key)) or (key != "payload_bytes" and header[key] > len(tokens)):
             return f"bad {key}"
     if not isinstance(header.get("payload_sha256"), str):
         return "no payload digest"

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import re
 import struct
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import CorruptModelError, EdgeInferError, ModelLoadError, ModelNotAvailableError
-from .paths import atomic_write, cache_root
 
 GGUF_MAGIC = b"GGUF"
 _REFETCH = "re-download it (`edgeinfer pull NAME --force`) or convert it again"
@@ -238,45 +235,23 @@ CHECKS_VERSION = 1  # bump when the checks change: files stamped by older checks
 
 
 def ensure_gguf_checked(path: Path) -> None:
-    """``check_gguf_metadata``, skipped for a file that passed before and is unchanged since (a stamp
-    in the cache folder keyed by path, size, mtime and inode), so a model's second load costs no more
-    than a load without the check."""
-    path = Path(path).resolve()
-    st = path.stat()
-    fingerprint = [st.st_size, st.st_mtime_ns, st.st_ino, CHECKS_VERSION]
-    stamps = _read_stamps()
-    if stamps.get(str(path)) == fingerprint:
-        return
-    check_gguf_metadata(path)
-    stamps = {k: v for k, v in list(_read_stamps().items())[-255:]}
-    stamps[str(path)] = fingerprint
-    try:
-        with atomic_write(cache_root() / "gguf-checked.json", "w") as handle:
-            json.dump(stamps, handle)
-    except OSError:
-        pass  # a read-only or full cache only costs a check next time
+    """``check_gguf_metadata``, skipped for a file that passed before and is unchanged since (the
+    cache's fingerprint stamps, as for sha256 digests), so a model's second load costs no more than a
+    load without the check."""
+    from .hashing import cached_digest
 
+    def passed(p: Path) -> str:
+        check_gguf_metadata(p)
+        return f"gguf-checks-v{CHECKS_VERSION}"
 
-def _read_stamps() -> dict:
-    try:
-        stamps = json.loads((cache_root() / "gguf-checked.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return stamps if isinstance(stamps, dict) else {}
+    cached_digest(Path(path), [Path(path)], passed, kind=f"gguf-checks-v{CHECKS_VERSION}")
 
 
 def check_gguf_metadata(path: Path) -> GGUFHeader:
     """Refuse (CorruptModelError) a GGUF whose metadata llama.cpp would assert on: a layer count that
     is out of range or disagrees with the tensors, zero or inconsistent head counts and sizes, a
-    vocabulary that disagrees with the embedding matrix. Returns the header (remembered while the file
-    is unchanged, so loading a model again costs nothing more)."""
-    st = Path(path).stat()
-    return _checked_header(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-@lru_cache(maxsize=32)
-def _checked_header(path_text: str, size: int, mtime_ns: int, inode: int) -> GGUFHeader:
-    path = Path(path_text)
+    vocabulary that disagrees with the embedding matrix. Returns the header."""
+    path = Path(path)
     header = read_gguf_header(path)
     arch = header.metadata.get("general.architecture")
     if not isinstance(arch, str) or not arch:

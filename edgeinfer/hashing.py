@@ -46,10 +46,11 @@ def _load_stamps() -> dict:
 
 
 def cached_digest(
-    path: Path, members: list[Path], compute, *, trust_stamp: bool = True
+    path: Path, members: list[Path], compute, *, trust_stamp: bool = True, kind: str = ""
 ) -> str:
-    """Digest of ``path`` via ``compute(path)``, reused while none of ``members`` changed."""
-    key = str(path.resolve())
+    """Digest of ``path`` via ``compute(path)``, reused while none of ``members`` changed. ``kind``
+    keeps stamps of other results about the same file (e.g. a passed check) apart from its sha256."""
+    key = f"{kind}:{path.resolve()}" if kind else str(path.resolve())
     fingerprint = [_fingerprint(m) for m in members]
     if trust_stamp:
         stamp = _load_stamps().get(key)

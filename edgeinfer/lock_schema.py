@@ -9,10 +9,10 @@ else is a ``LockFileError`` that names the model and the key, before any file is
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import LockFileError
+from .untrusted import MAX_NAME, is_count, relative_path
 
 # key -> (type, required). "str list" is a list of strings; ints are non-negative.
 ENTRY_KEYS: dict[str, tuple[str, bool]] = {
@@ -45,7 +45,6 @@ SOURCE_NEEDS: dict[str, tuple[str, ...]] = {
     "package": ("package", "path"), "package-chunks": ("chunks",), "hub": ("repo", "revision"),
     "path": ("path",),
 }
-MAX_NAME = 200  # characters in a model name or a path component
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -60,22 +59,11 @@ def model_name(name: object, origin: object) -> str:
     return name
 
 
-def relative_path(value: str) -> bool:
-    """True when ``value`` is a relative path that stays below its root: no absolute or drive paths,
-    no backslashes, no empty, '.' or '..' components, no control characters."""
-    if not value or any(ord(c) < 32 for c in value) or "\\" in value:
-        return False
-    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
-        return False
-    parts = value.split("/")
-    return all(part not in ("", ".", "..") and len(part) <= MAX_NAME for part in parts)
-
-
 def _valid(kind: str, value: Any) -> bool:
     if kind == "str":
         return isinstance(value, str)
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return is_count(value)
     if kind == "table":
         return isinstance(value, dict)
     if kind == "name":
