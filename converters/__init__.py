@@ -14,6 +14,7 @@ _LAZY = {
     "Checkpoint": "checkpoint",
     "ConversionResult": "conversion",
     "convert": "conversion",
+    "prepare": "preparation",
     "quant_names": "conversion",
 }
 
@@ -24,4 +25,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_MAX_KL", "FORMATS", "Checkpoint", "ConversionResult", "convert", "quant_names"]
+__all__ = ["DEFAULT_MAX_KL", "FORMATS", "Checkpoint", "ConversionResult", "convert", "prepare", "quant_names"]

@@ -3,14 +3,18 @@
     import edgeinfer as ei
     model = ei.load("smollm2-135m-instruct")
     print(model.generate("The capital of France is", max_tokens=8, temperature=0).text)
+
+This module is the user API. Backend authors use ``edgeinfer.backends`` (the plugin API); every other
+module is internal and may change between releases.
 """
 
 from __future__ import annotations
 
-from .backends import Backend, Capabilities, EvalItem, backend_names, register_backend
-from .chat_template import render_chat
-from .device import Artifact, Choice, Probe, choose, probe_system
-from .engine import Completion, CompletionStream, Engine
+import warnings
+from typing import Any
+
+from .conversation import Conversation
+from .engine import Completion, CompletionStream
 from .errors import (
     BackendError,
     BackendUnavailableError,
@@ -31,6 +35,7 @@ from .errors import (
     ModelError,
     ModelLoadError,
     ModelNotAvailableError,
+    ModelNotPreparedError,
     OutputExistsError,
     RemoteError,
     RemoteProtocolError,
@@ -45,32 +50,48 @@ from .errors import (
     UnsupportedLanguageError,
     WrongSourceLanguageError,
 )
+from .kv_options import KVOptions
 from .loader import load
 from .lock import ModelEntry, ModelLock
 from .metrics import ModelMetrics
-from .model import Conversation, Model
+from .model import Model
+from .protocol import LanguageModel, Message, Tokenizer
 from .remote import RemoteModel
 from .routing import Cascade, Learned, LocalCost, Router, Rule, Rules, Tier, TokenPrice, train_router
 from .sampling import SamplingParams
-from .sources import ResolvedModel, resolve
 from .stats import Stats
 from .translate import LANGUAGES, Translation, TranslationStats, Translator
 
 __version__ = "0.1.0"
 
+# Names that used to be exported here and now live where they belong: (module, attribute).
+_MOVED = {
+    "Artifact": "edgeinfer.backends", "Backend": "edgeinfer.backends", "backend_names": "edgeinfer.backends",
+    "Capabilities": "edgeinfer.backends", "Choice": "edgeinfer.backends", "choose": "edgeinfer.backends",
+    "EvalItem": "edgeinfer.backends", "Probe": "edgeinfer.backends", "probe_system": "edgeinfer.backends",
+    "register_backend": "edgeinfer.backends", "Engine": "edgeinfer.engine",
+    "render_chat": "edgeinfer.chat_template", "resolve": "edgeinfer.sources",
+    "ResolvedModel": "edgeinfer.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Old spellings keep working for a release, with a warning that says where the name lives now."""
+    if name not in _MOVED:
+        raise AttributeError(f"module 'edgeinfer' has no attribute {name!r}")
+    import importlib
+
+    warnings.warn(f"edgeinfer.{name} moved: import it from {_MOVED[name]}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)
+
+
 __all__ = [
-    "Artifact",
-    "Backend",
-    "backend_names",
     "BackendError",
     "BackendUnavailableError",
-    "Capabilities",
     "Cascade",
     "ChatTemplateError",
     "CheckpointError",
     "ChecksumMismatchError",
-    "Choice",
-    "choose",
     "Completion",
     "CompletionStream",
     "ContextOverflowError",
@@ -81,16 +102,17 @@ __all__ = [
     "EdgeInferError",
     "EmptyPromptError",
     "EmptyTextError",
-    "Engine",
-    "EvalItem",
     "EvaluationError",
     "InvalidDatasetError",
     "InvalidRequestError",
+    "KVOptions",
+    "LanguageModel",
     "LANGUAGES",
     "Learned",
     "load",
     "LocalCost",
     "LockFileError",
+    "Message",
     "Model",
     "ModelEntry",
     "ModelError",
@@ -98,27 +120,23 @@ __all__ = [
     "ModelLock",
     "ModelMetrics",
     "ModelNotAvailableError",
+    "ModelNotPreparedError",
     "OutputExistsError",
-    "Probe",
-    "probe_system",
-    "register_backend",
     "RemoteError",
     "RemoteModel",
     "RemoteProtocolError",
     "RemoteRequestError",
     "RemoteTimeoutError",
     "RemoteUnavailableError",
-    "StorageError",
-    "render_chat",
-    "resolve",
-    "ResolvedModel",
     "Router",
     "Rule",
     "Rules",
     "SamplingParams",
     "Stats",
+    "StorageError",
     "TextTooLongError",
     "Tier",
+    "Tokenizer",
     "TokenPrice",
     "train_router",
     "Translation",

@@ -24,8 +24,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ChatTemplateError, InvalidRequestError
-
-Message = dict[str, Any]
+from .protocol import Message
 
 # Used only when a model file carries no template at all (ChatML is what most small models use).
 FALLBACK_CHATML = (

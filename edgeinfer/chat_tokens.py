@@ -12,8 +12,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 
-from .chat_template import Message, render_chat, validate_messages
+from .chat_template import render_chat, validate_messages
 from .errors import ChatTemplateError
+from .protocol import Message
 
 Tokenize = Callable[..., list[int]]  # (text, *, add_special, parse_special) -> token ids
 _MARKUP_CHARS = ("<", "[", "|", "{")  # every control token we know of is written with one of these

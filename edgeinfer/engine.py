@@ -24,7 +24,7 @@ from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCach
 from .metrics import ModelMetrics
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, token_confidence
-from .speculative import DraftLength, Proposer, StepCosts, Verifier, make_proposer
+from .speculative import DraftLength, Speculation, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
 
@@ -153,7 +153,7 @@ class Engine:
 
     def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None,
                  settle: bool = True, max_batch: int | None = None,
-                 speculation: str | Proposer | None = "auto") -> None:
+                 speculation: Speculation = "auto") -> None:
         self.backend = backend
         self.proposer = make_proposer(speculation, backend)
         self.model_name = model_name

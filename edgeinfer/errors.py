@@ -20,6 +20,11 @@ class ModelNotAvailableError(ModelError):
     """No source could provide the model (not cached, package not installed, hub not allowed)."""
 
 
+class ModelNotPreparedError(ModelNotAvailableError):
+    """The model needs a one-time preparation (e.g. a checkpoint converted to GGUF) that has not been done:
+    run ``edgeinfer pull NAME``."""
+
+
 class ChecksumMismatchError(ModelError):
     """A file's sha256 differs from the one pinned in models.lock."""
 

@@ -210,9 +210,9 @@ def _report_quant(artifact: Path) -> str:
 
 def artifact_record(artifact: Path) -> dict[str, Any]:
     """format, sha256, size, file(s) and quantization of a local artifact, as models.lock stores them."""
+    from .formats import artifact_format
     from .gguf_check import require_gguf_magic
     from .hashing import cached_digest, sha256_file, sha256_tree
-    from .loader import artifact_format
 
     artifact = Path(artifact).expanduser().resolve()
     if not artifact.exists():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -12,15 +10,15 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .chat_template import Message
 from .chat_tokens import chat_tokens
+from .conversation import Chats, Conversation
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
-from .errors import ContextOverflowError, InvalidRequestError, StorageError
-from .paths import atomic_write, cache_root
+from .errors import ContextOverflowError, InvalidRequestError
 from .prompt_cache import PromptCache
+from .protocol import Message
 from .sampling import SamplingParams
-from .speculative import DraftModel, Proposer
+from .speculative import Speculation
 
 _PARAM_NAMES = frozenset(f.name for f in fields(SamplingParams))
 
@@ -40,7 +38,7 @@ def make_params(params: SamplingParams | None = None, **overrides: Any) -> Sampl
     return base.with_overrides(**overrides)
 
 
-class Model:
+class Model(Chats):
     """A loaded model. Calls from several threads run concurrently as one continuous batch."""
 
     def __init__(
@@ -56,7 +54,7 @@ class Model:
         cache: PromptCache | None = None,
         settle: bool = True,
         max_batch: int | None = None,
-        speculation: str | Model | Proposer | None = "auto",
+        speculation: Speculation = "auto",
     ) -> None:
         self.backend = backend
         self.default_params = default_params or SamplingParams()
@@ -66,8 +64,7 @@ class Model:
         self.choice = choice
         self.chat_template = chat_template or backend.caps.chat_template
         self.engine = Engine(backend, model_name=name, cache=cache, settle=settle, max_batch=max_batch,
-                             speculation=DraftModel(speculation.backend) if isinstance(speculation, Model)
-                             else speculation)
+                             speculation=speculation)
         self.metrics = self.engine.metrics  # live totals and percentiles: model.metrics.snapshot()
 
     def __repr__(self) -> str:
@@ -178,29 +175,10 @@ class Model:
         With ``id`` it can be saved (``Conversation.save``) and resumed later (``Model.resume``).
         """
         self._require_generative()
-        return Conversation(self, system=system, messages=messages, id=id)
+        return super().chat(system, messages, id=id)
 
-    def conversation_path(self, id: str) -> Path:  # noqa: A002
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", id) or id.startswith("."):
-            raise InvalidRequestError("a conversation id is 1-128 letters, digits, '.', '_' or '-'")
-        return cache_root() / "conversations" / (self.sha256 or self.name)[:16] / f"{id}.json"
-
-    def resume(self, id: str) -> Conversation:  # noqa: A002
-        """A conversation saved with ``Conversation.save``; its KV comes back from the disk cache."""
-        path = self.conversation_path(id)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            messages = data["messages"]
-        except FileNotFoundError:
-            raise InvalidRequestError(f"no saved conversation {id!r} for {self.name}") from None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise InvalidRequestError(f"saved conversation {id!r} is unreadable ({exc})") from exc
-        if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise InvalidRequestError(f"saved conversation {id!r} is damaged (its messages are not a list of "
-                                      "role/content texts); start a new one or remove it")
-        return Conversation(self, messages=messages, id=id)
+    def conversation_key(self) -> str:
+        return self.sha256[:16] if self.sha256 else super().conversation_key()
 
     def save_cache(self) -> None:
         """Write every cached sequence to the disk cache (when one is configured), after making
@@ -221,54 +199,3 @@ class Model:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-class Conversation:
-    """Messages so far, plus the model that answers them."""
-
-    def __init__(self, model: Model, *, system: str | None = None,
-                 messages: Sequence[Message] | None = None, id: str | None = None) -> None:  # noqa: A002
-        self.model = model
-        self.id = id
-        self.messages: list[Message] = [dict(m) for m in messages or ()]
-        if system:
-            self.messages.insert(0, {"role": "system", "content": system})
-
-    def stream(self, text: str, params: SamplingParams | None = None, **options: Any) -> CompletionStream:
-        """Add a user turn and stream the answer. The turn is recorded when the stream ends, or
-        with the partial answer when it is closed early (the user pressed stop)."""
-        if not text.strip():
-            raise InvalidRequestError("the message is empty")
-        turn = [*self.messages, {"role": "user", "content": text}]
-        inner = self.model.stream_chat(turn, params, **options)
-
-        def run():  # noqa: ANN202
-            pieces: list[str] = []
-            try:
-                for piece in inner:
-                    pieces.append(piece)
-                    yield piece
-            finally:
-                if inner.completion is not None or pieces:
-                    text = inner.completion.text if inner.completion else "".join(pieces)
-                    self.messages[:] = [*turn, {"role": "assistant", "content": text}]
-            return inner.completion
-
-        return CompletionStream(run(), on_cancel=inner.cancel)
-
-    def save(self) -> Path:
-        """Persist the messages (and, with a disk cache, the KV state) under this conversation's id."""
-        if not self.id:
-            raise InvalidRequestError("give the conversation an id to save it: model.chat(id='...')")
-        path = self.model.conversation_path(self.id)
-        try:
-            with atomic_write(path, "w", private=True) as handle:  # the user's text: 0600 in a 0700 folder
-                json.dump({"model": self.model.name, "messages": self.messages}, handle, ensure_ascii=False)
-        except OSError as exc:
-            raise StorageError(f"could not save conversation {self.id!r} to {path.parent} ({exc}); "
-                               "free some disk space, or go on without saving") from exc
-        self.model.save_cache()
-        return path
-
-    def send(self, text: str, params: SamplingParams | None = None, **options: Any) -> Completion:
-        """Add a user turn and return the whole answer."""
-        return self.stream(text, params, **options).result()

@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .chat_template import Message
+from .conversation import Chats
 from .engine import Completion, CompletionStream
 from .errors import (
     BackendUnavailableError,
@@ -25,6 +25,7 @@ from .errors import (
     RemoteUnavailableError,
 )
 from .model import make_params
+from .protocol import Message
 from .sampling import SamplingParams
 from .stats import Stats
 
@@ -59,9 +60,9 @@ def request_options(params: SamplingParams | None, options: dict[str, Any]) -> d
     return out
 
 
-class RemoteModel:
-    """A model served over HTTP with the generate / stream / complete_chat / stream_chat surface of
-    ``edgeinfer.Model``. Thread-safe; close it (or use ``with``) to release its connections."""
+class RemoteModel(Chats):
+    """A model served over HTTP, with the LanguageModel surface of ``edgeinfer.Model`` (generate, stream,
+    complete_chat, stream_chat, chat). Thread-safe; close it (or use ``with``) to release its connections."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 30.0,
                  retries: int = 2, backoff: float = 0.5, name: str | None = None) -> None:

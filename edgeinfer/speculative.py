@@ -10,7 +10,7 @@ draft in one batched eval (issue 9); ``DraftLength`` keeps drafts short, or off,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from .errors import InvalidRequestError
 from .prompt_cache import common_prefix
 from .sampling import NumpySampler, SamplingParams
 
+if TYPE_CHECKING:
+    from .model import Model
+
 
 class Proposer(Protocol):
     """Anything that drafts up to ``k`` tokens to follow ``tokens``."""
@@ -26,8 +29,18 @@ class Proposer(Protocol):
     def propose(self, tokens: Sequence[int], k: int) -> list[int]: ...
 
 
-def make_proposer(speculation: str | Proposer | None, target: Backend) -> Proposer | None:
-    """The drafter for an engine's ``speculation`` setting (a draft model's vocabulary is checked)."""
+# What ``speculation=`` takes at every level (ei.load, Model, Engine): "auto" (prompt lookup where drafts
+# are checked exactly), "prompt-lookup", a smaller loaded Model with the same tokenizer (its drafts), any
+# Proposer, or None (off).
+Speculation = Union[str, "Model", Proposer, None]
+
+
+def make_proposer(speculation: Speculation, target: Backend) -> Proposer | None:
+    """The drafter for a ``speculation`` setting (a draft model's vocabulary is checked)."""
+    from .model import Model  # the Model module builds on this one
+
+    if isinstance(speculation, Model):
+        speculation = DraftModel(speculation.backend)
     if speculation is None:
         return None
     if speculation == "auto":  # on where checking a draft cannot change the output
@@ -36,7 +49,7 @@ def make_proposer(speculation: str | Proposer | None, target: Backend) -> Propos
         return PromptLookup(max_ngram=3, min_ngram=2)
     if isinstance(speculation, str) or not hasattr(speculation, "propose"):
         raise InvalidRequestError(
-            f"unknown speculation {speculation!r}: use 'auto', 'prompt-lookup', a DraftModel, or None")
+            f"unknown speculation {speculation!r}: use 'auto', 'prompt-lookup', a draft Model, or None")
     check = getattr(speculation, "check_vocabulary", None)
     if check is not None:
         check(target)

@@ -46,6 +46,6 @@ def smol(smollm2_path: Path):
     import edgeinfer as ei
 
     # no idle-time settling: several tests drive model.backend directly, beside the engine
-    model = ei.load(smollm2_path, n_ctx=512, n_threads=2, kv_settle=False)
+    model = ei.load(smollm2_path, n_ctx=512, n_threads=2, kv=ei.KVOptions(settle=False))
     yield model
     model.close()

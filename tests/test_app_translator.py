@@ -65,7 +65,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def reference(tmp_path_factory: pytest.TempPathFactory):
     """The same translator, called directly (its own memory, so nothing is answered from the app's)."""
     import edgeinfer as ei
+    from converters import prepare
 
+    prepare(MODEL)  # the app prepares its model the same way before loading it
     tr = ei.Translator(model=MODEL, memory=str(tmp_path_factory.mktemp("reference") / "memory.sqlite"),
                        n_threads=THREADS)
     yield tr

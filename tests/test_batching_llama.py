@@ -52,7 +52,7 @@ def model_path(request):
 
 
 def test_batched_requests_give_exactly_their_unbatched_greedy_output(model_path):
-    with ei.load(model_path, n_ctx=512, n_threads=2, max_sequences=4, kv_settle=False,
+    with ei.load(model_path, n_ctx=512, n_threads=2, max_sequences=4, kv=ei.KVOptions(settle=False),
                  speculation=None) as model:
         alone = []
         for prompt in PROMPTS:
@@ -64,15 +64,15 @@ def test_batched_requests_give_exactly_their_unbatched_greedy_output(model_path)
 
 
 def test_speculation_is_on_by_default_only_where_drafts_are_checked_exactly(smollm2_path):
-    with ei.load(smollm2_path, n_ctx=256, kv_settle=False) as plain, \
-            ei.load(smollm2_path, n_ctx=256, kv_settle=False, flash_attn=True) as flash:
+    with ei.load(smollm2_path, n_ctx=256, kv=ei.KVOptions(settle=False)) as plain, \
+            ei.load(smollm2_path, n_ctx=256, kv=ei.KVOptions(settle=False), flash_attn=True) as flash:
         assert plain.engine.proposer is None and flash.engine.proposer is not None
 
 
 def test_speculation_keeps_greedy_output_identical_and_accepts_drafts(model_path):
     outputs = {}
     for speculation in (None, "prompt-lookup"):
-        with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
+        with ei.load(model_path, n_ctx=1024, n_threads=2, kv=ei.KVOptions(settle=False), flash_attn=True,
                      speculation=speculation) as model:
             outputs[speculation] = [model.generate(p, max_tokens=48, temperature=0) for p in COPY_PROMPTS]
     plain, spec = outputs[None], outputs["prompt-lookup"]
@@ -82,7 +82,8 @@ def test_speculation_keeps_greedy_output_identical_and_accepts_drafts(model_path
 
 
 def test_sampled_speculation_gives_the_seed_s_text_whatever_is_drafted(model_path):
-    with ei.load(model_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True) as model:
+    with ei.load(model_path, n_ctx=1024, n_threads=2, kv=ei.KVOptions(settle=False),
+                 flash_attn=True) as model:
         runs = [model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11) for _ in range(2)]
         model.engine.proposer = NoDrafts()  # the same request with no drafts at all
         plain = model.generate(COPY_PROMPTS[0], max_tokens=32, temperature=0.7, seed=11)
@@ -96,13 +97,13 @@ class NoDrafts:
 
 
 def test_a_draft_model_with_the_same_vocabulary_keeps_greedy_output(smollm2_path):
-    with ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
+    with ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv=ei.KVOptions(settle=False), flash_attn=True,
                  speculation=None) as plain:
         expected = plain.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0).tokens
     # the same small model as its own draft: every draft token should be accepted
-    with ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=1, kv_settle=False,
+    with ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=1, kv=ei.KVOptions(settle=False),
                  speculation=None) as draft, \
-            ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv_settle=False, flash_attn=True,
+            ei.load(smollm2_path, n_ctx=1024, n_threads=2, kv=ei.KVOptions(settle=False), flash_attn=True,
                     speculation=draft) as model:
         out = model.generate(COPY_PROMPTS[1], max_tokens=40, temperature=0)
     assert out.tokens == expected
@@ -110,6 +111,6 @@ def test_a_draft_model_with_the_same_vocabulary_keeps_greedy_output(smollm2_path
 
 
 def test_a_draft_model_with_another_vocabulary_is_refused(smollm2_path):
-    with ei.load("gemma-3-270m", n_ctx=256, kv_settle=False, speculation=None) as gemma:
+    with ei.load("gemma-3-270m", n_ctx=256, kv=ei.KVOptions(settle=False), speculation=None) as gemma:
         with pytest.raises(ei.InvalidRequestError, match="vocabulary"):
             ei.load(smollm2_path, n_ctx=256, speculation=gemma)

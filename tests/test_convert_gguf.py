@@ -105,7 +105,7 @@ def test_rebuilt_real_model_f32_matches_transformers(name: str, tmp_path: Path) 
     with torch.no_grad():
         generated = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
     theirs = generated[0, len(ids):].tolist()
-    model = ei.load(out, n_ctx=256, kv_settle=False)
+    model = ei.load(out, n_ctx=256, kv=ei.KVOptions(settle=False))
     try:
         ours = model.generate(ids, max_tokens=12, temperature=0).tokens
     finally:

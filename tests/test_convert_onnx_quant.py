@@ -79,7 +79,7 @@ def test_folders_load_and_report_quality(converted: dict[str, Path]) -> None:
 
 def test_engine_generates_greedily(converted: dict[str, Path]) -> None:
     for folder in converted.values():
-        model = ei.load(folder, n_ctx=128, n_threads=2, kv_settle=False)
+        model = ei.load(folder, n_ctx=128, n_threads=2, kv=ei.KVOptions(settle=False))
         try:
             first = model.generate("Once upon a time", max_tokens=6, temperature=0)
             again = model.generate("Once upon a time", max_tokens=6, temperature=0)

@@ -147,7 +147,8 @@ def test_quantized_files_have_their_type_and_load(quantized, work):
         quantized["Q8_0"].stat().st_size
     assert no_temp_files(work)
     for quant in ("Q4_K_M", "Q8_0"):
-        model = ei.load(quantized[quant], n_ctx=256, n_threads=THREADS, kv_settle=False, speculation=None)
+        model = ei.load(quantized[quant], n_ctx=256, n_threads=THREADS, kv=ei.KVOptions(settle=False),
+                        speculation=None)
         try:
             c = model.generate("The capital of France is", max_tokens=6, temperature=0)
             assert c.text.strip() and c.stats.backend == "llama.cpp"
@@ -304,7 +305,7 @@ def test_lock_add_then_load_by_name(quantized, tmp_path, monkeypatch):
     assert len(lock.entries) == len(ModelLock.load().entries) + 1
 
     monkeypatch.setenv("EDGEINFER_LOCK", str(lock_path))
-    model = ei.load("mine", n_ctx=256, n_threads=THREADS, kv_settle=False, speculation=None)
+    model = ei.load("mine", n_ctx=256, n_threads=THREADS, kv=ei.KVOptions(settle=False), speculation=None)
     try:
         assert model.path == art and model.sha256 == entry.sha256
         assert model.generate("Hello", max_tokens=4, temperature=0).text

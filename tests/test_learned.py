@@ -13,6 +13,7 @@ import pytest
 from test_router import toy
 
 import edgeinfer as ei
+from converters import prepare
 from edgeinfer.routing import Learned, Router, Tier, read_labelled, train_router
 from edgeinfer.routing.evalset import load_evalset, prompt_for
 from edgeinfer.routing.learned import (
@@ -107,6 +108,7 @@ def test_unreadable_file(tmp_path: Path):
 # --- real embeddings --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm():
+    prepare(DEFAULT_EMBEDDER)  # what `edgeinfer pull all-minilm-l6-v2` does: the GGUF conversion, once
     with ei.load(DEFAULT_EMBEDDER, n_threads=2) as model:
         yield model
 
@@ -122,10 +124,18 @@ def _task_labelled() -> tuple[list[LabelledPrompt], list[LabelledPrompt]]:
 def test_the_packaged_hf_embedder_loads_through_a_cached_gguf_conversion(minilm):
     assert minilm.path.suffix == ".gguf" and minilm.path.parent.name == "converted"
     stamp = minilm.path.stat().st_mtime_ns
-    with ei.load(DEFAULT_EMBEDDER, n_threads=1) as again:  # converted once, then reused
+    assert prepare(DEFAULT_EMBEDDER) == [minilm.path]  # converted once, then reused
+    with ei.load(DEFAULT_EMBEDDER, n_threads=1) as again:
         assert again.path == minilm.path
     assert minilm.path.stat().st_mtime_ns == stamp
     assert minilm.embed(["hello"]).shape == (1, 384)
+
+
+def test_load_never_converts_it_names_the_command_that_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path))
+    with pytest.raises(ei.ModelNotPreparedError, match="edgeinfer pull all-minilm-l6-v2"):
+        ei.load(DEFAULT_EMBEDDER)
+    assert not (tmp_path / "converted").exists()
 
 
 def test_train_router_learns_from_real_embeddings_and_routes_held_out_requests(minilm, tmp_path: Path):

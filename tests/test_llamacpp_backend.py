@@ -186,7 +186,7 @@ def test_prefill_cuts_follow_a_fresh_prefill(start, end, cuts):
 
 def test_a_prompt_reused_across_a_batch_boundary_equals_cold(smollm2_path):
     text = "The river flows past the old mill and under the stone bridge. " * 100
-    with ei.load(smollm2_path, n_ctx=2048, kv_settle=False) as m:
+    with ei.load(smollm2_path, n_ctx=2048, kv=ei.KVOptions(settle=False)) as m:
         base = m.tokenize(text)[:1030]
         first = m.generate(base[:1010] + m.tokenize(" Then", add_special=False), max_tokens=8, temperature=0)
         second = m.generate(base, max_tokens=8, temperature=0)

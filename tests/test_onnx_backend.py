@@ -29,7 +29,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(onnx_dir: Path):
-    loaded = ei.load(onnx_dir, n_ctx=512, n_threads=2, kv_settle=False)
+    loaded = ei.load(onnx_dir, n_ctx=512, n_threads=2, kv=ei.KVOptions(settle=False))
     yield loaded
     loaded.close()
 
@@ -56,7 +56,7 @@ def test_chat_turns_reuse_the_cache_and_equal_cold_answers(model, onnx_dir: Path
     first = chat.send("Name a large city in France.", max_tokens=16, temperature=0)
     second = chat.send("And one in Spain?", max_tokens=16, temperature=0)
     assert second.stats.cached_tokens > 0
-    cold = ei.load(onnx_dir, n_ctx=512, n_threads=2, kv_settle=False, kv_ram_bytes=0)
+    cold = ei.load(onnx_dir, n_ctx=512, n_threads=2, kv=ei.KVOptions(ram_bytes=0, settle=False))
     try:
         messages = [{"role": "system", "content": "You are a helpful assistant."},
                     {"role": "user", "content": "Name a large city in France."},

@@ -26,7 +26,7 @@ QUESTIONS = ["What is the capital of France?", "Name a large animal.", "What col
 @pytest.fixture(scope="module")
 def cold(smollm2_path):
     """A second model that forgets everything before each request: the 'without cache' output."""
-    model = ei.load(smollm2_path, n_ctx=1024, kv_settle=False)
+    model = ei.load(smollm2_path, n_ctx=1024, kv=ei.KVOptions(settle=False))
 
     def run(messages: list[dict], **options) -> str:
         model.engine.reset()
@@ -69,7 +69,7 @@ def test_idle_time_makes_the_whole_history_reusable_and_exact(smollm2_path, cold
 
 def test_interleaved_conversations_and_eviction_equal_cold_outputs(smollm2_path, cold, tmp_path):
     # 3 conversations on 2 sequences: every turn evicts one (to disk) and may restore another
-    with ei.load(smollm2_path, n_ctx=1024, max_sequences=2, kv_disk=tmp_path) as m:
+    with ei.load(smollm2_path, n_ctx=1024, max_sequences=2, kv=ei.KVOptions(disk=tmp_path)) as m:
         convs = [m.chat(system=f"{SYSTEM} You are assistant number {k}.") for k in range(3)]
         sources = []
         for q in QUESTIONS[:3]:
@@ -129,7 +129,7 @@ RESUME = textwrap.dedent("""
     import json, sys
     import edgeinfer as ei
     path, disk, step = sys.argv[1], sys.argv[2], sys.argv[3]
-    m = ei.load(path, n_ctx=1024, kv_disk=disk)
+    m = ei.load(path, n_ctx=1024, kv=ei.KVOptions(disk=disk))
     if step == "first":
         conv = m.chat(system=sys.argv[4], id="trip")
         conv.send("Plan a day in Lyon.", temperature=0, max_tokens=48)
@@ -168,7 +168,7 @@ def test_reused_prefixes_give_bit_identical_logits_on_gemma():
 
     from edgeinfer.backends.base import EvalItem
 
-    with ei.load("gemma-3-270m", n_ctx=2048, max_sequences=2, kv_settle=False) as m:
+    with ei.load("gemma-3-270m", n_ctx=2048, max_sequences=2, kv=ei.KVOptions(settle=False)) as m:
         lyon = m.tokenize("The history of Lyon begins with the Roman colony of Lugdunum in 43 BC. " * 40)
         paris = m.tokenize("Paris is a large city on the Seine with many museums and old bridges. " * 40)
         cache, backend, rng = m.engine.cache, m.backend, random.Random(7)

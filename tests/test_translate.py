@@ -14,9 +14,10 @@ import gguf
 import pytest
 
 import edgeinfer as ei
+from converters import prepare
 from converters.shortlist import NORMAL, SPACE, Shortlist, spm_pieces
 from edgeinfer.loader import locate_model
-from edgeinfer.translate.artifact import shortlist_for
+from edgeinfer.prepared import shortlist_for
 from edgeinfer.translate.languages import detect_language
 from edgeinfer.translate.memory import TranslationMemory
 from edgeinfer.translate.prompts import few_shot_prompt
@@ -109,13 +110,14 @@ def test_our_spm_simulation_matches_llama_cpp(gemma_path: Path):
 
 @pytest.fixture(scope="module")
 def translator(tmp_path_factory: pytest.TempPathFactory):
+    prepare("gemma-3-270m")  # what `edgeinfer pull gemma-3-270m` does: the vocabulary shortlist, once
     with ei.Translator(memory=tmp_path_factory.mktemp("tm") / "tm.sqlite3", n_threads=2) as tr:
         yield tr
 
 
 def test_the_default_model_runs_on_the_shipped_shortlist(translator, gemma_path: Path):
     entry = ei.ModelLock.load().get("gemma-3-270m")
-    shipped = Shortlist.from_json(shortlist_for(entry.sha256))
+    shipped = Shortlist.from_json(shortlist_for(entry.sha256)[0])
     pruned = translator.model.path
     assert pruned.name.endswith(f"-{shipped.name}.gguf") and pruned.parent.name == "converted"
     reader = gguf.GGUFReader(str(pruned))

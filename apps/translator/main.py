@@ -47,6 +47,7 @@ from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 
 import edgeinfer as ei
+from converters.preparation import prepare_for_use
 
 logging.getLogger("edgeinfer.llama_cpp").setLevel(logging.WARNING)  # llama.cpp's load log: not for the app
 KV_FILE = Path(__file__).with_name("translator.kv")
@@ -236,6 +237,9 @@ class TranslatorApp(App):
 
         _lower_priority()  # this thread, and the model's threads started from it, yield to the UI
         self._post(self._on_progress, 0.0, f"Loading {self.translator_options['model']}…")
+        if self.translator_options.get("shortlist", True):  # the vocabulary cut to our languages, once
+            prepare_for_use(self.translator_options["model"], offline=self.translator_options.get("offline"),
+                            on_progress=lambda message: progress(0.3, message))
         translator = ei.Translator(**self.translator_options, on_progress=progress)
         self._translator = translator
         described = translator.describe()

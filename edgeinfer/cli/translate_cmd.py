@@ -28,12 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from converters.preparation import prepare_for_use
+
     from ..translate.translator import DEFAULT_MODEL, Translator
     from .commands import print_stream
 
     text = args.text
     if text is None or text == "-":
         text = sys.stdin.read()
+    prepare_for_use(args.model or DEFAULT_MODEL, offline=args.offline)  # e.g. the shortlist, built once
     with Translator(args.model or DEFAULT_MODEL, memory=not args.no_memory, n_threads=args.threads,
                     offline=args.offline) as translator:
         stream = translator.stream(text, args.to, args.source)  # bad input is refused here, before output

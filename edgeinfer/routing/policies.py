@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import InvalidRequestError
+from ..protocol import is_chat
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ def prompt_text(prompt: Any) -> str:
     """The text a policy reads from a prompt: the text itself, or a chat's message contents joined."""
     if isinstance(prompt, str):
         return prompt
-    if prompt and isinstance(prompt[0], dict):
+    if is_chat(prompt):
         return "\n".join(str(m.get("content", "")) for m in prompt)
     return ""
 

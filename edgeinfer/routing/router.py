@@ -13,19 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..conversation import Chats
 from ..engine import Completion, CompletionStream
 from ..errors import BackendUnavailableError, EdgeInferError, InvalidRequestError, RemoteUnavailableError
+from ..protocol import LanguageModel, Message, count_tokens, is_chat
 from ..stats import Stats
 from .costs import LocalCost, TokenPrice
 from .policies import Decision, Policy, RouteRequest, Rules, prompt_text
 
-Message = dict[str, str]
 DECISIONS_KEPT = 1000  # recent decisions kept in RouterStats
-# the method for each kind of prompt: a chat request adapted to a text prompt runs as text, and back
-TEXT_METHODS = {"generate": "generate", "complete_chat": "generate", "stream": "stream",
-                "stream_chat": "stream"}
-CHAT_METHODS = {"generate": "complete_chat", "complete_chat": "complete_chat", "stream": "stream_chat",
-                "stream_chat": "stream_chat"}
 
 
 @dataclass
@@ -33,21 +29,21 @@ class Tier:
     """One model the router can send to; ``fallback`` is the tier used when this one is unreachable."""
 
     name: str
-    model: Any  # edgeinfer.Model, edgeinfer.RemoteModel, or anything with the same methods
+    model: LanguageModel  # edgeinfer.Model, edgeinfer.RemoteModel, a Router, or your own LanguageModel
     cost: LocalCost | TokenPrice = field(default_factory=LocalCost)
     fallback: str | None = None
     # the request as this tier wants it (e.g. a base model: chat messages -> a few-shot text prompt)
     adapt: Callable[[Any], Any] | None = None
 
-    def call(self, method: str, prompt: Any, params: Any, options: dict[str, Any]) -> Any:
-        """``method`` on this tier's model, with the prompt adapted (and chat <-> text methods swapped
-        when the adapted prompt is of the other kind)."""
+    def call(self, streaming: bool, prompt: Any, params: Any, options: dict[str, Any]) -> Any:
+        """Run ``prompt`` on this tier's model, adapted first: chat messages go to the chat methods and
+        a text prompt (or token ids) to the text ones, whatever the request's own kind was."""
         if self.adapt is not None:
             prompt = self.adapt(prompt)
-        chat = not isinstance(prompt, str) and bool(prompt) and isinstance(prompt[0], dict)
-        method = (CHAT_METHODS if chat else TEXT_METHODS)[method]
-        return getattr(self.model, method)(prompt, params, **options)
-
+        model = self.model
+        if is_chat(prompt):
+            return (model.stream_chat if streaming else model.complete_chat)(prompt, params, **options)
+        return (model.stream if streaming else model.generate)(prompt, params, **options)
 
 
 @dataclass
@@ -88,9 +84,9 @@ class RouterStats:
                 "unestimated": self.unestimated}
 
 
-class Router:
+class Router(Chats):
     """Routes each request to one of ``tiers`` (cheapest first) as ``policy`` decides (default: the
-    cheapest tier for everything, i.e. ``Rules([])``)."""
+    cheapest tier for everything, i.e. ``Rules([])``). A Router is a LanguageModel itself."""
 
     def __init__(self, tiers: Sequence[Tier], policy: Policy | None = None) -> None:
         if not tiers:
@@ -103,6 +99,7 @@ class Router:
                 raise InvalidRequestError(f"tier {tier.name!r} falls back to unknown tier {tier.fallback!r}")
         self.tiers = {t.name: t for t in tiers}
         self.names = names
+        self.name = "router(" + ", ".join(names) + ")"
         self.policy = policy or Rules([])
         self.stats = RouterStats(tiers={n: TierTotals() for n in names})
         self._lock = threading.Lock()
@@ -110,25 +107,23 @@ class Router:
     # --- the Model surface
     def generate(self, prompt: str | Sequence[int], params: Any = None, *, task: str | None = None,
                  language: str | None = None, **options: Any) -> Completion:
-        return self._run("generate", prompt, params, task, language, options)
+        return self._run(prompt, params, task, language, options)
 
     def complete_chat(self, messages: Sequence[Message], params: Any = None, *, task: str | None = None,
                       language: str | None = None, **options: Any) -> Completion:
-        return self._run("complete_chat", messages, params, task, language, options)
+        return self._run(messages, params, task, language, options)
 
     def stream(self, prompt: str | Sequence[int], params: Any = None, *, task: str | None = None,
                language: str | None = None, **options: Any) -> CompletionStream:
-        return self._stream("stream", prompt, params, task, language, options)
+        return self._stream(prompt, params, task, language, options)
 
     def stream_chat(self, messages: Sequence[Message], params: Any = None, *, task: str | None = None,
                     language: str | None = None, **options: Any) -> CompletionStream:
-        return self._stream("stream_chat", messages, params, task, language, options)
+        return self._stream(messages, params, task, language, options)
 
     def close(self) -> None:
         for tier in self.tiers.values():
-            close = getattr(tier.model, "close", None)
-            if close is not None:
-                close()
+            tier.model.close()
 
     def metrics_snapshot(self) -> dict:
         """``self.stats.snapshot()`` taken consistently (each tier's model has its own ``metrics``)."""
@@ -144,49 +139,47 @@ class Router:
         return decision
 
     def _request(self, prompt: Any, task: str | None, language: str | None) -> RouteRequest:
-        if not isinstance(prompt, str) and not (prompt and isinstance(prompt[0], dict)):  # token ids
+        if not isinstance(prompt, str) and not is_chat(prompt):  # token ids
             return RouteRequest("", len(prompt), task, language)
         text = prompt_text(prompt)
-        tokenize = getattr(self.tiers[self.names[0]].model, "tokenize", None)
-        n = len(tokenize(text)) if tokenize is not None else max(1, len(text) // 4)
+        n = count_tokens(self.tiers[self.names[0]].model, text, add_special=True)
         return RouteRequest(text, n, task, language)
 
     # --- running
-    def _run(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
+    def _run(self, prompt: Any, params: Any, task: str | None, language: str | None,
              options: dict[str, Any]) -> Completion:
         decision = self.decide(prompt, task=task, language=language)
         escalate = getattr(self.policy, "escalate", None)
         if escalate is not None:  # a cascade: try the small tier, read its confidence, maybe go on
-            first = self.tiers[decision.tier].call(method, prompt, params, {**options, "confidence": True})
+            first = self.tiers[decision.tier].call(False, prompt, params, {**options, "confidence": True})
             why = escalate(first.confidence)
             self._record(self.tiers[decision.tier], decision.reason + ("; escalated" if why else "; kept"),
                          first.stats)
             if why is None:
                 return first
             decision = Decision(self.policy.large, f"cascade: {why}")  # type: ignore[attr-defined]
-        tier, reason, completion = self._call(decision, method, prompt, params, options)
+        tier, reason, completion = self._call(decision, False, prompt, params, options)
         self._record(tier, reason, completion.stats)
         return completion
 
-    def _call(self, decision: Decision, method: str, prompt: Any, params: Any,
+    def _call(self, decision: Decision, streaming: bool, prompt: Any, params: Any,
               options: dict[str, Any]) -> tuple[Tier, str, Any]:
-        """Start ``method`` on the decided tier, or on its fallback when it is unreachable; returns the
+        """Start the request on the decided tier, or on its fallback when it is unreachable; returns the
         tier that took it, the reason, and what the call returned (a Completion or a stream)."""
         tier, reason = self.tiers[decision.tier], decision.reason
         try:
-            return tier, reason, tier.call(method, prompt, params, options)
+            return tier, reason, tier.call(streaming, prompt, params, options)
         except EdgeInferError as exc:
             if tier.fallback is None or not _unavailable(exc):
                 raise
             reason = f"{reason}; {tier.name} unavailable ({exc}), fell back to {tier.fallback}"
             tier = self.tiers[tier.fallback]
-            return tier, reason, tier.call(method, prompt, params, options)
+            return tier, reason, tier.call(streaming, prompt, params, options)
 
-    def _stream(self, method: str, prompt: Any, params: Any, task: str | None, language: str | None,
+    def _stream(self, prompt: Any, params: Any, task: str | None, language: str | None,
                 options: dict[str, Any]) -> CompletionStream:
         if getattr(self.policy, "escalate", None) is not None:  # a cascade decides on a whole answer
-            whole_method = {"stream": "generate", "stream_chat": "complete_chat"}[method]
-            completion = self._run(whole_method, prompt, params, task, language, options)
+            completion = self._run(prompt, params, task, language, options)
 
             def whole() -> Iterator[str]:
                 yield completion.text
@@ -194,7 +187,7 @@ class Router:
 
             return CompletionStream(whole())
         decision = self.decide(prompt, task=task, language=language)
-        tier, reason, inner = self._call(decision, method, prompt, params, options)
+        tier, reason, inner = self._call(decision, True, prompt, params, options)
 
         def run() -> Iterator[str]:
             yield from inner

@@ -7,6 +7,7 @@ cache), a long text becomes one batch of sentences, and exact repeats come from 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ from ..errors import (
     UnsupportedLanguageError,
     WrongSourceLanguageError,
 )
+from ..model import Model
 from ..paths import data_root
+from ..protocol import LanguageModel, Tokenizer, count_tokens
 from .languages import LANGUAGES, detect_language
 from .memory import HistoryEntry, TranslationMemory
 from .prompts import DEFAULT_SHOTS, chat_messages, few_shot_prefix, few_shot_prompt
@@ -32,6 +35,7 @@ DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_MAX_CHARS = 10_000
 WARM_END = "~"
 Progress = Callable[[float, str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,7 +90,8 @@ class Translator:
     is). ``style``: "few_shot" (base models), "chat" (instruction models) or "auto". ``memory``: True
     (the user's data folder), a path, or False. ``on_progress(fraction, message)`` reports loading."""
 
-    def __init__(self, model: Any = DEFAULT_MODEL, *, memory: bool | str | Path = True, style: str = "auto",
+    def __init__(self, model: LanguageModel | str | Path = DEFAULT_MODEL, *, memory: bool | str | Path = True,
+                 style: str = "auto",
                  shots: int = DEFAULT_SHOTS, max_chars: int = DEFAULT_MAX_CHARS, shortlist: bool = True,
                  n_threads: int | None = None, offline: bool | None = None,
                  on_progress: Progress | None = None, **load_options: Any) -> None:
@@ -101,7 +106,7 @@ class Translator:
         self.style = _style_of(model) if style == "auto" else style
         self.shots, self.max_chars = shots, max_chars
         # memory entries are per model and prompt: another prompt may translate differently
-        name = str(getattr(model, "sha256", None) or getattr(model, "name", type(model).__name__))
+        name = model.sha256 if isinstance(model, Model) and model.sha256 else model.name
         self._model_key = f"{name}|{self.style}|{shots if self.style == 'few_shot' else ''}"
         if memory is False:
             self.memory: TranslationMemory | None = None
@@ -119,9 +124,8 @@ class Translator:
         source, target = self._check(text, to, source)
         started = time.perf_counter()
         parts = segments(text)
-        stats = TranslationStats(model=str(getattr(self.model, "name", "")),
-                                 backend=_backend_attr(self.model, "name"),
-                                 device=_backend_attr(self.model, "device"))
+        backend, device = self._runs_on()
+        stats = TranslationStats(model=self.model.name, backend=backend, device=device)
         if self.style == "few_shot" and sum(p.translate for p in parts) > 1:
             self.warm(source, target)  # the batch's sentences then all start from the cached examples
         # every sentence starts now (the engine batches them); the output is read back in order
@@ -193,8 +197,8 @@ class Translator:
         return self.memory.history(limit) if self.memory is not None else []
 
     def describe(self) -> dict[str, str]:
-        return {"model": str(getattr(self.model, "name", "")), "backend": _backend_attr(self.model, "name"),
-                "device": _backend_attr(self.model, "device"), "style": self.style}
+        backend, device = self._runs_on()
+        return {"model": self.model.name, "backend": backend, "device": device, "style": self.style}
 
     def close(self) -> None:
         if self.memory is not None:
@@ -209,6 +213,12 @@ class Translator:
         self.close()
 
     # --- internals
+    def _runs_on(self) -> tuple[str, str]:
+        """(backend, device) of a local model; empty for a remote model or a router."""
+        if isinstance(self.model, Model):
+            return self.model.backend.name, self.model.backend.device
+        return "", ""
+
     def _check(self, text: str, to: str, source: str | None) -> tuple[str, str]:
         if not isinstance(text, str) or not text.strip():
             raise EmptyTextError("there is no text to translate")
@@ -246,12 +256,12 @@ class Translator:
             if known is not None:
                 stats.from_memory += 1
                 return _Remembered(known), None
-        budget = 2 * _token_count(self.model, sentence) + 24
+        budget = 2 * count_tokens(self.model, sentence, chars_per_token=3) + 24
         if self.style == "chat":
             return self.model.stream_chat(chat_messages(sentence, source, target), max_tokens=budget,
                                           temperature=0), None
         # one sentence in, one out: stop at its final mark instead of generating the newline after it
-        end = _terminal(sentence) if hasattr(self.model, "detokenize") else None
+        end = _terminal(sentence) if isinstance(self.model, Tokenizer) else None
         stream = self.model.stream(few_shot_prompt(sentence, source, target, self.shots), max_tokens=budget,
                                    temperature=0, stop=["\n", end] if end else ["\n"])
         return stream, end
@@ -276,33 +286,40 @@ class _Remembered:
 
 
 def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, offline: bool | None,
-                report: Progress, **load_options: Any) -> Any:
+                report: Progress, **load_options: Any) -> Model:
+    from ..kv_options import KVOptions
     from ..loader import load, locate_model
-    from .artifact import shortlisted
+    from ..prepared import SHORTLIST, prepared
 
     report(0.05, f"finding {name}")
     located = locate_model(str(name), offline=offline)
-    path = shortlisted(located, report) if shortlist else located.path
+    path = located.path
+    cut = prepared(located, SHORTLIST) if shortlist else None
+    if cut is not None and cut.done:
+        path = cut.target
+    elif cut is not None:
+        log.warning("%s has a vocabulary shortlist that makes translation faster; it is built once by "
+                    "`edgeinfer pull %s` (the full vocabulary is used meanwhile)", located.name, located.name)
     report(0.6, f"loading {located.name}")
     # four sentences decode together; no idle-time settling: a translation is never continued, and a
     # sequence being settled is busy just when the next batch wants the cached examples it holds
-    options = {"n_ctx": 2048, "max_sequences": 4, "kv_settle": False, **load_options}
+    options = {"n_ctx": 2048, "max_sequences": 4, "kv": KVOptions(settle=False), **load_options}
     model = load(path, n_threads=n_threads, offline=offline, **options)
     model.name = model.engine.model_name = located.name  # the pinned name, not the cached file's
     return model
 
 
-def _style_of(model: Any) -> str:
+def _style_of(model: LanguageModel) -> str:
     """Chat prompts for instruction models, few-shot prompts for base models (and anything unknown)."""
     from ..lock import ModelLock
 
     try:
-        entry = ModelLock.load().get(str(getattr(model, "name", "")))
+        entry = ModelLock.load().get(model.name)
     except Exception:  # noqa: BLE001 - an unknown model: judge by its template
         entry = None
     if entry is not None:
         return "few_shot" if entry.role == "base" else "chat"
-    return "chat" if getattr(model, "chat_template", None) else "few_shot"
+    return "chat" if isinstance(model, Model) and model.chat_template else "few_shot"
 
 
 def _terminal(sentence: str) -> str | None:
@@ -311,12 +328,3 @@ def _terminal(sentence: str) -> str | None:
     marks = [c for c in sentence if c in ".!?"]
     return marks[0] if len(marks) == 1 and sentence.rstrip().endswith(marks[0]) else None
 
-
-def _backend_attr(model: Any, attr: str) -> str:
-    backend = getattr(model, "backend", None)
-    return str(getattr(backend, attr, "")) if backend is not None else ""
-
-
-def _token_count(model: Any, text: str) -> int:
-    tokenize = getattr(model, "tokenize", None)
-    return len(tokenize(text, add_special=False)) if tokenize is not None else max(1, len(text) // 3)

@@ -1,0 +1,72 @@
+"""Prepare pinned models before their first load: the work behind ``edgeinfer pull`` (the runtime only
+plans it, in ``edgeinfer.prepared``, and loads the results).
+
+    from edgeinfer_converters import prepare
+    prepare("all-minilm-l6-v2")   # the checkpoint converted to an F16 GGUF in the cache, once
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeinfer.errors import EdgeInferError, OutputExistsError
+from edgeinfer.loader import locate_model
+from edgeinfer.prepared import EMBEDDING_GGUF, SHORTLIST, Located, Preparation, preparations
+
+Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
+
+
+def _embedding_gguf(preparation: Preparation) -> None:
+    from .conversion import convert
+
+    convert(preparation.source, preparation.target, format="gguf", quant="F16", quality=False)
+
+
+def _shortlist(preparation: Preparation) -> None:
+    from .shortlist import Shortlist, write_shortlisted_gguf
+
+    assert preparation.recipe is not None  # a SHORTLIST plan always names its shortlist
+    keep = Shortlist.from_json(preparation.recipe).keep
+    write_shortlisted_gguf(preparation.source, preparation.target, keep)
+
+
+RECIPES: dict[str, Callable[[Preparation], None]] = {EMBEDDING_GGUF: _embedding_gguf, SHORTLIST: _shortlist}
+
+
+def run_preparation(preparation: Preparation) -> Path:
+    """Do one planned transform unless its output is there; written to a temp file, then renamed, so a
+    concurrent preparation of the same model is harmless."""
+    if not preparation.done:
+        preparation.target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            RECIPES[preparation.kind](preparation)
+        except OutputExistsError:  # another process prepared it meanwhile
+            pass
+    return preparation.target
+
+
+def prepare(model: str | Path | Located, *, offline: bool | None = None,
+            on_progress: Progress | None = None) -> list[Path]:
+    """Every transform a models.lock name (or a path) gets before use, done once; their outputs."""
+    located = model if isinstance(model, Located) else locate_model(model, offline=offline)
+    outputs = []
+    for preparation in preparations(located):
+        if on_progress is not None and not preparation.done:
+            on_progress(f"{located.name}: {preparation.description} (once)")
+        outputs.append(run_preparation(preparation))
+    return outputs
+
+
+def prepare_for_use(model: object, *, offline: bool | None = None,
+                    on_progress: Progress | None = None) -> None:
+    """``prepare`` before an app or a command loads ``model`` by name or path; a model that cannot be
+    prepared (a missing dependency, a damaged file) is reported when it is loaded, not here."""
+    if not isinstance(model, (str, Path)):
+        return  # a loaded model is used as it is
+    try:
+        prepare(model, offline=offline, on_progress=on_progress)
+    except (EdgeInferError, ImportError) as exc:
+        log.warning("could not prepare %s (%s); loading it as it is", model, exc)

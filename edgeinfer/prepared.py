@@ -1,0 +1,89 @@
+"""Artifacts prepared before load: the plan (which transform a pinned model gets, and where its output
+lives in the cache), never the work.
+
+Two transforms exist: a Hugging Face embedding checkpoint becomes an F16 GGUF (llama.cpp runs it), and a
+GGUF with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages. The
+converters package does the work at pull time (``edgeinfer pull NAME``, or
+``edgeinfer_converters.prepare(NAME)``); the runtime only looks for the results, so ``ei.load`` only loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .formats import artifact_format
+from .hashing import cached_digest, sha256_file
+from .lock import ModelEntry
+from .paths import cache_root
+
+EMBEDDING_GGUF = "embedding-gguf"  # an HF embedding checkpoint converted to an F16 GGUF
+SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
+
+
+@dataclass(frozen=True)
+class Located:
+    """A model on disk, and its models.lock entry when it came from one."""
+
+    path: Path
+    name: str
+    entry: ModelEntry | None = None
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """One transform of ``source`` into ``target`` (in the cache), done once before load."""
+
+    kind: str  # EMBEDDING_GGUF or SHORTLIST
+    source: Path
+    target: Path
+    recipe: Path | None = None  # the shipped shortlist file, for SHORTLIST
+    description: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.target.is_file()
+
+
+def prepared_dir() -> Path:
+    return cache_root() / "converted"
+
+
+def shortlists_dir() -> Path:
+    return Path(str(resources.files("edgeinfer") / "data" / "shortlists"))
+
+
+def shortlist_for(model_sha256: str) -> tuple[Path, dict] | None:
+    """The shipped shortlist built for this exact model file (its path and header), if any."""
+    for path in sorted(shortlists_dir().glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if model_sha256 in data.get("models", []):
+            return path, data
+    return None
+
+
+def preparations(located: Located) -> list[Preparation]:
+    """Every transform ``located`` gets before it is used (none for most models)."""
+    path, entry = located.path, located.entry
+    fmt = artifact_format(path)
+    if fmt == "hf" and entry is not None and entry.role == "embedding":
+        target = prepared_dir() / f"{located.name}-{entry.sha256[:16]}-F16.gguf"
+        return [Preparation(EMBEDDING_GGUF, path, target, description="converting the checkpoint to GGUF")]
+    if fmt != "gguf":
+        return []
+    sha = entry.sha256 if entry else cached_digest(path, [path], sha256_file)
+    found = shortlist_for(sha)
+    if found is None:
+        return []
+    recipe, data = found
+    name = str(data.get("name", recipe.stem))
+    target = prepared_dir() / f"{path.stem}-{sha[:16]}-{name}.gguf"
+    description = f"cutting the vocabulary to {data.get('description') or name}"
+    return [Preparation(SHORTLIST, path, target, recipe=recipe, description=description)]
+
+
+def prepared(located: Located, kind: str) -> Preparation | None:
+    """The ``kind`` transform planned for ``located``, whether or not it has been done yet."""
+    return next((p for p in preparations(located) if p.kind == kind), None)
