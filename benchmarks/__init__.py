@@ -1,1 +1,1 @@
-"""Benchmarks for edgeinfer; each script writes its report under benchmarks/results/."""
+"""Benchmarks for edgeinfer, each run from the repository root as ``python -m benchmarks.NAME``."""

@@ -13,7 +13,7 @@ Part 2: which artifact / KV layout scales best with concurrency (engine only): t
 Q4_0 (with and without llama.cpp's AVX2 weight repacking), Q8_0 and F16 made from it with
 llama.cpp's quantizer (speed-representative: the weights come from Q4_1), and the unified KV layout.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/batching.py [--rounds 3] [--tokens 64]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.batching [--rounds 3] [--tokens 64]
 Writes benchmarks/results/batching.json and batching.md.
 """
 
@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report  # noqa: E402
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
 
 PROMPTS = [
     "Once upon a time, in a small village at the edge of a great pine forest, there lived",

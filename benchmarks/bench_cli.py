@@ -1,20 +1,22 @@
 """`edgeinfer bench` on the two default GGUF models and SmolLM2 converted to ONNX int4 (the artifact
-benchmarks/onnx.py converts and caches under ~/.cache/edgeinfer-bench/onnx-bench; left out, with a
-note, when that benchmark has not run here yet).
+``python -m benchmarks.onnx`` converts and caches under ~/.cache/edgeinfer-bench/onnx-bench; left out,
+with a note, when that benchmark has not run here yet).
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/bench_cli.py [extra edgeinfer bench options]
-Writes benchmarks/results/bench.json, bench.md and bench.png.
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.bench_cli [extra edgeinfer bench options]
+Writes benchmarks/results/bench.json (a summary), bench.md and bench.png; the full JSON to results/raw/.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.common import RAW_DIRNAME, RESULTS_DIR, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 ONNX_ARTIFACTS = Path.home() / ".cache" / "edgeinfer-bench" / "onnx-bench"
 
 
@@ -29,12 +31,20 @@ def main(argv: list[str]) -> int:
     artifacts = ["smollm2-135m-instruct", "gemma-3-270m"]
     onnx = onnx_artifact()
     if onnx is None:
-        print("no ONNX int4 artifact yet: run benchmarks/onnx.py first to include one", file=sys.stderr)
+        print("no ONNX int4 artifact yet: run `python -m benchmarks.onnx` first to include one",
+              file=sys.stderr)
     else:
         artifacts.append(str(onnx))
-    command = [sys.executable, "-m", "edgeinfer", "bench", *artifacts, "--plot", str(RESULTS / "bench.png"),
-               "--markdown", str(RESULTS / "bench.md"), "--json-out", str(RESULTS / "bench.json"), *argv]
-    return subprocess.call(command, cwd=ROOT)
+    raw = RESULTS_DIR / RAW_DIRNAME / "bench.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.unlink(missing_ok=True)  # summarized below only when this run writes it
+    command = [sys.executable, "-m", "edgeinfer", "bench", *artifacts,
+               "--plot", str(RESULTS_DIR / "bench.png"), "--markdown", str(RESULTS_DIR / "bench.md"),
+               "--json-out", str(raw), *argv]
+    code = subprocess.call(command, cwd=ROOT)
+    if raw.is_file():  # the full JSON stays in raw/; the summary goes beside bench.md
+        write_results("bench", json.loads(raw.read_text(encoding="utf-8")))
+    return code
 
 
 if __name__ == "__main__":

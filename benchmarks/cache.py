@@ -19,7 +19,7 @@ hits all alike:
 Every request generates the same fixed number of greedy tokens (temperature 0, no repeat penalty),
 and edgeinfer's outputs with reuse are compared token for token with its cold outputs.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/cache.py [--models NAME ...] [--quick]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.cache [--models NAME ...] [--quick]
 Writes benchmarks/results/cache.json and cache.md and prints the Markdown report.
 """
 
@@ -39,10 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python benchmarks/cache.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     fmt,
     machine_info,
     markdown_table,
@@ -406,7 +403,7 @@ def link_copy(src: Path, dst: Path) -> None:
 
 
 def run_worker(role: str, spec: Path, folder: Path) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", role, str(spec), str(folder),
+    cmd = [sys.executable, "-m", "benchmarks.cache", "_worker", role, str(spec), str(folder),
            repr(time.time())]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)

@@ -1,4 +1,10 @@
-"""Shared benchmark helpers: machine info, sample summaries, ratios, Markdown tables, report files."""
+"""Shared benchmark helpers: machine info, sample summaries, ratios, Markdown tables, report files.
+
+Every benchmark writes its full JSON to ``results/raw/`` (git-ignored; re-run the benchmark to regenerate
+it) and a summary of it, ``results/<name>.json``, beside its Markdown report: the summary is the same
+JSON less every list longer than ``SUMMARY_MAX_ITEMS`` (per-request samples, token ids, evaluation rows),
+so it keeps the medians, ratios, curves, machine, command and date that the tables and BENCHMARKS.md use.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -14,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RAW_DIRNAME = "raw"  # under the results folder; git-ignored
+SUMMARY_MAX_ITEMS = 32  # a longer list is per-sample data: in the raw JSON only
 
 
 def quiet_logging(level: int = logging.WARNING) -> None:
@@ -108,12 +117,41 @@ def _rounded(value: Any, digits: int = 4) -> Any:
     return value
 
 
+def summary(data: Any) -> Any:
+    """``data`` less every list longer than ``SUMMARY_MAX_ITEMS``, at any depth."""
+    if isinstance(data, dict):
+        return {k: summary(v) for k, v in data.items()
+                if not (isinstance(v, list) and len(v) > SUMMARY_MAX_ITEMS)}
+    if isinstance(data, list):
+        return [summary(v) for v in data]
+    return data
+
+
+def command_line() -> str:
+    """The command that started this process, as ``python -m benchmarks.NAME ARGS``."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["-m", spec.name] if spec else [sys.argv[0]]
+    return shlex.join(["python", *program, *sys.argv[1:]])
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON at ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def write_results(name: str, data: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``data`` to ``raw/<name>.json`` and its summary to ``<name>.json``; return the latter."""
+    data = _rounded({"command": command_line(), **data})
+    write_json(results_dir / RAW_DIRNAME / f"{name}.json", data)
+    return write_json(results_dir / f"{name}.json", summary(data))
+
+
 def write_report(name: str, data: dict[str, Any], markdown: str,
                  results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` under ``results_dir``; return both paths."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = results_dir / f"{name}.json"
+    """Write the results (``write_results``) and ``<name>.md``; return the summary and Markdown paths."""
     md_path = results_dir / f"{name}.md"
-    json_path.write_text(json.dumps(_rounded(data), indent=2) + "\n", encoding="utf-8")
+    json_path = write_results(name, data, results_dir)
     md_path.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
     return json_path, md_path

@@ -13,7 +13,7 @@ llama.cpp's converter comes from the llama-cpp-python sdist of the installed ver
 cached under ~/.cache/edgeinfer-bench) and needs ``sentencepiece`` and torch (``pip install -e
 ".[bench]"``); pass ``--llama-cpp DIR`` to use another checkout.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/convert.py [--rounds 3] [--tokens 64]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.convert [--rounds 3] [--tokens 64]
 Writes benchmarks/results/convert.json and convert.md.
 """
 
@@ -31,11 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report  # noqa: E402
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
 
 QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
 PROMPT = "Write a short paragraph about the history of lighthouses and the people who kept them."
@@ -175,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--llama-cpp", default=None, help="folder with llama.cpp's convert_hf_to_gguf.py")
     args = parser.parse_args(argv)
     quiet_logging()
-    from hf_fixtures import rebuilt_checkpoint
+    from tests.hf_fixtures import rebuilt_checkpoint
 
     src = rebuilt_checkpoint("smollm2")
     with tempfile.TemporaryDirectory(prefix="ei-convert-bench-") as tmp:
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fmt(r["quality"].get("top1_agreement"), 3), fmt(r["quality"].get("ppl_candidate"), 2),
                 fmt(r["quality"].get("ppl_reference"), 2), fmt(r["decode_tok_s"], 1)]
                for q, r in quality.items()]),
-          "", "Run: `EDGEINFER_HOME=/tmp/eihome python benchmarks/convert.py --rounds 3 --tokens 64`"]
+          "", "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.convert --rounds 3 --tokens 64`"]
     paths = write_report("convert", data, "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {paths[0]} and {paths[1]}")

@@ -7,7 +7,7 @@ round by round, who goes first rotating (ABC, BCA, CAB, ...), so that drift hits
   B  llama-cpp-python's high-level ``Llama(...)(tokens, stream=True)``; TTFT and chunk times
   C  a bare loop on llama-cpp-python's low-level bindings (llama_decode + greedy sampler chain)
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/decode.py [--model NAME|PATH] [--threads 2]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.decode [--model NAME|PATH] [--threads 2]
 Writes benchmarks/results/decode.json and decode.md and prints the Markdown report.
 """
 
@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-if __package__ in (None, ""):  # run as a script: python benchmarks/decode.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     fmt,
     machine_info,
     markdown_table,
@@ -34,7 +30,7 @@ from benchmarks.common import (  # noqa: E402
     ratio,
     write_report,
 )
-from edgeinfer.stats import Stats  # noqa: E402
+from edgeinfer.stats import Stats
 
 # A story opening: a plain (non-chat) prompt whose continuation runs long without an end token.
 PARAGRAPH = (

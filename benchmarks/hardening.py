@@ -7,7 +7,7 @@ removed (a file's first load). "unchecked" replaces the three with the plain pat
 measurement runs in a fresh process (no warm caches carried over), the variants alternate in every
 round with their order swapped each round, and the report gives the median of per-round ratios.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/hardening.py [--rounds 6] [--models NAME ...]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.hardening [--rounds 6] [--models NAME ...]
 Writes benchmarks/results/hardening.json and hardening.md and prints the Markdown report.
 """
 
@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: python benchmarks/hardening.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import fmt, machine_info, markdown_table, median_summary, paired_ratios, write_report  # noqa: E402
+from benchmarks.common import fmt, machine_info, markdown_table, median_summary, paired_ratios, write_report
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 VARIANTS = ("unchecked", "checked", "checked-first")  # checked-first: the file's check stamp removed
@@ -92,8 +89,8 @@ def worker(variant: str, name: str) -> dict:
 
 
 def _run_worker(variant: str, name: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", variant, name], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.hardening", "--worker", variant, name],
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"worker {variant} {name} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -32,7 +32,7 @@ the same build. Artifacts are cached under ``<cache>`` (default ~/.cache/edgeinf
 digest of what built them (converter sources and library versions; genai version and builder
 arguments); ``--rebuild`` makes them again.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/onnx.py [--rounds 3] [--tokens 64] [--skip-genai]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.onnx [--rounds 3] [--tokens 64] [--skip-genai]
 Writes benchmarks/results/onnx.json and onnx.md.
 """
 
@@ -52,16 +52,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if __package__ in (None, ""):  # run as a script: benchmarks/ off sys.path, or this file shadows `onnx`
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     fmt,
     machine_info,
     markdown_table,
@@ -72,6 +65,8 @@ from benchmarks.common import (  # noqa: E402
     write_report,
 )
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 BENCH_CACHE = Path.home() / ".cache" / "edgeinfer-bench"
 WORKER = HERE / "ortgenai_worker.py"
 GENAI_VERSION = "0.18.0"
@@ -327,7 +322,7 @@ def worker_for(key: str, path: Path, threads: int, n_ctx: int, genai_py: Path | 
     if key == GENAI:
         assert genai_py is not None
         return Worker([str(genai_py), "-I", str(WORKER), "serve", str(path), str(threads)])
-    return Worker([sys.executable, str(Path(__file__).resolve()), "--serve-variant", str(path),
+    return Worker([sys.executable, "-m", "benchmarks.onnx", "--serve-variant", str(path),
                    "--threads", str(threads), "--n-ctx", str(n_ctx)])
 
 
@@ -577,7 +572,7 @@ def markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
             f"**{fmt(t['kl'], 4)}** vs Q4_K_M {fmt(t['q4_k_m_kl'], 4)} ({fmt(t['kl_ratio_vs_q4_k_m'], 2)}x); "
             f"met: **{t['met']}**",)),
         "",
-        f"Run: `EDGEINFER_HOME=/tmp/eihome python benchmarks/onnx.py --rounds {args.rounds} "
+        f"Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.onnx --rounds {args.rounds} "
         f"--tokens {args.tokens}"
         f"{' --skip-genai' if args.skip_genai else ''}`",
     ]
@@ -624,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         serve_edgeinfer(args.serve_variant, args.threads, args.n_ctx)
         return {}
     quiet_logging()
-    from hf_fixtures import rebuilt_checkpoint
+    from tests.hf_fixtures import rebuilt_checkpoint
 
     src = rebuilt_checkpoint("smollm2")
     artifacts = args.cache_dir / "onnx-bench"

@@ -21,7 +21,7 @@ and answers against the simulation.
 ``--small-style few_shot`` gives the small tier the large tier's few-shot prompt instead (a fairer
 pair: same prompt, same stop) and writes routing_fewshot.* instead.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/routing.py [--rerun] [--e2e 20] [--small-style few_shot]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.routing [--rerun] [--e2e 20] [--small-style few_shot]
 Writes benchmarks/results/routing.json, routing.md and routing.png.
 """
 
@@ -30,16 +30,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import RESULTS_DIR, fmt, machine_info, markdown_table, quiet_logging, write_report  # noqa: E402
+from benchmarks.common import RESULTS_DIR, fmt, machine_info, markdown_table, quiet_logging, write_report
 
 SMALL, LARGE = "smollm2-135m-instruct", "gemma-3-270m"
 MAX_TOKENS = 32
@@ -571,7 +567,7 @@ def markdown(ev: dict[str, Any], e2e: list[dict[str, Any]] | None, info: dict[st
         md += e2e_lines(check)
     md += ["", f"Machine: {info['cpu_model']}, {info['cpu_affinity']} CPUs usable, load {info['loadavg']}; "
                f"2 threads per model. Chart: `benchmarks/results/{report_name()}.png`.", "",
-           "Run: `EDGEINFER_HOME=/tmp/eihome python benchmarks/routing.py"
+           "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.routing"
            + ("" if SMALL_STYLE == "chat" else " --small-style few_shot")
            + "` (`--rerun` to redo the model runs)"]
     return "\n".join(md) + "\n"

@@ -6,10 +6,10 @@ each; a step that fails is recorded (exit code, tail of its stderr) in ``results
 others still run. BENCHMARKS.md is then built from ``results/*.json`` (the headline figures: read from
 the JSON, never typed in), ``results/*.md`` (each benchmark's own tables) and ``results/*.png``.
 
-Run:  python benchmarks/run_all.py                      every step (about 1.5 hours here), then the report
-      python benchmarks/run_all.py --only decode,cache  a subset, then the report
-      python benchmarks/run_all.py --report-only        only rebuild BENCHMARKS.md from the results on disk
-      python benchmarks/run_all.py --list               the steps, their commands and rough durations
+Run:  python -m benchmarks.run_all                      every step (about 1.5 hours here), then the report
+      python -m benchmarks.run_all --only decode,cache  a subset, then the report
+      python -m benchmarks.run_all --report-only        only rebuild BENCHMARKS.md from the results on disk
+      python -m benchmarks.run_all --list               the steps, their commands and rough durations
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from benchmarks.cache import TARGETS as CACHE_TARGETS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"  # where every benchmark writes (benchmarks/common.py)
 OUTPUT = ROOT / "BENCHMARKS.md"
@@ -46,7 +48,8 @@ class Figure(NamedTuple):
 
 @dataclass(frozen=True)
 class Step:
-    """One benchmark run: ``sys.executable *args`` from the repository root with ``env`` added."""
+    """One benchmark run: ``sys.executable *args`` (``-m benchmarks.NAME ...``) from the repository root
+    with ``env`` added."""
 
     name: str
     title: str
@@ -167,24 +170,12 @@ def speculative_figures(d: dict[str, Any]) -> list[Figure]:
     return out
 
 
-def _cache_targets() -> dict[str, tuple[str, Callable[[float], bool] | None]]:
-    """label -> (target, predicate) from benchmarks/cache.py, which only imports the standard library."""
-    try:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks.cache import TARGETS
-    except ImportError:
-        return {}
-    finally:
-        sys.path.remove(str(ROOT))
-    return {label: (target, ok) for _, _, label, target, ok in TARGETS}
-
-
 def cache_figures(d: dict[str, Any]) -> list[Figure]:
     """Paired ratios (median of same-round ratios), with the ratio of medians beside them where they
     differ by more than 2%; cache.py's own table judges its targets on the ratio of medians, so a target
     met by one and missed by the other is called borderline."""
     heads = d["headline"]
-    targets = _cache_targets()
+    targets = {label: (target, ok) for _, _, label, target, ok in CACHE_TARGETS}
     out = []
     for label in next(iter(heads.values())):
         cells, verdicts = [], set()
@@ -292,14 +283,6 @@ def routing_figures(d: dict[str, Any]) -> list[Figure]:
 
 def translate_figures(d: dict[str, Any]) -> list[Figure]:
     v = d["variants"]
-    secs = {name: {r["id"]: r["seconds"] for r in rows} for name, rows in d.get("results", {}).items()}
-
-    def paired(a: str, b: str) -> float | None:
-        if a not in secs or b not in secs:
-            return None
-        ids = [i for i in secs[a] if i in secs[b]]
-        return paired_median([secs[a][i] for i in ids], [secs[b][i] for i in ids])
-
     t, a = v["translator"], v["llama_no_reuse"]
     out = [
         Figure("seconds per sentence, `ei.Translator()` / llama-cpp-python plain 2-shot prompt without reuse "
@@ -311,15 +294,15 @@ def translate_figures(d: dict[str, Any]) -> list[Figure]:
     if "llama_reuse" in v:
         out.append(Figure("seconds per sentence, `ei.Translator()` / llama-cpp-python with its automatic "
                           "prefix reuse (paired per sentence)",
-                          f"{x(paired('translator', 'llama_reuse'))} ({num(t['median_s'], 3)} vs "
+                          f"{x(v['llama_reuse']['translator_paired_ratio'])} ({num(t['median_s'], 3)} vs "
                           f"{num(v['llama_reuse']['median_s'], 3)} s)"))
     if "translator_full_vocab" in v:
         full = v["translator_full_vocab"]
         same = d.get("same_output_as_full_vocab", {}).get("translator")
         out.append(Figure("seconds per sentence, vocabulary shortlist on / off (`shortlist=False`), paired",
-                          f"{x(paired('translator', 'translator_full_vocab'))} ({num(t['median_s'], 3)} vs "
+                          f"{x(full['translator_paired_ratio'])} ({num(t['median_s'], 3)} vs "
                           f"{num(full['median_s'], 3)} s)"
-                          + (f"; same output on {same}/{len(d.get('jobs', []))} sentences" if same else "")))
+                          + (f"; same output on {same}/{d['sentences']} sentences" if same else "")))
     return out
 
 
@@ -349,35 +332,35 @@ def bench_figures(d: dict[str, Any]) -> list[Figure]:
 
 STEPS: tuple[Step, ...] = (
     Step("decode", "Decode loop: edgeinfer vs llama-cpp-python",
-         ("benchmarks/decode.py",), ("decode.json", "decode.md"), 3, decode_figures),
+         ("-m", "benchmarks.decode"), ("decode.json", "decode.md"), 3, decode_figures),
     Step("batching", "Continuous batching: 1 to 8 concurrent streams",
-         ("benchmarks/batching.py", "--rounds", "3", "--tokens", "64"), ("batching.json", "batching.md"), 8,
-         batching_figures),
+         ("-m", "benchmarks.batching", "--rounds", "3", "--tokens", "64"), ("batching.json", "batching.md"),
+         8, batching_figures),
     Step("speculative", "Prompt-lookup speculative decoding",
-         ("benchmarks/speculative.py", "--rounds", "3", "--tokens", "128"),
+         ("-m", "benchmarks.speculative", "--rounds", "3", "--tokens", "128"),
          ("speculative.json", "speculative.md"), 4, speculative_figures),
     Step("cache", "KV reuse: time to first token",
-         ("benchmarks/cache.py",), ("cache.json", "cache.md"), 25, cache_figures),
+         ("-m", "benchmarks.cache"), ("cache.json", "cache.md"), 25, cache_figures),
     Step("convert", "HF -> GGUF conversion and quantization quality",
-         ("benchmarks/convert.py", "--rounds", "3", "--tokens", "64"), ("convert.json", "convert.md"), 6,
+         ("-m", "benchmarks.convert", "--rounds", "3", "--tokens", "64"), ("convert.json", "convert.md"), 6,
          convert_figures,
          needs="`pip install -e \".[bench]\"`; llama.cpp's converter is fetched once with `pip download`"),
     Step("onnx", "ONNX on CPU: edgeinfer vs onnxruntime-genai and llama.cpp",
-         ("benchmarks/onnx.py", "--rounds", "3", "--tokens", "64"), ("onnx.json", "onnx.md"), 20,
+         ("-m", "benchmarks.onnx", "--rounds", "3", "--tokens", "64"), ("onnx.json", "onnx.md"), 20,
          onnx_figures,
          needs="onnxruntime-genai's own venv under ~/.cache/edgeinfer-bench (built on first use, ~1.3 GB, "
                "needs the package index); `--skip-genai` leaves it out"),
     Step("routing", "Routing: quality-cost curve, small tier prompted as a chat model",
-         ("benchmarks/routing.py", "--rerun"), ("routing.json", "routing.md", "routing.png"), 5,
+         ("-m", "benchmarks.routing", "--rerun"), ("routing.json", "routing.md", "routing.png"), 5,
          routing_figures, needs="matplotlib (`pip install -e \".[bench]\"`)"),
     Step("routing_fewshot", "Routing: quality-cost curve, small tier given the few-shot prompt",
-         ("benchmarks/routing.py", "--rerun", "--small-style", "few_shot"),
+         ("-m", "benchmarks.routing", "--rerun", "--small-style", "few_shot"),
          ("routing_fewshot.json", "routing_fewshot.md", "routing_fewshot.png"), 4, routing_figures,
          needs="matplotlib (`pip install -e \".[bench]\"`)"),
     Step("translate", "Translation: plain few-shot prompt vs ei.Translator",
-         ("benchmarks/translate.py",), ("translate.json", "translate.md"), 5, translate_figures),
+         ("-m", "benchmarks.translate"), ("translate.json", "translate.md"), 5, translate_figures),
     Step("bench", "`edgeinfer bench`: the default GGUF models and an ONNX int4 artifact side by side",
-         ("benchmarks/bench_cli.py",), ("bench.json", "bench.md", "bench.png"), 3, bench_figures,
+         ("-m", "benchmarks.bench_cli"), ("bench.json", "bench.md", "bench.png"), 3, bench_figures,
          needs="the ONNX int4 artifact benchmarks/onnx.py caches (left out with a note otherwise)"),
 )
 
@@ -523,8 +506,9 @@ def build_report(steps: Sequence[Step], results_dir: Path, output: Path) -> str:
         "file. -->",
         "",
         "Every figure on this page is read from the benchmarks' own results "
-        f"(`{link(results_dir, base)}/*.json`), and each comes with the command that reproduces it. "
-        f"Regenerate everything with `python benchmarks/run_all.py` (about {total_min / 60:.1f} hours on "
+        f"(`{link(results_dir, base)}/*.json`: summaries; a run's full JSON goes to the git-ignored "
+        f"`{link(results_dir, base)}/raw/`), and each comes with the command that reproduces it. "
+        f"Regenerate everything with `python -m benchmarks.run_all` (about {total_min / 60:.1f} hours on "
         "the machine below, one benchmark at a time so that each has the machine to itself), a subset with "
         "`--only NAME,...`, or just this page from the results on disk with `--report-only`.",
         "",

@@ -11,7 +11,7 @@ greedy, cold prefill each time; variants alternate task by task, who goes first 
 Tasks: input-grounded (rewrite, extract, translate, code edit over a long input) and open-ended.
 Decode tok/s = (generated tokens - 1) / (last token time - first token time).
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/speculative.py [--rounds 3] [--tokens 128]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.speculative [--rounds 3] [--tokens 128]
 Writes benchmarks/results/speculative.json and speculative.md.
 """
 
@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report  # noqa: E402
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
 
 REPORT = (
     "The town council met on Tuesday evening to review the budget for the coming year. After a long "

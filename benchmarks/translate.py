@@ -15,7 +15,7 @@ Quality: chrF (sacrebleu, corpus level) against the references of the project's 
 (edgeinfer/data/translation_eval.jsonl, 72 sentences in six languages). Latency: wall seconds per
 sentence, median; ratio to (a).
 
-Run:  EDGEINFER_HOME=/tmp/eihome python benchmarks/translate.py [--per-pair 24] [--pairs en-fr,fr-en,...]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate [--per-pair 24] [--pairs en-fr,fr-en,...]
 Writes benchmarks/results/translate.json and translate.md.
 """
 
@@ -25,15 +25,11 @@ import argparse
 import json
 import multiprocessing as mp
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import fmt, machine_info, markdown_table, quiet_logging, write_report  # noqa: E402
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
 
 MODEL = "gemma-3-270m"
 PAIRS = ["en-fr", "en-es", "en-de", "en-it", "en-pt", "fr-en", "es-en", "de-en"]
@@ -150,16 +146,17 @@ def summarize(jobs: list[dict[str, Any]], results: dict[str, list[dict[str, Any]
                   "median_s": statistics.median(r["seconds"] for r in rows),
                   "mean_s": statistics.fmean(r["seconds"] for r in rows), "per_pair": per_pair}
     base = out.get("llama_no_reuse")
+    secs = {v: [r["seconds"] for r in rows] for v, rows in results.items()}
     for v, s in out.items():
         s["latency_vs_no_reuse"] = s["median_s"] / base["median_s"] if base else None
         if base:  # per-sentence ratios, paired (robust to drift)
-            ratios = [r["seconds"] / b["seconds"] for r, b in zip(results[v], results["llama_no_reuse"],
-                                                                  strict=True)]
-            s["paired_latency_ratio_median"] = statistics.median(ratios)
+            s["paired_latency_ratio_median"] = paired_ratios(secs[v], secs["llama_no_reuse"])["median"]
+        if "translator" in secs:
+            s["translator_paired_ratio"] = paired_ratios(secs["translator"], secs[v])["median"]
     same = {v: sum(a["output"] == b["output"] for a, b in zip(results[v], results["translator_full_vocab"],
                                                              strict=True))
             for v in results if "translator_full_vocab" in results}
-    return {"variants": out, "same_output_as_full_vocab": same}
+    return {"sentences": len(jobs), "variants": out, "same_output_as_full_vocab": same}
 
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace, n: int, info: dict[str, Any]) -> str:
@@ -200,7 +197,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, n: int, info: di
         "(b) is `ei.Translator(memory=False)` with its defaults (8-shot prompt, shortlisted vocabulary).",
         "",
         f"Machine: {info['cpu_model']}, {info['cpu_affinity']} CPUs usable, load {info['loadavg']}.", "",
-        "Run: `EDGEINFER_HOME=/tmp/eihome python benchmarks/translate.py`",
+        "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate`",
     ]) + "\n"
 
 

@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from benchmarks import run_all
+from benchmarks.common import RAW_DIRNAME, SUMMARY_MAX_ITEMS, write_report
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _load_run_all():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load_run_all()
 
 
 @pytest.fixture()
 def results(tmp_path: Path) -> Path:
     """A copy of the committed results folder, without any run log of the author's machine."""
     out = tmp_path / "results"
-    shutil.copytree(RESULTS, out)
+    shutil.copytree(RESULTS, out, ignore=shutil.ignore_patterns(RAW_DIRNAME))  # what git holds
     (out / run_all.LOG_NAME).unlink(missing_ok=True)
     return out
 
@@ -160,3 +150,28 @@ def test_bench_results_of_edgeinfer_bench_give_headlines(results: Path, tmp_path
     assert any(r[2].startswith("0.50x") for r in bench), bench  # b / a, paired by repeat
     assert any("failed: no such file" in r[2] for r in bench)
     assert "| 2030-01-01T00:00:00Z | Some CPU | 2 |" in report
+
+
+def test_write_report_commits_a_summary_and_keeps_the_raw_json_aside(tmp_path: Path) -> None:
+    data = {"machine": {"time_utc": "2030-01-01T00:00:00Z", "loadavg": [1.0, 2.0, 3.0]},
+            "ratio": {"median": 1.23456}, "samples": list(range(SUMMARY_MAX_ITEMS + 1)),
+            "rows": [{"tokens": list(range(100)), "median": 2.0}]}
+    json_path, md_path = write_report("x", data, "# X", tmp_path)
+    summary = json.loads(json_path.read_text(encoding="utf-8"))
+    raw = json.loads((tmp_path / RAW_DIRNAME / "x.json").read_text(encoding="utf-8"))
+    assert raw == {"command": raw["command"], **data, "ratio": {"median": 1.2346}}
+    assert summary == {"command": raw["command"], "machine": data["machine"], "ratio": {"median": 1.2346},
+                       "rows": [{"median": 2.0}]}
+    assert raw["command"].startswith("python ") and md_path.read_text(encoding="utf-8") == "# X\n"
+
+
+def test_committed_results_are_summaries() -> None:
+    def longest(value: object) -> int:
+        if isinstance(value, dict):
+            return max(map(longest, value.values()), default=0)
+        if isinstance(value, list):
+            return max([len(value), *map(longest, value)])
+        return 0
+
+    for path in (p for p in RESULTS.glob("*.json") if p.name != run_all.LOG_NAME):
+        assert longest(json.loads(path.read_text(encoding="utf-8"))) <= SUMMARY_MAX_ITEMS, path.name
