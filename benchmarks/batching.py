@@ -174,7 +174,7 @@ def part1(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         n_ctx=args.n_ctx,
         n_threads=args.threads,
         max_sequences=max(LEVELS),
-        kv_settle=False,
+        kv=ei.KVOptions(settle=False),
         speculation=None,
     )
     raw = RawLoop(path, args.threads, args.n_ctx, max(LEVELS))
@@ -247,7 +247,7 @@ def part2(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             n_ctx=args.n_ctx * (max(LEVELS) if opts.get("kv_unified") else 1),
             n_threads=args.threads,
             max_sequences=max(LEVELS),
-            kv_settle=False,
+            kv=ei.KVOptions(settle=False),
             speculation=None,
             **opts,
         )

@@ -10,7 +10,7 @@ hits all alike:
       anchor: llama-cpp-python ``Llama`` (in-context prefix reuse) on the same chat.
   (b) 4 chats interleaved (A1 B1 C1 D1 A2 ...): edgeinfer with reuse (one sequence per chat) vs
       ``Llama`` default vs ``Llama`` + ``LlamaRAMCache``.
-  (c) resume a ~1.4k-token chat in a new process: edgeinfer ``kv_disk`` (``save_cache()`` in process
+  (c) resume a ~1.4k-token chat in a new process: edgeinfer ``KVOptions(disk=...)`` (``save_cache()`` in process
       1, restored in process 2) vs a process that re-prefills; anchor: ``Llama`` +
       ``LlamaDiskCache`` across processes.
   (d) one ~300-token system prompt shared by 20 short requests: edgeinfer with reuse vs cold, and
@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from edgeinfer.kv_options import KVOptions
 
 from benchmarks.common import (
     fmt,
@@ -213,7 +215,7 @@ class Sample:
 
 class EIVariant:
     """edgeinfer ``Model.stream``; ``cold`` drops every cached sequence before each request. A
-    model loaded with ``kv_settle`` gets its idle time after each request (the user reading the
+    model loaded with ``KVOptions(settle=True)`` gets its idle time after each request (the user reading the
     answer): the run waits, untimed, until the background settling is done, so it never overlaps
     another variant's request."""
 
@@ -428,7 +430,7 @@ def worker_main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     res: dict[str, Any] = {"role": role}
     if role.startswith("ei"):
-        model = load_ei(spec["model"], args, **({} if role == "ei-prefill" else {"kv_disk": folder}))
+        model = load_ei(spec["model"], args, **({} if role == "ei-prefill" else {"kv": KVOptions(disk=folder)}))
         res["load_s"] = time.perf_counter() - t0
         if role == "ei-save":
             for p in prompts[:last]:
@@ -666,8 +668,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     path = locate_model(name).path
     t_model = time.perf_counter()
     ei_reuse_model = load_ei(name, args)
-    ei_cold_model = load_ei(name, args, kv_settle=False)
-    ei_nosettle_model = load_ei(name, args, kv_settle=False)
+    ei_cold_model = load_ei(name, args, kv=KVOptions(settle=False))
+    ei_nosettle_model = load_ei(name, args, kv=KVOptions(settle=False))
     fmt_ = PromptFormat(ei_reuse_model)
     reuse = EIVariant("ei-reuse", ei_reuse_model, cold=False)
     cold = EIVariant("ei-cold", ei_cold_model, cold=True)
@@ -887,7 +889,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "loads). Per-turn cold and llama default values before turn 8 are single samples. "
         "edgeinfer reuse gets idle time after each answer, as a user reading it would give: the run "
         "waits (untimed) until the background settling has recomputed the answer's KV as a prefill "
-        "(column 'idle settle'); 'no idle time' is the same chat with kv_settle=False, where each "
+        "(column 'idle settle'); 'no idle time' is the same chat with KVOptions(settle=False), where each "
         "turn recomputes the previous answer itself.",
         "",
         "Reading the ratios: a reuse TTFT cannot beat prefilling the turn's new tokens, so cold/reuse "

@@ -146,7 +146,7 @@ def part2(src: Path, work: Path, rounds: int, tokens: int, threads: int) -> dict
         rows[quant] = {"size_mb": report["size_bytes"] / 1e6, "bits_per_weight": report["bits_per_weight"],
                        "quality": report["quality"] or {}, "convert_s": result.seconds, "tok_s": []}
         print(f"  {quant}: {rows[quant]['size_mb']:.1f} MB, quality {rows[quant]['quality']}", flush=True)
-    models = {q: ei.load(work / f"smol-{q}.gguf", n_ctx=512, n_threads=threads, kv_settle=False)
+    models = {q: ei.load(work / f"smol-{q}.gguf", n_ctx=512, n_threads=threads, kv=ei.KVOptions(settle=False))
               for q in QUANTS}
     try:
         prompt = models["F16"].chat_prompt([{"role": "user", "content": PROMPT}])

@@ -200,12 +200,14 @@ def cascade_curve(rows: Sequence[dict[str, Any]], fold: Sequence[int], measure: 
 
 def embed_requests(rows: Sequence[dict[str, Any]], threads: int) -> Any:
     """Each item's request as the Router sees it (the small tier's prompt), embedded by the default
-    embedding model (all-MiniLM-L6-v2, converted to GGUF once on first load)."""
+    embedding model (all-MiniLM-L6-v2, converted to GGUF once, as `edgeinfer pull` does)."""
     import edgeinfer as ei
+    from converters import prepare
     from edgeinfer.routing.evalset import load_evalset, prompt_for
     from edgeinfer.routing.learned import DEFAULT_EMBEDDER
 
     items = {it.id: it for it in load_evalset()}
+    prepare(DEFAULT_EMBEDDER)
     with ei.load(DEFAULT_EMBEDDER, n_threads=threads) as embedder:
         return embedder.embed([prompt_for(items[r["id"]], SMALL_STYLE) for r in rows], truncate=True)
 
@@ -362,6 +364,7 @@ def end_to_end(rows: list[dict[str, Any]], kind: str, share: float, count: int, 
     all items) or a Learned policy (trained with ``train_router`` from the labels file, on all items),
     checking its decisions and answers against the replay."""
     import edgeinfer as ei
+    from converters import prepare
     from edgeinfer.routing import Cascade, Learned, LocalCost, Router, Tier, calibrate_threshold
     from edgeinfer.routing.evalset import load_evalset, prompt_for
     from edgeinfer.routing.learned import DEFAULT_EMBEDDER, read_labelled, train_router
@@ -379,6 +382,7 @@ def end_to_end(rows: list[dict[str, Any]], kind: str, share: float, count: int, 
         setup = {"measure": measure, "threshold": threshold}
     else:
         labels = write_labels(rows, CACHE_DIR / f"labels-{cache_key(threads)}.jsonl")
+        prepare(DEFAULT_EMBEDDER)
         embedder = ei.load(DEFAULT_EMBEDDER, n_threads=threads)
         trained = train_router(read_labelled(labels), embedder, large_share=share)
         policy = Learned(embedder, trained)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common = dict(
         model_path=str(path), n_ctx=2048, n_threads=args.threads, n_batch=512, flash_attn=True, verbose=False
     )
-    ours = dict(n_ctx=2048, n_threads=args.threads, kv_settle=False, flash_attn=True)
+    ours = dict(n_ctx=2048, n_threads=args.threads, kv=ei.KVOptions(settle=False), flash_attn=True)
     runners = {
         # flash attention on for all four: with it, checking a draft gives exactly the plain logits
         "plain": (ei.load(path, speculation=None, **ours), run_ours),
