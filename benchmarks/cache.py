@@ -10,8 +10,8 @@ hits all alike:
       anchor: llama-cpp-python ``Llama`` (in-context prefix reuse) on the same chat.
   (b) 4 chats interleaved (A1 B1 C1 D1 A2 ...): edgeinfer with reuse (one sequence per chat) vs
       ``Llama`` default vs ``Llama`` + ``LlamaRAMCache``.
-  (c) resume a ~1.4k-token chat in a new process: edgeinfer ``KVOptions(disk=...)`` (``save_cache()`` in process
-      1, restored in process 2) vs a process that re-prefills; anchor: ``Llama`` +
+  (c) resume a ~1.4k-token chat in a new process: edgeinfer ``KVOptions(disk=...)`` (``save_cache()``
+      in process 1, restored in process 2) vs a process that re-prefills; anchor: ``Llama`` +
       ``LlamaDiskCache`` across processes.
   (d) one ~300-token system prompt shared by 20 short requests: edgeinfer with reuse vs cold, and
       ``Llama`` default / + ``LlamaRAMCache`` on the same requests.
@@ -39,8 +39,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.kv_options import KVOptions
-
 from benchmarks.common import (
     fmt,
     machine_info,
@@ -51,6 +49,7 @@ from benchmarks.common import (
     ratio,
     write_report,
 )
+from edgeinfer.kv_options import KVOptions
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 CONVS = "ABCD"
@@ -430,7 +429,8 @@ def worker_main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     res: dict[str, Any] = {"role": role}
     if role.startswith("ei"):
-        model = load_ei(spec["model"], args, **({} if role == "ei-prefill" else {"kv": KVOptions(disk=folder)}))
+        kv = KVOptions() if role == "ei-prefill" else KVOptions(disk=folder)
+        model = load_ei(spec["model"], args, kv=kv)
         res["load_s"] = time.perf_counter() - t0
         if role == "ei-save":
             for p in prompts[:last]:

@@ -298,8 +298,8 @@ def serve_edgeinfer(path: Path, threads: int, n_ctx: int) -> None:
     import edgeinfer as ei
 
     quiet_logging()
-    model = ei.load(path, n_ctx=n_ctx, n_threads=threads, max_sequences=1, kv=ei.KVOptions(ram_bytes=0, settle=False),
-                    speculation=None)
+    model = ei.load(path, n_ctx=n_ctx, n_threads=threads, max_sequences=1,
+                    kv=ei.KVOptions(ram_bytes=0, settle=False), speculation=None)
     print(REPLY + json.dumps({"ready": True}), flush=True)
     try:
         for line in sys.stdin:
