@@ -123,7 +123,8 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
         located = locate_model(artifact, offline=options.get("offline"))
         start = time.perf_counter()
         model = load(artifact, n_threads=options.get("threads"), n_ctx=options["n_ctx"],
-                     kv=KVOptions(ram_bytes=0, settle=False), speculation=None, offline=options.get("offline"))
+                     kv=KVOptions(ram_bytes=0, settle=False), speculation=None,
+                     offline=options.get("offline"))
         load_s = time.perf_counter() - start
         prompt = _prompt_ids(model, options["prompt_tokens"])
         facts = {"name": display_name(artifact, located.name), "format": artifact_format(located.path),
