@@ -90,6 +90,10 @@ def test_generate_stream_and_chat_match_the_local_model(remote, server):
     streamed = remote.stream_chat(HELLO, temperature=0, max_tokens=16).result()
     assert streamed.text == chat.text and streamed.stats.completion_tokens > 0
 
+    conversation = remote.chat()  # a LanguageModel: multi-turn chat keeps the messages client-side
+    assert conversation.send(HELLO[0]["content"], temperature=0, max_tokens=16).text == chat.text
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"]
+
 
 @pytest.fixture
 def backoffs(monkeypatch) -> list[float]:
