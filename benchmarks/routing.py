@@ -478,7 +478,7 @@ def e2e_lines(e2e: dict[str, Any]) -> list[str]:
     how = ("`router.complete_chat`. The Router sends one prompt to every tier, so the large tier "
            "is a thin adapter that swaps in the item's few-shot prompt (and stop at newline) for the "
            "base model; the small tier is the plain Model." if SMALL_STYLE == "chat" else
-           "`router.generate(few_shot_prompt, stop=['\\n'])`: both tiers are plain Models given the "
+           "`router.generate(few_shot_eval_prompt, stop=['\\n'])`: both tiers are plain Models given the "
            "same prompt.")
     if e2e["policy"] == "cascade":
         policy = (f"Cascade(measure={e2e['measure']!r}, threshold={e2e['threshold']:.4f})", "threshold "

@@ -8,7 +8,7 @@ plans it, in ``edgeinfer.prepared``, and loads the results).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from edgeinfer.errors import EdgeInferError, OutputExistsError
@@ -48,25 +48,28 @@ def run_preparation(preparation: Preparation) -> Path:
     return preparation.target
 
 
-def prepare(model: str | Path | Located, *, offline: bool | None = None,
-            on_progress: Progress | None = None) -> list[Path]:
-    """Every transform a models.lock name (or a path) gets before use, done once; their outputs."""
+def prepare(model: str | Path | Located, *, offline: bool | None = None, on_progress: Progress | None = None,
+            kinds: Collection[str] | None = None) -> list[Path]:
+    """Every transform a models.lock name (or a path) gets before use (or only ``kinds`` of them), done
+    once; their outputs."""
     located = model if isinstance(model, Located) else locate_model(model, offline=offline)
     outputs = []
     for preparation in preparations(located):
+        if kinds is not None and preparation.kind not in kinds:
+            continue
         if on_progress is not None and not preparation.done:
             on_progress(f"{located.name}: {preparation.description} (once)")
         outputs.append(run_preparation(preparation))
     return outputs
 
 
-def prepare_for_use(model: object, *, offline: bool | None = None,
-                    on_progress: Progress | None = None) -> None:
+def prepare_for_use(model: object, *, offline: bool | None = None, on_progress: Progress | None = None,
+                    kinds: Collection[str] | None = None) -> None:
     """``prepare`` before an app or a command loads ``model`` by name or path; a model that cannot be
     prepared (a missing dependency, a damaged file) is reported when it is loaded, not here."""
     if not isinstance(model, (str, Path)):
         return  # a loaded model is used as it is
     try:
-        prepare(model, offline=offline, on_progress=on_progress)
+        prepare(model, offline=offline, on_progress=on_progress, kinds=kinds)
     except (EdgeInferError, ImportError) as exc:
         log.warning("could not prepare %s (%s); loading it as it is", model, exc)

@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .backends.base import Backend, EvalItem, prefill_cuts
 from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
@@ -42,6 +43,13 @@ class Completion:
     # with SamplingParams(confidence=True): per sampled token, (log-probability, top-1 minus top-2
     # probability) under the model's own distribution; what a cascade router reads
     confidence: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Occupancy(NamedTuple):
+    """An engine's requests now: those it runs (decoding or prefilling) and those queued for a sequence."""
+
+    running: int
+    waiting: int
 
 
 class Request:
@@ -173,10 +181,9 @@ class Engine:
         _live_engines.add(self)
 
     # --- public
-    @property
-    def load(self) -> tuple[int, int]:
-        """(requests running, requests waiting)."""
-        return len(self._active), len(self._waiting)
+    def occupancy(self) -> Occupancy:
+        """Requests running and waiting now, for health checks and queue gauges."""
+        return Occupancy(len(self._active), len(self._waiting))
 
     def check_prompt(self, tokens: Sequence[int]) -> None:
         """Refuse prompts that are empty or do not leave room for one generated token."""
@@ -205,8 +212,6 @@ class Engine:
             self._ensure_thread()
             self._wake.notify()
         return CompletionStream(request)
-
-    generate = submit
 
     def settle(self) -> None:
         """Do now, in this thread, what idle time would do: settle every idle cached sequence."""

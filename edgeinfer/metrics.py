@@ -14,9 +14,8 @@ that sampled at least two; request seconds, every one that ran to its end ("stop
 that a client hanging up early does not look like a fast request. Requests refused before they were
 queued (an empty prompt, one over the context) never reach the engine and are not counted.
 
-``prometheus_registry`` exposes the same numbers (and a Router's shares and saving) in Prometheus'
-text format; it needs ``prometheus_client`` (the ``server`` extra). ``edgeinfer serve`` serves it
-at ``/metrics``.
+``edgeinfer serve`` exposes the same numbers (and a Router's shares and saving) at ``/metrics`` in
+Prometheus' text format: see ``edgeinfer.server.prometheus`` (the ``server`` extra).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from .stats import Stats
@@ -142,121 +140,3 @@ class ModelMetrics:
             "accepted_tokens": accepted,
             **{name: s.summary(recent) for name, (s, recent) in series.items()},
         }
-
-
-# --- Prometheus ----------------------------------------------------------------------------------
-SUMMARIES = (  # snapshot key, metric name, help
-    ("ttft_s", "edgeinfer_time_to_first_token_seconds",
-     "Request start (queueing included) to first token; quantiles over the last {window} requests."),
-    ("decode_tok_s", "edgeinfer_decode_tokens_per_second",
-     "Per-request decode speed (tokens after the first / seconds); quantiles over the last {window} "
-     "requests."),
-    ("total_s", "edgeinfer_request_duration_seconds",
-     "Seconds of requests that ran to their end; quantiles over the last {window} requests."),
-)
-SERVER_GAUGES = (  # key in the ``load`` callback's dicts, metric name, help
-    ("running", "edgeinfer_requests_running", "Requests the engine is decoding or prefilling now."),
-    ("waiting", "edgeinfer_requests_waiting", "Requests queued in the engine for a free sequence."),
-    ("admitted", "edgeinfer_requests_admitted", "Requests the server admitted (running or queued)."),
-    ("capacity", "edgeinfer_requests_capacity", "Admitted requests the server holds before answering 503."),
-)
-
-
-def prometheus_registry(models: Mapping[str, Any], *, routers: Mapping[str, Any] | None = None,
-                        load: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
-                        process: bool = True) -> Any:
-    """A ``prometheus_client.CollectorRegistry`` of its own, read at each scrape (nothing is
-    recorded twice): ``models`` by their ``model`` label (anything with ``.metrics``), ``routers``
-    by their ``router`` label, ``load()`` giving per-model gauges (see SERVER_GAUGES), and, with
-    ``process``, the process' memory and CPU. Render it with ``prometheus_client.generate_latest``."""
-    from prometheus_client import CollectorRegistry, ProcessCollector
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(models, routers or {}, load))
-    if process:
-        ProcessCollector(registry=registry)
-    return registry
-
-
-class _Collector:
-    def __init__(self, models: Mapping[str, Any], routers: Mapping[str, Any],
-                 load: Callable[[], Mapping[str, Mapping[str, Any]]] | None) -> None:
-        self.models, self.routers, self.load = models, routers, load
-
-    def collect(self):  # noqa: ANN201 - yields prometheus_client Metric families
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-        snaps = {label: m.metrics.snapshot() for label, m in self.models.items()
-                 if getattr(m, "metrics", None) is not None}
-        requests = CounterMetricFamily("edgeinfer_requests", "Finished requests by finish reason.",
-                                       labels=["model", "finish_reason"])
-        counters = {key: CounterMetricFamily(name, text, labels=["model"]) for key, name, text in (
-            ("prompt_tokens", "edgeinfer_prompt_tokens", "Prompt tokens of finished requests."),
-            ("cached_tokens", "edgeinfer_cached_prompt_tokens",
-             "Prompt tokens whose KV was reused from the cache instead of computed."),
-            ("completion_tokens", "edgeinfer_completion_tokens", "Generated tokens."),
-            ("draft_tokens", "edgeinfer_speculative_draft_tokens",
-             "Speculative tokens proposed and checked."),
-            ("accepted_tokens", "edgeinfer_speculative_accepted_tokens", "Speculative tokens accepted."),
-        )}
-        share = GaugeMetricFamily("edgeinfer_cached_prompt_tokens_ratio",
-                                  "Cached prompt tokens / prompt tokens since the start.", labels=["model"])
-        window = next(iter(snaps.values()))["window"] if snaps else WINDOW
-        summaries = {key: Metric(name, text.format(window=window), "summary")
-                     for key, name, text in SUMMARIES}
-        for label, snap in snaps.items():
-            for reason, n in snap["finish_reasons"].items():
-                requests.add_metric([label, reason], n)
-            for key, family in counters.items():
-                family.add_metric([label], snap[key])
-            share.add_metric([label], snap["cached_share"])
-            for key, family in summaries.items():
-                values = snap[key]
-                for q in QUANTILES:
-                    value = values[f"p{round(q * 100)}"]
-                    if value is not None:  # no quantile samples before the first observation
-                        family.add_sample(family.name, {"model": label, "quantile": str(q)}, value)
-                family.add_sample(family.name + "_sum", {"model": label}, values["sum"])
-                family.add_sample(family.name + "_count", {"model": label}, values["count"])
-        yield requests
-        yield from counters.values()
-        yield share
-        yield from summaries.values()
-        if self.load is not None:
-            gauges = {key: GaugeMetricFamily(name, text, labels=["model"])
-                      for key, name, text in SERVER_GAUGES}
-            for label, values in self.load().items():
-                for key, family in gauges.items():
-                    if values.get(key) is not None:
-                        family.add_metric([label], values[key])
-            yield from gauges.values()
-        if self.routers:
-            yield from _router_families({label: r.metrics_snapshot() for label, r in self.routers.items()})
-
-
-def _router_families(snaps: Mapping[str, dict]):  # noqa: ANN202
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    tier_requests = CounterMetricFamily("edgeinfer_router_requests", "Requests each tier served.",
-                                        labels=["router", "tier"])
-    tier_share = GaugeMetricFamily("edgeinfer_router_tier_share_ratio", "Share of requests each tier served.",
-                                   labels=["router", "tier"])
-    tier_cost = CounterMetricFamily("edgeinfer_router_tier_cost", "Estimated cost of each tier's requests.",
-                                    labels=["router", "tier"])
-    cost = CounterMetricFamily("edgeinfer_router_cost", "Estimated cost of all routed requests.",
-                               labels=["router"])
-    largest = CounterMetricFamily("edgeinfer_router_largest_tier_cost",
-                                  "Estimated cost had every request gone to the largest tier.",
-                                  labels=["router"])
-    saved = GaugeMetricFamily("edgeinfer_router_saved_cost",
-                              "Estimated cost saved against sending everything to the largest tier.",
-                              labels=["router"])
-    for label, snap in snaps.items():
-        for tier, t in snap["tiers"].items():
-            tier_requests.add_metric([label, tier], t["requests"])
-            tier_share.add_metric([label, tier], t["share"])
-            tier_cost.add_metric([label, tier], t["cost"])
-        cost.add_metric([label], snap["cost"])
-        largest.add_metric([label], snap["largest_tier_cost"])
-        saved.add_metric([label], snap["saved"])
-    yield from (tier_requests, tier_share, tier_cost, cost, largest, saved)

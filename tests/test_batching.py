@@ -48,7 +48,7 @@ def test_more_requests_than_sequences_wait_their_turn():
     done = run_concurrently(m, prompts, max_tokens=5, **GREEDY)
     assert [c.text for c in done] == [
         "".join(chr(ord(p) + j) for j in range(1, 6)) for p in prompts]
-    assert m.engine.load == (0, 0) and not any(s.busy for s in m.engine.cache.slots)
+    assert m.engine.occupancy() == (0, 0) and not any(s.busy for s in m.engine.cache.slots)
 
 
 def test_a_cancelled_request_frees_its_sequence_for_a_waiting_one():
@@ -61,7 +61,7 @@ def test_a_cancelled_request_frees_its_sequence_for_a_waiting_one():
     pieces = iter(long)
     next(pieces)
     gate.wait_held()
-    assert m.engine.load == (1, 1)
+    assert m.engine.occupancy() == (1, 1)
     long.cancel()
     gate.open()
     assert waiting.result().text == "cde"

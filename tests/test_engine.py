@@ -102,7 +102,7 @@ def test_closing_a_stream_early_stops_it_and_keeps_the_cache_consistent():
     # stopped at the first step after the cancel: no eval after the one waiting at the gate
     assert gate.passed == 5 and m.metrics.snapshot()["finish_reasons"]["cancelled"] == 1
     assert m.backend.seqs[0] == held and len(held) == 3 + 4  # the prompt, and the tokens evaluated
-    assert not m.engine.cache.slots[0].busy and m.engine.load == (0, 0)
+    assert not m.engine.cache.slots[0].busy and m.engine.occupancy() == (0, 0)
     assert m.generate("abc", max_tokens=3, **GREEDY).text == "def"
 
 

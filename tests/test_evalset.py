@@ -12,7 +12,7 @@ from edgeinfer.errors import EdgeInferError, InvalidDatasetError, InvalidRequest
 from edgeinfer.routing.evalset import (
     SCORERS,
     TASKS,
-    EvalItem,
+    EvalCase,
     default_evalset_path,
     fewshot_examples,
     load_evalset,
@@ -23,12 +23,12 @@ from edgeinfer.routing.evalset import (
 
 
 @pytest.fixture(scope="module")
-def items() -> list[EvalItem]:
+def items() -> list[EvalCase]:
     return load_evalset()
 
 
 @pytest.fixture(scope="module")
-def by_id(items: list[EvalItem]) -> dict[str, EvalItem]:
+def by_id(items: list[EvalCase]) -> dict[str, EvalCase]:
     return {i.id: i for i in items}
 
 

@@ -10,7 +10,7 @@ import pytest
 from fake_backend import FakeBackend
 from waits import EvalGate, wait_until
 
-from edgeinfer.metrics import ModelMetrics, percentile, prometheus_registry
+from edgeinfer.metrics import ModelMetrics, percentile
 from edgeinfer.model import Model
 from edgeinfer.routing.costs import LocalCost, TokenPrice
 from edgeinfer.routing.policies import Rule, Rules
@@ -115,7 +115,10 @@ def test_records_from_many_threads_are_all_counted():
 
 def test_router_snapshot_and_prometheus_rendering():
     parser = pytest.importorskip("prometheus_client.parser")
+    pytest.importorskip("fastapi")  # the exporter is in edgeinfer.server: the whole server extra
     from prometheus_client import generate_latest
+
+    from edgeinfer.server.prometheus import prometheus_registry
 
     small = Model(FakeBackend(n_ctx=256, step=1), name="small", speculation=None)
     large = Model(FakeBackend(n_ctx=256, step=3), name="large", speculation=None)

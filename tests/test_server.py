@@ -247,7 +247,7 @@ def test_a_client_leaving_mid_stream_cancels_its_request(http, model, streams, g
     wait_until(lambda: _cancelled(streams[0]), "the engine to end the request as cancelled")
     # a token an eval: the 12 allowed, and the one held at the gate; none after the cancel
     assert streams[0].completion.stats.completion_tokens <= gate.passed == 13
-    wait_until(lambda: model.engine.load == (0, 0), "the engine to be idle")
+    wait_until(lambda: model.engine.occupancy() == (0, 0), "the engine to be idle")
     assert_serving(http)
 
 
@@ -286,7 +286,7 @@ def test_a_full_queue_gets_503_and_frees_up(model, gate):
         gate.open()
         r = http.post(f"{url}/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
         assert r.status_code == 200, r.text
-    wait_until(lambda: model.engine.load == (0, 0), "the engine to be idle")
+    wait_until(lambda: model.engine.occupancy() == (0, 0), "the engine to be idle")
 
 
 # --- the command, from a second process ----------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `bench`: the artifacts, workload, repeats and output files."""
     p = sub.add_parser("bench", help="measure models side by side on this machine",
                        description="Each artifact runs in its own process; repeats alternate between them.")
     p.add_argument("artifacts", nargs="+", metavar="MODEL_OR_ARTIFACT",
@@ -23,10 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as Markdown")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw a chart (needs matplotlib)")
-    p.set_defaults(func=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure the artifacts and print the table (or JSON); exit 1 when every one failed."""
     from ..bench import markdown, plot
     from ..bench import run as measure
     from ..errors import InvalidRequestError

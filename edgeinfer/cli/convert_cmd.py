@@ -9,6 +9,7 @@ from converters.options import DEFAULT_MAX_KL, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `convert`: the source, output, format, quantization and quality flags."""
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF or ONNX")
     p.add_argument("source", help="checkpoint folder: config.json, *.safetensors, tokenizer.json")
     p.add_argument("-o", "--output", required=True,
@@ -26,10 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-quality", action="store_true", help="skip the quality measurement in report.json")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Convert the checkpoint and print where the artifact and its report went (or JSON)."""
     from converters import convert
 
     result = convert(

@@ -9,6 +9,7 @@ from ..routing.learned import DEFAULT_EMBEDDER, read_labelled, summary_lines, tr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `router` with its action `train`."""
     p = sub.add_parser("router", help="learned routing tools")
     router_sub = p.add_subparsers(dest="router_command", required=True, metavar="ACTION")
     t = router_sub.add_parser(
@@ -28,13 +29,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--offline", action="store_true", default=None)
     t.add_argument("--json", action="store_true", help="print the training summary as JSON")
-    t.set_defaults(func=train)
+    t.set_defaults(handler=train)
 
 
 def train(args: argparse.Namespace) -> int:
+    """Fit a router on the labelled file with the embedder, save it, and print its summary."""
     from ..loader import load
+    from .options import prepare_to_load
 
     examples = read_labelled(args.file)  # bad lines are refused before any model loads
+    prepare_to_load(args.embedder, offline=args.offline)
     with load(args.embedder, n_threads=args.threads, offline=args.offline) as embedder:
         trained = train_router(examples, embedder, large_share=args.large_share)
     trained.embedder["load"] = args.embedder  # what `run --router` loads

@@ -11,6 +11,7 @@ from ..translate.languages import LANGUAGES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `translate`: the text, languages, model and memory flags."""
     codes = ", ".join(f"{c} ({n})" for c, n in LANGUAGES.items())
     p = sub.add_parser("translate", help="translate text offline (en, fr, es, de, it, pt)",
                        description=f"Languages: {codes}.")
@@ -24,14 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--offline", action="store_true", default=None)
     p.add_argument("--json", action="store_true", help="print the translation and its stats as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Translate the text (argument or stdin), streamed, or as JSON with its stats."""
     from converters.preparation import prepare_for_use
 
     from ..translate.translator import DEFAULT_MODEL, Translator
-    from .commands import print_stream
+    from .output import print_stream
 
     text = args.text
     if text is None or text == "-":

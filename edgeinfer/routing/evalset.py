@@ -1,4 +1,4 @@
-"""The routing evaluation set: items, a strict JSONL loader, automatic scorers and prompt styles.
+"""The routing evaluation set: its cases (EvalCase), a strict JSONL loader, scorers and prompt styles.
 
 Scoring rules (all scorers return a float in [0, 1] and look only at what a small model puts first):
 
@@ -47,7 +47,7 @@ _FIELDS = {"id", "task", "prompt", "reference", "references", "subtask", "diffic
 
 
 @dataclass(frozen=True)
-class EvalItem:
+class EvalCase:
     """One request of the routing evaluation set with what counts as a right answer."""
 
     id: str
@@ -86,7 +86,7 @@ def _str_list(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _item_from(row: Any) -> EvalItem:
+def _item_from(row: Any) -> EvalCase:
     """Build and validate one item from a decoded JSON line (ValueError on any problem)."""
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
@@ -114,12 +114,12 @@ def _item_from(row: Any) -> EvalItem:
         extra["labels"] = _str_list(row["labels"], "labels")
     if "spans" in row:
         extra["spans"] = _str_list(row["spans"], "spans")
-    item = EvalItem(id=row["id"], task=task, prompt=row["prompt"], references=refs, **extra)
+    item = EvalCase(id=row["id"], task=task, prompt=row["prompt"], references=refs, **extra)
     _check_task_fields(item)
     return item
 
 
-def _check_task_fields(item: EvalItem) -> None:
+def _check_task_fields(item: EvalCase) -> None:
     """Per-task requirements: labels for classification, languages for translation, numbers..."""
     if item.task == "classification":
         if len(item.labels) < 2:
@@ -162,7 +162,7 @@ def read_jsonl(path: str | Path, parse: Callable[[Any], T]) -> list[tuple[int, T
     return out
 
 
-def load_evalset(path: str | Path | None = None) -> list[EvalItem]:
+def load_evalset(path: str | Path | None = None) -> list[EvalCase]:
     """Read an evaluation set (JSONL, one item a line, blank lines skipped); default: the shipped one."""
     path = Path(path) if path is not None else default_evalset_path()
     seen: dict[str, int] = {}
@@ -203,7 +203,7 @@ def _contains(haystack: str, needle: str) -> bool:
 
 
 # --- scorers ----------------------------------------------------------------------------------------
-def score_qa(item: EvalItem, answer: str) -> float:
+def score_qa(item: EvalCase, answer: str) -> float:
     """1.0 if a reference appears, as whole words, near the start of the answer's first line."""
     head = " ".join(normalize(answer_line(answer)).split()[:QA_WINDOW])
     return 1.0 if any(_contains(head, normalize(r)) for r in item.references) else 0.0
@@ -246,7 +246,7 @@ def first_number(answer: str) -> Fraction | None:
     return None
 
 
-def score_arithmetic(item: EvalItem, answer: str) -> float:
+def score_arithmetic(item: EvalCase, answer: str) -> float:
     """1.0 if the answer's first number equals the reference number exactly."""
     got = first_number(answer)
     return 1.0 if got is not None and any(got == _to_number(r) for r in item.references) else 0.0
@@ -270,7 +270,7 @@ def _chrf_metric() -> Any:
     return _chrf
 
 
-def score_translation(item: EvalItem, answer: str) -> float:
+def score_translation(item: EvalCase, answer: str) -> float:
     """Sentence chrF / 100 of the answer's first line against the references."""
     hyp = _LANG_LABEL.sub("", answer_line(answer)).strip().strip(_QUOTES).strip()
     if not hyp:
@@ -291,7 +291,7 @@ def found_labels(labels: tuple[str, ...], answer: str) -> set[str]:
     return found
 
 
-def score_classification(item: EvalItem, answer: str) -> float:
+def score_classification(item: EvalCase, answer: str) -> float:
     """1.0 if exactly one label appears in the answer and it is the reference."""
     return 1.0 if found_labels(item.labels, answer) == {item.reference} else 0.0
 
@@ -300,7 +300,7 @@ _LEAD_IN = re.compile(r"^[^:]{0,40}?(?:\bis\b|\bare\b|:)\s+", re.IGNORECASE)
 _SPAN_SPLIT = re.compile(r"\s*(?:[,;]|\band\b|&)\s*", re.IGNORECASE)
 
 
-def score_extraction(item: EvalItem, answer: str) -> float:
+def score_extraction(item: EvalCase, answer: str) -> float:
     """1.0 if the answer, minus a short lead-in ('The date is'), is exactly the span(s) asked for."""
     line = answer_line(answer)
     candidates = [line, _LEAD_IN.sub("", line, count=1)]
@@ -315,7 +315,7 @@ def score_extraction(item: EvalItem, answer: str) -> float:
     return 1.0 if any(normalize(c) in refs for c in candidates) else 0.0
 
 
-Scorer = Callable[[EvalItem, str], float]
+Scorer = Callable[[EvalCase, str], float]
 SCORERS: dict[str, Scorer] = {
     "qa": score_qa,
     "arithmetic": score_arithmetic,
@@ -325,16 +325,16 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def score(item: EvalItem, answer: str) -> float:
+def score(item: EvalCase, answer: str) -> float:
     """Score a model's answer to an item, in [0, 1], with the scorer of the item's task."""
     return SCORERS[item.task](item, answer)
 
 
 # --- prompts -------------------------------------------------------------------------------------
-_fewshot: list[EvalItem] | None = None
+_fewshot: list[EvalCase] | None = None
 
 
-def fewshot_examples() -> list[EvalItem]:
+def fewshot_examples() -> list[EvalCase]:
     """The shipped few-shot examples (loaded once)."""
     global _fewshot
     if _fewshot is None:
@@ -342,7 +342,7 @@ def fewshot_examples() -> list[EvalItem]:
     return _fewshot
 
 
-def examples_for(item: EvalItem, k: int = FEW_SHOT_K) -> list[EvalItem]:
+def examples_for(item: EvalCase, k: int = FEW_SHOT_K) -> list[EvalCase]:
     """Up to k examples of the item's task, those of the same subtask (language pair, label set) first."""
     same_task = [e for e in fewshot_examples() if e.task == item.task and e.id != item.id]
     same_sub = [e for e in same_task if item.subtask and e.subtask == item.subtask]
@@ -351,17 +351,17 @@ def examples_for(item: EvalItem, k: int = FEW_SHOT_K) -> list[EvalItem]:
     return (same_sub + [e for e in same_task if e not in same_sub])[:k]
 
 
-def few_shot_prompt(item: EvalItem, k: int = FEW_SHOT_K) -> str:
-    """A 'Q: ...\\nA: ...' completion prompt for a base model, ending with 'A:'."""
+def few_shot_eval_prompt(item: EvalCase, k: int = FEW_SHOT_K) -> str:
+    """A case as a few-shot 'Q: ...\\nA: ...' completion prompt for a base model, ending with 'A:'."""
     blocks = [f"Q: {e.prompt}\nA: {e.reference}" for e in examples_for(item, k)]
     blocks.append(f"Q: {item.prompt}\nA:")
     return "\n\n".join(blocks)
 
 
-def prompt_for(item: EvalItem, style: str = "chat") -> str:
+def prompt_for(item: EvalCase, style: str = "chat") -> str:
     """The text to send a model: the plain request ('chat') or a few-shot completion ('few_shot')."""
     if style == "chat":
         return item.prompt
     if style == "few_shot":
-        return few_shot_prompt(item)
+        return few_shot_eval_prompt(item)
     raise InvalidRequestError(f"unknown prompt style {style!r} (expected 'chat' or 'few_shot')")

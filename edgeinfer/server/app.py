@@ -17,10 +17,10 @@ from starlette.requests import ClientDisconnect
 
 from ..engine import CompletionStream
 from ..errors import EdgeInferError
-from ..metrics import prometheus_registry
 from ..model import Model
 from .errors import APIError, from_edgeinfer, install_handlers
 from .guards import LOOPBACK_ORIGIN, Guard
+from .prometheus import prometheus_registry
 from .pump import Admission, Pump
 from .responses import CHAT, TEXT, EventStream, Reply, Shape, ended
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest, parse
@@ -60,8 +60,8 @@ class Served:
                 "n_ctx": self.model.n_ctx, "chat": self.model.chat_template is not None}
 
     def health(self) -> dict:
-        """Admitted requests against capacity (and the engine's own count, where it has one)."""
-        running, waiting = getattr(self.model.engine, "load", (None, None))
+        """Admitted requests against capacity, and the engine's own running / waiting count."""
+        running, waiting = self.model.engine.occupancy()
         return {"admitted": self.admission.admitted, "capacity": self.admission.capacity,
                 "running": running, "waiting": waiting}
 
@@ -112,7 +112,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         return {"status": "ok", "models": {s.id: s.health() for s in registry.served.values()}}
 
     metrics = prometheus_registry({s.id: s.model for s in registry.served.values()},
-                                  load=lambda: {s.id: s.health() for s in registry.served.values()})
+                                  gauges=lambda: {s.id: s.health() for s in registry.served.values()})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -1,0 +1,79 @@
+"""`edgeinfer env`: this machine, its runtimes, and the backend/device choice for a model and why."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import platform
+
+from .. import __version__
+from ..device import Artifact, choose, onnx_provider_report
+from ..errors import EdgeInferError
+from ..loader import artifact_format, cached_probe, locate_model
+from .options import DEFAULT_CHAT_MODEL
+
+_SHOWN_FEATURES = {"sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vnni", "avx_vnni",
+                   "amx_int8", "neon", "dotprod", "i8mm", "sve", "sme"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `env`: the model to plan for, and --json."""
+    p = sub.add_parser("env", help="this machine, the backend/device choice and why")
+    p.add_argument("model", nargs="?", default=DEFAULT_CHAT_MODEL, help="artifact to plan for")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=env)
+
+
+def _versions() -> dict[str, str | None]:
+    """Versions of edgeinfer, Python and the packages it runs on (None: not installed)."""
+    out: dict[str, str | None] = {"edgeinfer": __version__, "python": platform.python_version()}
+    for dist in ("llama-cpp-python", "onnxruntime", "gguf", "huggingface-hub", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def env(args: argparse.Namespace) -> int:
+    """Print the probe of this machine and the plan for the model (offline: nothing is fetched)."""
+    probe = cached_probe()
+    plan: dict = {"model": args.model}
+    try:
+        path = locate_model(args.model, offline=True).path
+        size = path.stat().st_size if path.is_file() else 0
+        choice = choose(probe, Artifact(artifact_format(path), size))
+        plan.update(path=str(path), choice=choice.to_dict())
+    except EdgeInferError as exc:
+        choice = None
+        plan["error"] = str(exc)
+    report = {"versions": _versions(), "probe": probe.to_dict(), "plan": plan}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    gib = 1024**3
+    print(f"edgeinfer {__version__} on Python {platform.python_version()}")
+    print(f"OS/arch:   {probe.os} {probe.arch}")
+    print(f"CPU:       {probe.physical_cores} physical / {probe.logical_cores} logical cores; "
+          f"features: {', '.join(sorted(f for f in probe.cpu_features if f in _SHOWN_FEATURES)) or '?'}")
+    print(f"RAM:       {probe.ram_total / gib:.1f} GiB total, {probe.ram_available / gib:.1f} GiB available")
+    for i, g in enumerate(probe.gpus):
+        print(f"GPU {i}:     {g.name} ({g.api}) {g.vram_free / gib:.1f}/{g.vram_total / gib:.1f} GiB free")
+    if not probe.gpus:
+        print("GPU:       none found")
+    print(f"llama.cpp: {probe.llama_cpp_version or 'not installed'}; build backends "
+          f"{', '.join(sorted(probe.llama_build_backends)) or '-'}; GPU offload "
+          f"{'yes' if probe.llama_gpu_offload else 'no'}")
+    print(f"onnxruntime providers: {', '.join(probe.onnx_providers) or 'not installed'}")
+    for name, usable, why in onnx_provider_report(probe):
+        print(f"  {'+' if usable else '-'} {name}: {why}")
+    print(f"\nPlan for {args.model}:")
+    if choice is None:
+        print(f"  {plan['error']}")
+    else:
+        print(f"  backend={choice.backend} device={choice.device} gpu_layers={choice.n_gpu_layers} "
+              f"threads={choice.n_threads}")
+        for reason in choice.reasons:
+            print(f"  - {reason}")
+    return 0

@@ -1,0 +1,67 @@
+"""The loading and sampling options several commands share: their flags, and what they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..loader import load
+from ..model import Model, make_params
+from ..prepared import EMBEDDING_GGUF
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+_SAMPLING = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "stop")
+
+
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """The 'loading' flags (backend, device, context, threads, offload) of a command that loads a model."""
+    g = p.add_argument_group("loading")
+    g.add_argument("--backend", default="auto", help="auto, llama.cpp, onnx")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], metal")
+    g.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    g.add_argument("--gpu-layers", type=int, default=None,
+                   help="layers to offload (default: sized from free VRAM)")
+    g.add_argument("--offline", action="store_true", default=None, help="never contact the hub")
+    g.add_argument("--repack", action="store_true", default=False,
+                   help="let llama.cpp repack Q4_0/IQ4_NL weights for AVX2/NEON (faster, but a token's "
+                        "numerics then depend on its batch)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The 'sampling' flags (and the system prompt) of a command that generates text."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repeat-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--system", default=DEFAULT_SYSTEM, help="system prompt for chat models ('' for none)")
+
+
+def prepare_to_load(model: str, *, offline: bool | None) -> None:
+    """What a model needs before ``ei.load`` takes it (an embedding checkpoint converted to GGUF), done
+    once, as `edgeinfer pull` would: the command line does for the user what the runtime never does."""
+    from converters.preparation import prepare_for_use
+
+    prepare_for_use(model, offline=offline, kinds=(EMBEDDING_GGUF,),
+                    on_progress=lambda message: print(message, file=sys.stderr))
+
+
+def load_model(args: argparse.Namespace, name: str | None = None, **extra: object) -> Model:
+    """The model named on the command line (or ``name``), with the loading options given there."""
+    prepare_to_load(name or args.model, offline=args.offline)
+    return load(name or args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+                n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
+                progress=True, **({"repack": True} if getattr(args, "repack", False) else {}), **extra)
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """Sampling options given on the command line; the rest come from the model's defaults."""
+    options = {k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None}
+    make_params(**options)  # refuse bad values before loading the model
+    return options

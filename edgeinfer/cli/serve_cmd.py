@@ -1,0 +1,71 @@
+"""`edgeinfer serve`: a local OpenAI-compatible HTTP server over one or more loaded models."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+from ..errors import EdgeInferError, InvalidRequestError
+from .options import DEFAULT_CHAT_MODEL, add_load_options, load_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `serve`: the models, address, API key and admission limits, and the loading flags."""
+    p = sub.add_parser("serve", help="a local OpenAI-compatible HTTP server (/v1/chat/completions, ...)")
+    p.add_argument("models", nargs="*", default=[DEFAULT_CHAT_MODEL], metavar="MODEL",
+                   help=f"models to serve; a request's 'model' picks one (default: {DEFAULT_CHAT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; another host turns the DNS-rebinding guard off)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $EDGEINFER_API_KEY)")
+    # 8: the engine's aggregate throughput still grows from 4 to 8 streams here (1.67x -> 1.91x of
+    # one-by-one, benchmarks/results/batching.md); each sequence costs n_ctx KV cells of memory
+    p.add_argument("--max-sequences", type=int, default=8, help="requests each model runs at once")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="requests each model queues beyond those (default 4 x --max-sequences); more get 503")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
+    add_load_options(p)
+    p.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load every model, then serve them over HTTP until Ctrl-C or SIGTERM; the models are closed
+    on the way out."""
+    _check_serve_args(args)
+    try:
+        from ..server import ServerOptions
+        from ..server import serve as run_server
+        from ..server.guards import is_loopback
+    except ImportError as exc:
+        raise EdgeInferError(f"the server needs fastapi and uvicorn ({exc}): "
+                             "pip install 'edgeinfer[server]'") from None
+    if not is_loopback(args.host.strip("[]")) and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this machine "
+              "can use the models", file=sys.stderr)
+    options = ServerOptions(api_key=args.api_key, max_queue=args.max_queue, max_body=args.max_body)
+    with contextlib.ExitStack() as stack:
+        aliases = {name: stack.enter_context(load_model(args, name, max_sequences=args.max_sequences))
+                   for name in dict.fromkeys(args.models)}
+        names = ", ".join(m.name for m in aliases.values())
+
+        def ready(url: str) -> None:
+            print(f"edgeinfer serve: {url}/v1 ({names}); Ctrl-C stops", flush=True)
+
+        try:
+            run_server(list(aliases.values()), options, host=args.host, port=args.port, aliases=aliases,
+                       log_level="info" if args.verbose else "warning", on_ready=ready)
+        except OSError as exc:
+            raise EdgeInferError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print("edgeinfer serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    """Refuse limits below their least useful value before any model loads."""
+    for flag, value, least in (("--max-sequences", args.max_sequences, 1), ("--max-queue", args.max_queue, 0),
+                               ("--max-body", args.max_body, 1), ("--port", args.port, 0)):
+        if value is not None and value < least:
+            raise InvalidRequestError(f"{flag} must be >= {least}")
