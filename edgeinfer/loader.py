@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .backends import get_backend
+from .backends import format_of, get_backend
 from .device import Artifact, Probe, choose, probe_system
 from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, OutputExistsError, UnknownModelError
@@ -26,15 +26,8 @@ def cached_probe() -> Probe:
 
 
 def artifact_format(path: Path) -> str:
-    """'gguf', 'onnx' or 'hf' from what is on disk."""
-    if path.is_dir():
-        if (path / "model.onnx").is_file():
-            return "onnx"
-        if (path / "config.json").is_file():
-            return "hf"
-        return "unknown"
-    with open(path, "rb") as handle:
-        return "gguf" if handle.read(4) == b"GGUF" or path.suffix == ".gguf" else "unknown"
+    """'gguf', 'onnx', 'hf' or a plugin's format, from what is on disk ('unknown' if none matches)."""
+    return format_of(path)
 
 
 def _gguf_layers(path: Path) -> int | None:
