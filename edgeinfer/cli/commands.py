@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import __version__
+from ..backends import backend_specs
 from ..device import Artifact, choose, onnx_provider_report
 from ..engine import CompletionStream
 from ..errors import ChecksumMismatchError, EdgeInferError, InvalidRequestError, StorageError
@@ -238,6 +239,12 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _backends(probe: Any) -> list[dict]:
+    """The registered backends (plugins included): installed here?, formats read, priority."""
+    return [{"name": spec.name, "installed": spec.is_installed(probe), "formats": list(spec.format_names),
+             "priority": spec.priority, "install_hint": spec.install_hint} for spec in backend_specs()]
+
+
 def env(args: argparse.Namespace) -> int:
     probe = cached_probe()
     plan: dict = {"model": args.model}
@@ -249,7 +256,8 @@ def env(args: argparse.Namespace) -> int:
     except EdgeInferError as exc:
         choice = None
         plan["error"] = str(exc)
-    report = {"versions": _versions(), "probe": probe.to_dict(), "plan": plan}
+    backends = _backends(probe)
+    report = {"versions": _versions(), "probe": probe.to_dict(), "backends": backends, "plan": plan}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -269,6 +277,11 @@ def env(args: argparse.Namespace) -> int:
     print(f"onnxruntime providers: {', '.join(probe.onnx_providers) or 'not installed'}")
     for name, usable, why in onnx_provider_report(probe):
         print(f"  {'+' if usable else '-'} {name}: {why}")
+    print("backends (registered):")
+    for row in backends:
+        mark, formats = "+" if row["installed"] else "-", ", ".join(row["formats"]) or "-"
+        state = "installed" if row["installed"] else f"not installed ({row['install_hint'] or 'no hint'})"
+        print(f"  {mark} {row['name']}: reads {formats}; priority {row['priority']}; {state}")
     print(f"\nPlan for {args.model}:")
     if choice is None:
         print(f"  {plan['error']}")
