@@ -73,6 +73,10 @@ class Probe:
     llama_build_backends: frozenset[str] = frozenset()  # e.g. {"CPU", "CUDA"}
     onnx_providers: tuple[str, ...] = ()
 
+    def gpu_apis(self) -> list[str]:
+        """The GPU apis present ("cuda", "metal", ...), sorted: what backends' GPU hints name."""
+        return sorted({g.api for g in self.gpus})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cpu_features"] = sorted(self.cpu_features)
@@ -140,7 +144,7 @@ def choose(
     The backend is the registry's: for "auto", the installed one with the highest priority that reads
     the artifact's format; its spec's hooks say whether it can drive each GPU of the probe.
     """
-    from .backends.registry import get_spec, pick_backend  # the built-in specs read this module
+    from .backends.registry import get_spec, pick_backend  # here: the built-in specs import this module
 
     reasons: list[str] = []
     if backend == "auto":

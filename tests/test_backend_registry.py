@@ -19,6 +19,7 @@ from edgeinfer.backends import (
     ArtifactFormat,
     BackendSpec,
     backend_names,
+    backend_specs,
     get_backend,
     get_spec,
     register_backend,
@@ -68,11 +69,16 @@ def test_a_backend_registered_in_code_serves_its_own_format(tmp_path: Path) -> N
     assert artifact_format(model_file) == "unknown"
 
 
-def test_registered_restores_what_it_replaced() -> None:
-    builtin = get_spec("onnx")
-    with registered(BackendSpec("onnx", ToyBackend, formats=("onnx",))):
-        assert get_backend("onnx") is ToyBackend
-    assert get_spec("onnx") is builtin
+def test_registered_restores_what_it_replaced_in_its_place() -> None:
+    builtin, order = get_spec("llama.cpp"), [spec.name for spec in backend_specs()]
+    with registered(BackendSpec("llama.cpp", ToyBackend, formats=["gguf"])):
+        assert get_backend("llama.cpp") is ToyBackend and get_spec("llama.cpp").formats == ("gguf",)
+    assert get_spec("llama.cpp") is builtin and [spec.name for spec in backend_specs()] == order
+
+
+def test_a_lazy_factory_must_name_module_and_attribute() -> None:
+    with pytest.raises(ValueError, match="module:attribute"):
+        BackendSpec("bad", "just_a_module")
 
 
 def test_register_backend_keeps_its_positional_form_and_unregisters() -> None:

@@ -12,10 +12,6 @@ from .registry import BackendSpec
 GGML_GPU_FLAGS = {"cuda": 'CMAKE_ARGS="-DGGML_CUDA=on"', "metal": 'CMAKE_ARGS="-DGGML_METAL=on"'}
 
 
-def _gpu_apis(probe: Probe) -> list[str]:
-    return sorted({g.api for g in probe.gpus})
-
-
 def llama_installed(probe: Probe) -> bool:
     """llama-cpp-python imports on this machine."""
     return probe.llama_cpp_version is not None
@@ -28,7 +24,7 @@ def llama_uses_gpu(probe: Probe, gpu: GPU) -> bool:
 
 def llama_gpu_hint(probe: Probe) -> str:
     """A GPU is present but this llama.cpp build lacks it: how to rebuild."""
-    apis = _gpu_apis(probe)
+    apis = probe.gpu_apis()
     hint = " or ".join(GGML_GPU_FLAGS[a] for a in apis if a in GGML_GPU_FLAGS)
     return (
         f"GPU present ({', '.join(apis)}) but the installed llama.cpp build cannot use it: "
@@ -48,7 +44,7 @@ def onnx_uses_gpu(probe: Probe, gpu: GPU) -> bool:
 
 def onnx_gpu_hint(probe: Probe) -> str:
     """A GPU is present but this onnxruntime has no provider for it: which wheel has one."""
-    apis = _gpu_apis(probe)
+    apis = probe.gpu_apis()
     hint = "; ".join(f"{name}: {how}" for name, api, how in ONNX_PROVIDERS if api in apis)
     return (f"GPU present ({', '.join(apis)}) but this onnxruntime has no provider for it "
             f"({hint or 'no provider known'}); running on the CPU")

@@ -44,6 +44,14 @@ class BackendSpec:
     gpu_usable: Callable[[Probe, GPU], bool] | None = None  # default: the GPU's api is in ``devices``
     gpu_hint: Callable[[Probe], str] | None = None  # why the GPUs present are not used, and the fix
 
+    def __post_init__(self) -> None:
+        """Refuse a lazy factory without ':attribute' now, not at first load; keep sequences as tuples."""
+        if isinstance(self.factory, str) and not all(self.factory.partition(":")[::2]):
+            raise ValueError(f"backend {self.name!r}: a lazy factory is 'module:attribute', "
+                             f"not {self.factory!r}")
+        object.__setattr__(self, "formats", tuple(self.formats))  # lists given by a plugin become tuples
+        object.__setattr__(self, "devices", tuple(self.devices))
+
     @property
     def module(self) -> str | None:
         """The module a lazy factory lives in (None for a factory object)."""
@@ -75,8 +83,7 @@ class BackendSpec:
         """Why the GPUs on ``probe`` are left unused, with the fix where one is known."""
         if self.gpu_hint is not None:
             return self.gpu_hint(probe)
-        apis = sorted({g.api for g in probe.gpus})
-        return (f"GPU present ({', '.join(apis)}) but the {self.name} backend runs on "
+        return (f"GPU present ({', '.join(probe.gpu_apis())}) but the {self.name} backend runs on "
                 f"{', '.join(self.devices)}; running on the CPU")
 
     def unavailable(self) -> str:
@@ -124,8 +131,10 @@ def register_backend(
     gpu_hint: Callable[[Probe], str] | None = None,
 ) -> BackendSpec:
     """Register a backend by factory, or by 'module:attribute' so heavy imports wait for use."""
-    return register_spec(BackendSpec(name, factory, tuple(formats), tuple(devices), install_hint, requires,
-                                     priority, installed, gpu_usable, gpu_hint))
+    return register_spec(BackendSpec(
+        name=name, factory=factory, formats=formats, devices=devices, install_hint=install_hint,
+        requires=requires, priority=priority, installed=installed, gpu_usable=gpu_usable, gpu_hint=gpu_hint,
+    ))
 
 
 def unregister_backend(name: str) -> BackendSpec | None:
@@ -142,8 +151,9 @@ def registered(spec: BackendSpec) -> Iterator[BackendSpec]:
     try:
         yield spec
     finally:
-        unregister_backend(spec.name)
-        if previous is not None:
+        if previous is None:
+            unregister_backend(spec.name)
+        else:  # replaced in place: the registration order (which breaks priority ties) is kept
             register_spec(previous)
 
 
