@@ -115,7 +115,7 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
     import logging
 
     logging.getLogger("edgeinfer").setLevel(logging.ERROR)
-    from .formats import artifact_format
+    from .backends import format_of
     from .kv_options import KVOptions
     from .loader import load, locate_model
 
@@ -127,7 +127,7 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
                      offline=options.get("offline"))
         load_s = time.perf_counter() - start
         prompt = _prompt_ids(model, options["prompt_tokens"])
-        facts = {"name": display_name(artifact, located.name), "format": artifact_format(located.path),
+        facts = {"name": display_name(artifact, located.name), "format": format_of(located.path),
                  "backend": model.backend.name, "device": model.backend.device,
                  "size_bytes": artifact_size(located.path),
                  "bytes_per_token": bytes_read_per_token(located.path), "load_s": load_s}

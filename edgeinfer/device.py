@@ -73,6 +73,10 @@ class Probe:
     llama_build_backends: frozenset[str] = frozenset()  # e.g. {"CPU", "CUDA"}
     onnx_providers: tuple[str, ...] = ()
 
+    def gpu_apis(self) -> list[str]:
+        """The GPU apis present ("cuda", "metal", ...), sorted: what backends' GPU hints name."""
+        return sorted({g.api for g in self.gpus})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cpu_features"] = sorted(self.cpu_features)
@@ -84,7 +88,7 @@ class Probe:
 class Artifact:
     """What ``choose`` needs to know about a model file."""
 
-    format: str  # "gguf" | "onnx"
+    format: str  # a name in the format table: "gguf", "onnx", or a plugin's
     size_bytes: int
     n_layers: int | None = None
     quantization: str = ""
@@ -135,19 +139,23 @@ def choose(
     n_gpu_layers: int | None = None,
     n_threads: int | None = None,
 ) -> Choice:
-    """Pick backend, device, GPU layers and threads for ``artifact`` on ``probe``; explain why."""
+    """Pick backend, device, GPU layers and threads for ``artifact`` on ``probe``; explain why.
+
+    The backend is the registry's: for "auto", the installed one with the highest priority that reads
+    the artifact's format; its spec's hooks say whether it can drive each GPU of the probe.
+    """
+    from .backends.registry import get_spec, pick_backend  # here: the built-in specs import this module
+
     reasons: list[str] = []
     if backend == "auto":
-        backend = {"gguf": "llama.cpp", "onnx": "onnx"}.get(artifact.format, "")
-        if not backend:
-            raise BackendUnavailableError(f"no backend runs {artifact.format!r} artifacts")
-        reasons.append(f"{artifact.format} artifact -> {backend} backend")
+        spec = pick_backend(probe, artifact.format)
+        reasons.append(f"{artifact.format} artifact -> {spec.name} backend")
     else:
+        spec = get_spec(backend)
         reasons.append(f"backend {backend} requested")
-    if backend == "llama.cpp" and probe.llama_cpp_version is None:
-        raise BackendUnavailableError(
-            "the llama.cpp backend needs llama-cpp-python: pip install 'edgeinfer[llama]'"
-        )
+        if not spec.is_installed(probe):
+            raise BackendUnavailableError(spec.unavailable())
+    backend = spec.name
 
     threads = n_threads or max(1, probe.physical_cores)
     reasons.append(
@@ -155,10 +163,10 @@ def choose(
     )
     quants, why = fastest_cpu_quants(probe)
 
-    gpus = [g for g in probe.gpus if _usable_gpu(probe, g, backend)]
+    gpus = [g for g in probe.gpus if spec.can_use_gpu(probe, g)]
     if device == "cpu" or (device == "auto" and not gpus):
         if device == "auto":
-            reasons.append(_why_no_gpu(probe, backend))
+            reasons.append(spec.why_no_gpu(probe) if probe.gpus else "no GPU found: running on the CPU")
         else:
             reasons.append("CPU requested")
         if n_gpu_layers:
@@ -180,14 +188,6 @@ def choose(
         return Choice(backend, "cpu", 0, threads, tuple(reasons), quants)
     reasons.append(f"{gpu.name} ({gpu.api}, {gpu.vram_free / GIB:.1f} GiB free) selected")
     return Choice(backend, dev, layers, threads, tuple(reasons), quants)
-
-
-def _usable_gpu(probe: Probe, gpu: GPU, backend: str) -> bool:
-    if backend == "llama.cpp":
-        return probe.llama_gpu_offload and gpu.api.upper() in probe.llama_build_backends
-    if backend == "onnx":
-        return any(api == gpu.api and name in probe.onnx_providers for name, api, _ in ONNX_PROVIDERS)
-    return False
 
 
 def onnx_providers_for(device: str, available: tuple[str, ...] | list[str]) -> list[str]:
@@ -214,22 +214,6 @@ def onnx_provider_report(probe: Probe) -> list[tuple[str, bool, str]]:
     rows.append((CPU_PROVIDER, cpu_ok, "always available: the fallback for every model and op" if cpu_ok
                  else "onnxruntime is not installed: pip install 'edgeinfer[onnx]'"))
     return rows
-
-
-def _why_no_gpu(probe: Probe, backend: str) -> str:
-    if not probe.gpus:
-        return "no GPU found: running on the CPU"
-    apis = sorted({g.api for g in probe.gpus})
-    if backend == "onnx":
-        hint = "; ".join(f"{name}: {how}" for name, api, how in ONNX_PROVIDERS if api in apis)
-        return (f"GPU present ({', '.join(apis)}) but this onnxruntime has no provider for it "
-                f"({hint or 'no provider known'}); running on the CPU")
-    flag = {"cuda": 'CMAKE_ARGS="-DGGML_CUDA=on"', "metal": 'CMAKE_ARGS="-DGGML_METAL=on"'}
-    hint = " or ".join(flag[a] for a in apis if a in flag)
-    return (
-        f"GPU present ({', '.join(apis)}) but the installed {backend} build cannot use it: "
-        f"reinstall llama-cpp-python with {hint or 'GPU support'}; running on the CPU"
-    )
 
 
 def _pick_gpu(gpus: list[GPU], device: str, probe: Probe) -> GPU:

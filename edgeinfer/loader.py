@@ -5,11 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from .backends import get_backend
+from .backends import format_of, get_backend
 from .device import Artifact, Probe, choose, probe_system
 from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, ModelNotPreparedError, UnknownModelError
-from .formats import artifact_format
 from .hashing import cached_digest, sha256_file
 from .kv_options import KVOptions
 from .lock import ModelLock
@@ -104,7 +103,7 @@ def load(
     """
     located = locate_model(name_or_path, offline=offline, progress=progress)
     path, name, entry = located.path, located.name, located.entry
-    fmt = artifact_format(path)
+    fmt = format_of(path)
     if fmt == "hf":
         path, fmt = _prepared_checkpoint(located), "gguf"
     probe = probe or cached_probe()

@@ -210,14 +210,14 @@ def _report_quant(artifact: Path) -> str:
 
 def artifact_record(artifact: Path) -> dict[str, Any]:
     """format, sha256, size, file(s) and quantization of a local artifact, as models.lock stores them."""
-    from .formats import artifact_format
+    from .backends import format_of
     from .gguf_check import require_gguf_magic
     from .hashing import cached_digest, sha256_file, sha256_tree
 
     artifact = Path(artifact).expanduser().resolve()
     if not artifact.exists():
         raise LockFileError(f"{artifact}: no such file or folder; pass a .gguf file or a model folder")
-    fmt = artifact_format(artifact)
+    fmt = format_of(artifact)
     if fmt not in FORMATS:
         raise LockFileError(
             f"{artifact} is not a model artifact edgeinfer knows: pass a .gguf file, an ONNX folder "

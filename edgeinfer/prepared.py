@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .formats import artifact_format
+from .backends import format_of
 from .hashing import cached_digest, sha256_file
 from .lock import ModelEntry
 from .paths import cache_root
@@ -67,7 +67,7 @@ def shortlist_for(model_sha256: str) -> tuple[Path, dict] | None:
 def preparations(located: Located) -> list[Preparation]:
     """Every transform ``located`` gets before it is used (none for most models)."""
     path, entry = located.path, located.entry
-    fmt = artifact_format(path)
+    fmt = format_of(path)
     if fmt == "hf" and entry is not None and entry.role == "embedding":
         target = prepared_dir() / f"{located.name}-{entry.sha256[:16]}-F16.gguf"
         return [Preparation(EMBEDDING_GGUF, path, target, description="converting the checkpoint to GGUF")]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_backend import FakeBackend
 
 import edgeinfer as ei
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.engine import Completion, CompletionStream
 from edgeinfer.stats import Stats
 
@@ -39,6 +39,27 @@ def test_the_user_surface_is_exactly_the_user_api_and_the_error_tree():
     assert {cls.__name__ for cls in _subclasses(ei.EdgeInferError)} - errors == internal
     for name in ei.__all__:
         assert getattr(ei, name) is not None
+
+
+PLUGIN_SURFACE = {
+    # the contract a backend implements
+    "Backend", "Capabilities", "EvalItem", "LogitsSampler", "Sampler",
+    # what it declares, and the registry that chooses among the declared
+    "BackendSpec", "BackendFactory", "ArtifactFormat", "Detector", "folder_with", "ENTRY_POINT_GROUP",
+    "register_backend", "register_spec", "unregister_backend", "registered", "backend_names", "backend_specs",
+    "get_backend", "get_spec", "known_formats", "format_of", "pick_backend",
+    # the probe its hooks read, and the choice made from it
+    "Probe", "GPU", "probe_system", "Artifact", "Choice", "choose",
+}
+
+
+def test_the_plugin_surface_is_edgeinfer_backends():
+    import edgeinfer.backends as backends
+
+    assert set(backends.__all__) == PLUGIN_SURFACE
+    assert not PLUGIN_SURFACE & set(ei.__all__)  # one home per name
+    for name in backends.__all__:
+        assert getattr(backends, name) is not None
 
 
 def _subclasses(cls: type) -> set[type]:

@@ -3,9 +3,9 @@
 import threading
 
 import pytest
-from fake_backend import FakeBackend
 from waits import EvalGate
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.model import Model
 
 GREEDY = dict(temperature=0)

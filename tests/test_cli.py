@@ -57,6 +57,7 @@ def test_env_reports_probe_choice_and_versions():
     out = json.loads(r.stdout)
     assert out["versions"]["llama-cpp-python"]
     assert out["plan"]["choice"]["backend"] == "llama.cpp"
+    assert {b["name"]: b["installed"] for b in out["backends"]} == {"llama.cpp": True, "onnx": True}
     assert out["probe"]["physical_cores"] >= 1
     text = cli("env").stdout
     assert "fastest quantizations on this CPU" in text

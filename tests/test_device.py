@@ -1,7 +1,10 @@
 """Device choice with injected probes: CUDA, Metal and CPU-only machines."""
 
+from dataclasses import replace
+
 import pytest
 
+from edgeinfer.backends import ArtifactFormat, BackendSpec, registered
 from edgeinfer.device import (
     GIB,
     GPU,
@@ -143,3 +146,41 @@ def test_onnx_provider_report_on_a_mac_with_coreml():
                       "CPUExecutionProvider": True}
     assert choose(p, ONNX_MODEL).device == "metal"
     assert onnx_providers_for("metal", p.onnx_providers)[0] == "CoreMLExecutionProvider"
+
+
+# ---- the registry decides: plugins with their own priority, install hint and formats -------------
+def test_a_higher_priority_plugin_for_gguf_wins_auto_over_llama_cpp():
+    fast = BackendSpec("fast-gguf", "fast_gguf:Backend", formats=("gguf",), priority=10,
+                       installed=lambda p: True)
+    with registered(fast):
+        c = choose(probe(), MODEL_4G)
+        assert c.backend == "fast-gguf" and "gguf artifact -> fast-gguf backend" in c.reasons
+        assert choose(probe(), MODEL_4G, backend="llama.cpp").backend == "llama.cpp"
+    with registered(replace(fast, priority=-1)):  # below the built-in: only a fallback
+        assert choose(probe(), MODEL_4G).backend == "llama.cpp"
+        assert choose(probe(llama_cpp_version=None), MODEL_4G).backend == "fast-gguf"
+    with registered(replace(fast, installed=lambda p: False)):  # not installed here: skipped
+        assert choose(probe(), MODEL_4G).backend == "llama.cpp"
+
+
+def test_a_plugin_that_is_not_installed_gives_its_own_install_hint():
+    zzz = BackendSpec("zzz", "no_such_module_for_zzz.backend:Zzz", formats=(ArtifactFormat("zzz", ".zzz"),),
+                      install_hint="pip install zzz-backend", requires="zzz-runtime")
+    with registered(zzz):  # installed by default when its module can be found: this one cannot
+        with pytest.raises(BackendUnavailableError,
+                           match=r"^the zzz backend needs zzz-runtime: pip install zzz-backend$"):
+            choose(probe(), Artifact("zzz", 1 << 20))
+        with pytest.raises(BackendUnavailableError, match="pip install zzz-backend"):
+            choose(probe(), MODEL_4G, backend="zzz")
+    with pytest.raises(BackendUnavailableError, match="no backend runs 'zzz' artifacts"):
+        choose(probe(), Artifact("zzz", 1 << 20))
+
+
+def test_a_plugin_gpu_is_used_when_its_devices_name_the_api():
+    gpu_plugin = BackendSpec("gpu-gguf", "edgeinfer.backends.testing:FakeBackend", formats=("gguf",),
+                             devices=("cpu", "cuda"), priority=10)
+    with registered(gpu_plugin):
+        assert choose(probe(gpus=(cuda(20),)), MODEL_4G).device == "cuda:0"
+    with registered(replace(gpu_plugin, devices=("cpu",))):
+        c = choose(probe(gpus=(cuda(20),)), MODEL_4G)
+        assert c.device == "cpu" and any("gpu-gguf backend runs on cpu" in r for r in c.reasons)

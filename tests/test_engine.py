@@ -1,9 +1,9 @@
 """Engine logic on the fake backend: stop conditions, limits, prefix reuse, cancellation, stats."""
 
 import pytest
-from fake_backend import FakeBackend
 from waits import EvalGate, wait_until
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.errors import ContextOverflowError, EmptyPromptError
 from edgeinfer.model import Model, make_params
 

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_backend import FakeBackend
 from test_prompt_cache import BINDING, GREEDY, SYSTEM, cold, make
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.disk_cache import MAGIC, DiskCache
 from edgeinfer.errors import InvalidRequestError, StorageError
 from edgeinfer.model import Model

@@ -7,9 +7,9 @@ import threading
 
 import numpy as np
 import pytest
-from fake_backend import FakeBackend
 from waits import EvalGate, wait_until
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.metrics import ModelMetrics, percentile
 from edgeinfer.model import Model
 from edgeinfer.routing.costs import LocalCost, TokenPrice

@@ -3,8 +3,8 @@
 import logging
 
 import pytest
-from fake_backend import FakeBackend
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.disk_cache import DiskCache
 from edgeinfer.model import Model
 from edgeinfer.prompt_cache import PromptCache

@@ -4,8 +4,8 @@ falls back, streams are routed like generate, and bad configurations are clear e
 from __future__ import annotations
 
 import pytest
-from fake_backend import FakeBackend
 
+from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.errors import BackendUnavailableError, InvalidRequestError
 from edgeinfer.model import Model
 from edgeinfer.routing.costs import LocalCost, TokenPrice

@@ -6,11 +6,13 @@ import argparse
 import importlib.metadata as md
 import json
 import platform
+from typing import Any
 
 from .. import __version__
+from ..backends import backend_specs, format_of
 from ..device import Artifact, choose, onnx_provider_report
 from ..errors import EdgeInferError
-from ..loader import artifact_format, cached_probe, locate_model
+from ..loader import cached_probe, locate_model
 from .options import DEFAULT_CHAT_MODEL
 
 _SHOWN_FEATURES = {"sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vnni", "avx_vnni",
@@ -36,6 +38,12 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _backends(probe: Any) -> list[dict]:
+    """The registered backends (plugins included): installed here?, formats read, priority."""
+    return [{"name": spec.name, "installed": spec.is_installed(probe), "formats": list(spec.format_names),
+             "priority": spec.priority, "install_hint": spec.install_hint} for spec in backend_specs()]
+
+
 def env(args: argparse.Namespace) -> int:
     """Print the probe of this machine and the plan for the model (offline: nothing is fetched)."""
     probe = cached_probe()
@@ -43,12 +51,13 @@ def env(args: argparse.Namespace) -> int:
     try:
         path = locate_model(args.model, offline=True).path
         size = path.stat().st_size if path.is_file() else 0
-        choice = choose(probe, Artifact(artifact_format(path), size))
+        choice = choose(probe, Artifact(format_of(path), size))
         plan.update(path=str(path), choice=choice.to_dict())
     except EdgeInferError as exc:
         choice = None
         plan["error"] = str(exc)
-    report = {"versions": _versions(), "probe": probe.to_dict(), "plan": plan}
+    backends = _backends(probe)
+    report = {"versions": _versions(), "probe": probe.to_dict(), "backends": backends, "plan": plan}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -68,6 +77,11 @@ def env(args: argparse.Namespace) -> int:
     print(f"onnxruntime providers: {', '.join(probe.onnx_providers) or 'not installed'}")
     for name, usable, why in onnx_provider_report(probe):
         print(f"  {'+' if usable else '-'} {name}: {why}")
+    print("backends (registered):")
+    for row in backends:
+        mark, formats = "+" if row["installed"] else "-", ", ".join(row["formats"]) or "-"
+        state = "installed" if row["installed"] else f"not installed ({row['install_hint'] or 'no hint'})"
+        print(f"  {mark} {row['name']}: reads {formats}; priority {row['priority']}; {state}")
     print(f"\nPlan for {args.model}:")
     if choice is None:
         print(f"  {plan['error']}")

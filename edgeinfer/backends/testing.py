@@ -1,7 +1,25 @@
-"""A deterministic toy backend for engine logic that does not need a real model.
+"""Testing helpers for backend authors: FakeBackend, a deterministic toy model behind the Backend contract.
 
-Vocabulary: token i < 256 is the byte i; 256 is EOS. The "model" predicts (last token + step) mod 256,
-so the continuation of any prompt is known in advance.
+What it is for: exercising engine logic (batching, KV reuse, speculation, routing) without a real model,
+and giving a backend author a reference implementation of ``edgeinfer.backends.base.Backend`` to read
+and to subclass when testing a plugin's registration.
+
+Vocabulary: token i < 256 is the byte i; 256 is EOS. The "model" predicts (last token + step) mod 256
+(or, with ``whole_history=True``, a letter from the sum of the sequence's tokens), so the continuation of
+any prompt is known in advance.
+
+How a backend author uses it:
+
+- run the conformance checks on both backends, yours and this one, so a failure is easy to compare::
+
+      from edgeinfer.backends import conformance
+      from edgeinfer.backends.testing import EOS, FakeBackend
+
+      conformance.check_backend(FakeBackend(whole_history=True), eos=EOS)
+      conformance.check_backend(MyBackend("model.bin", n_ctx=256, max_sequences=2))
+
+- test a plugin's registration end to end: a factory that returns a FakeBackend subclass (accepting
+  the loader's ``path`` and keyword options) is served by ``edgeinfer.load`` like any backend.
 """
 
 from __future__ import annotations
@@ -11,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgeinfer.backends.base import Backend, Capabilities, EvalItem
-from edgeinfer.errors import BackendError, KVCacheFullError
+from ..errors import BackendError, KVCacheFullError
+from .base import Backend, Capabilities, EvalItem
 
 EOS = 256
 
