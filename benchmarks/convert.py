@@ -5,7 +5,7 @@ SmolLM2-135M-Instruct (rebuilt as an HF float32 checkpoint from its bundled GGUF
 in a fresh process; wall time and peak RSS (the child's own ru_maxrss from wait4). The two F16 files
 are then compared tensor by tensor.
 
-Part 2: ``converters.convert`` to F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M and Q4_0; size, bits per weight,
+Part 2: ``edgeinfer_converters.convert`` to F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M and Q4_0; size, bits per weight,
 mean KL / top-1 / perplexity vs the F32 GGUF (from each report.json), and greedy decode tok/s through
 edgeinfer (artifacts alternate round by round).
 
@@ -136,8 +136,9 @@ def part1(src: Path, work: Path, rounds: int, converter: Path) -> dict[str, Any]
 
 
 def part2(src: Path, work: Path, rounds: int, tokens: int, threads: int) -> dict[str, Any]:
+    from edgeinfer_converters import convert
+
     import edgeinfer as ei
-    from converters import convert
 
     rows: dict[str, dict[str, Any]] = {}
     for quant in QUANTS:

@@ -3,10 +3,11 @@
 One run, one model: SmolLM2-135M-Instruct rebuilt as an HF float32 checkpoint from its bundled GGUF
 (``tests/hf_fixtures.py``; cached). Variants:
 
-  onnx-int4 / -int4-fast / -int8 / -fp32  ``converters.convert(format="onnx")``, run by edgeinfer
+  onnx-int4 / -int4-fast / -int8 / -fp32  ``edgeinfer_converters.convert(format="onnx")``, run by edgeinfer
   genai-int4                         onnxruntime-genai's model builder (``-p int4 -e cpu``, its defaults)
                                      and its own runtime (og.Generator), in a separate venv
-  gguf-Q4_K_M / gguf-Q8_0            ``converters.convert(format="gguf")``, run by edgeinfer (llama.cpp)
+  gguf-Q4_K_M / gguf-Q8_0            ``edgeinfer_converters.convert(format="gguf")``, run by edgeinfer
+                                     (llama.cpp)
 
 Quality: one reference, the F32 GGUF's logits (llama.cpp) on the first 1024 tokens of
 ``quality_text()``, cut into 512-token windows each prefilled from an empty cache; every variant's
@@ -77,7 +78,7 @@ GENAI = "genai-int4"
 Q4KM = "gguf-Q4_K_M"
 EI_INT4 = "onnx-int4"
 EI_INT4_FAST = "onnx-int4-fast"
-WINDOW = 512  # quality windows (tokens), as converters.quality uses
+WINDOW = 512  # quality windows (tokens), as edgeinfer_converters.quality uses
 QUALITY_TOKENS = 1024
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -145,8 +146,9 @@ def folder_bytes(path: Path) -> int:
 
 # --- edgeinfer artifacts -------------------------------------------------------------------------
 def edgeinfer_artifacts(src: Path, root: Path, threads: int, rebuild: bool) -> dict[str, Path]:
-    """The F32 reference and the GGUF and ONNX variants, converted by ``converters.convert`` (cached)."""
-    from converters import convert
+    """The F32 reference and the GGUF and ONNX variants, converted by ``edgeinfer_converters.convert``
+    (cached)."""
+    from edgeinfer_converters import convert
 
     out: dict[str, Path] = {}
     gguf_key, onnx_key = converter_key("gguf", src), converter_key("onnx", src)
@@ -328,8 +330,9 @@ def worker_for(key: str, path: Path, threads: int, n_ctx: int, genai_py: Path | 
 
 # --- quality -------------------------------------------------------------------------------------
 def reference_tokens(f32: Path, threads: int) -> list[int]:
-    """The quality text's first tokens, as converters.quality tokenizes them (the F32 GGUF, llama.cpp)."""
-    from converters.quality import ReferenceScorer
+    """The quality text's first tokens, as edgeinfer_converters.quality tokenizes them (the F32 GGUF,
+    llama.cpp)."""
+    from edgeinfer_converters.quality import ReferenceScorer
 
     with ReferenceScorer(f32, max_tokens=QUALITY_TOKENS, n_ctx=WINDOW, n_threads=threads) as ref:
         return list(ref.tokens)
@@ -339,11 +342,11 @@ def variant_logits(key: str, path: Path, tokens: list[int], threads: int,
                    genai_py: Path | None) -> np.ndarray:
     """Every position's logits of ``tokens`` (windows of WINDOW from an empty cache) from one variant."""
     if key.startswith("gguf-"):
-        from converters.quality import gguf_logits
+        from edgeinfer_converters.quality import gguf_logits
 
         return gguf_logits(path, tokens, n_ctx=WINDOW, n_threads=threads)
     if key.startswith("onnx-"):
-        from converters.to_onnx.quality import onnx_logits
+        from edgeinfer_converters.to_onnx.quality import onnx_logits
 
         return np.concatenate(list(onnx_logits(path, tokens, window=WINDOW, n_threads=threads)))
     assert genai_py is not None
@@ -356,8 +359,8 @@ def variant_logits(key: str, path: Path, tokens: list[int], threads: int,
 
 def tokenization_check(tokens: list[int], paths: dict[str, Path], genai_py: Path | None) -> dict[str, bool]:
     """Whether each runtime's own tokenizer gives the reference's ids for the quality text."""
-    from converters.quality import quality_text
-    from converters.to_onnx.quality import tokenize_text
+    from edgeinfer_converters.quality import quality_text
+    from edgeinfer_converters.to_onnx.quality import tokenize_text
 
     text = quality_text()
     n = len(tokens)
@@ -374,7 +377,7 @@ def tokenization_check(tokens: list[int], paths: dict[str, Path], genai_py: Path
 def measure_quality(tokens: list[int], paths: dict[str, Path], threads: int,
                     genai_py: Path | None) -> dict[str, dict[str, Any]]:
     """Metrics of every variant vs the F32 GGUF's logits, all on the same token ids and windows."""
-    from converters.quality import compare_logits
+    from edgeinfer_converters.quality import compare_logits
 
     reference = variant_logits("gguf-F32", paths["gguf-F32"], tokens, threads, None)
     targets = np.asarray(tokens[1:], dtype=np.int64)

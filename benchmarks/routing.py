@@ -201,8 +201,9 @@ def cascade_curve(rows: Sequence[dict[str, Any]], fold: Sequence[int], measure: 
 def embed_requests(rows: Sequence[dict[str, Any]], threads: int) -> Any:
     """Each item's request as the Router sees it (the small tier's prompt), embedded by the default
     embedding model (all-MiniLM-L6-v2, converted to GGUF once, as `edgeinfer pull` does)."""
+    from edgeinfer_converters import prepare
+
     import edgeinfer as ei
-    from converters import prepare
     from edgeinfer.routing.evalset import load_evalset, prompt_for
     from edgeinfer.routing.learned import DEFAULT_EMBEDDER
 
@@ -363,8 +364,9 @@ def end_to_end(rows: list[dict[str, Any]], kind: str, share: float, count: int, 
     """``count`` items through a real Router with a Cascade (``kind="cascade"``, threshold calibrated on
     all items) or a Learned policy (trained with ``train_router`` from the labels file, on all items),
     checking its decisions and answers against the replay."""
+    from edgeinfer_converters import prepare
+
     import edgeinfer as ei
-    from converters import prepare
     from edgeinfer.routing import Cascade, Learned, LocalCost, Router, Tier, calibrate_threshold
     from edgeinfer.routing.evalset import load_evalset, prompt_for
     from edgeinfer.routing.learned import DEFAULT_EMBEDDER, read_labelled, train_router

@@ -66,8 +66,9 @@ def worker(variant: str, threads: int, conn: Any) -> None:
                                         stop=["\n"])
             return out["choices"][0]["text"].strip()
     else:
+        from edgeinfer_converters import prepare
+
         import edgeinfer as ei
-        from converters import prepare
 
         prepare(MODEL)  # the shortlisted GGUF, built once (what `edgeinfer pull` does)
         translator = ei.Translator(MODEL, memory=False, n_threads=threads,

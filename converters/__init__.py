@@ -1,6 +1,6 @@
 """Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see DESIGN.md).
 
-Attributes load lazily, so ``import converters`` stays cheap for the CLI.
+Attributes load lazily, so ``import edgeinfer_converters`` stays cheap for the CLI.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class QualityMetrics:
 
 def quality_text() -> str:
     """The fixed English text shipped with the project (plain, original, license-free prose)."""
-    return resources.files("converters").joinpath(TEXT_RESOURCE).read_text(encoding="utf-8")
+    return resources.files("edgeinfer_converters").joinpath(TEXT_RESOURCE).read_text(encoding="utf-8")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

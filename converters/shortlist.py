@@ -202,7 +202,8 @@ def write_shortlisted_gguf(source: str | Path, output: str | Path, keep: np.ndar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Make a shortlist file: python -m converters.shortlist MODEL.gguf -o OUT.json (needs wordfreq)."""
+    """Make a shortlist file (needs wordfreq):
+    python -m edgeinfer_converters.shortlist MODEL.gguf -o OUT.json"""
     import argparse
 
     import gguf

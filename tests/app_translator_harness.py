@@ -65,9 +65,8 @@ def main() -> int:
     kivy_home.mkdir(exist_ok=True)
     os.environ.setdefault("KIVY_HOME", str(kivy_home))  # not the user's ~/.kivy
 
+    from edgeinfer_apps.translator.main import TranslatorApp
     from kivy.clock import Clock
-
-    from apps.translator.main import TranslatorApp
 
     report: dict[str, Any] = {"ok": False, "steps": []}
     app = TranslatorApp(translator_options={"model": args.model, "memory": args.memory,

@@ -37,8 +37,8 @@ def _tell(fd: int, message: str) -> None:
 def pause_gguf_output(output: str, ready_fd: int, after_blocks: int = 3) -> None:
     """While ``convert`` writes the GGUF at ``output`` (not its quality reference), stop after
     ``after_blocks`` encoded blocks, write "writing" to ``ready_fd`` and sleep until a signal."""
-    import converters.conversion as conversion
-    from converters.to_gguf import writer
+    import edgeinfer_converters.conversion as conversion
+    from edgeinfer_converters.to_gguf import writer
 
     real_write, real_encode = conversion.write_gguf, writer.encode
 

@@ -47,7 +47,7 @@ def sentence_transformers_embeddings() -> np.ndarray:
 
 def converted_once(root: Path, fmt: str, name: Callable[[str], str]) -> Callable[[str], Path]:
     """quant -> MiniLM converted to ``fmt`` under ``root / name(quant)``, each converted once."""
-    from converters import convert
+    from edgeinfer_converters import convert
 
     made: dict[str, Path] = {}
 

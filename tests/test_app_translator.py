@@ -64,8 +64,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
     """The same translator, called directly (its own memory, so nothing is answered from the app's)."""
+    from edgeinfer_converters import prepare
+
     import edgeinfer as ei
-    from converters import prepare
 
     prepare(MODEL)  # the app prepares its model the same way before loading it
     tr = ei.Translator(model=MODEL, memory=str(tmp_path_factory.mktemp("reference") / "memory.sqlite"),

@@ -18,6 +18,7 @@ from edgeinfer.stats import Stats
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ROOT / "edgeinfer"
+INSTALLED_AS = {"edgeinfer": "edgeinfer", "converters": "edgeinfer_converters", "apps": "edgeinfer_apps"}
 
 USER_SURFACE = {
     # loading and running
@@ -190,7 +191,8 @@ CONVERSION_STACK = ("converters", "edgeinfer_converters", "apps", "edgeinfer_app
 
 def _imports(path: Path) -> list[str]:
     """Every module ``path`` imports, at any level (function-local imports included), made absolute."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    folder = path.relative_to(ROOT).parts[:-1]
+    package = ".".join([INSTALLED_AS.get(folder[0], folder[0]), *folder[1:]]) if folder else ""
     names = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -229,3 +231,26 @@ print(sorted(n for n in sys.modules if n.split(".")[0] in {CONVERSION_STACK!r}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- installed names -------------------------------------------------------------------------------------
+
+
+def test_every_package_folder_installs_under_a_name_of_ours():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = {".".join([INSTALLED_AS[init.parent.relative_to(ROOT).parts[0]],
+                         *init.parent.relative_to(ROOT).parts[1:]])
+               for top in INSTALLED_AS for init in (ROOT / top).rglob("__init__.py")}
+    assert set(config["packages"]) == folders
+    assert config["package-dir"] == {v: k for k, v in INSTALLED_AS.items() if k != v}
+
+
+def test_nothing_imports_the_folders_by_their_repository_names():
+    """`import converters` works only from a checkout; installed, the package is edgeinfer_converters."""
+    offenders = [f"{path.relative_to(ROOT)}: {name}"
+                 for top in ("edgeinfer", "converters", "apps", "tests", "benchmarks")
+                 for path in (ROOT / top).rglob("*.py")
+                 for name in _imports(path) if name.split(".")[0] in ("converters", "apps")]
+    assert offenders == []

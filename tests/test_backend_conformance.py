@@ -21,9 +21,8 @@ def _fake() -> Backend:
 
 def _onnx_dir(root: Path) -> Path:
     pytest.importorskip("onnxruntime")
+    from edgeinfer_converters import convert
     from hf_fixtures import tiny_checkpoint
-
-    from converters import convert
 
     out = root / "tiny-llama-fp32"
     convert(tiny_checkpoint("llama"), out, format="onnx", quant="fp32", n_threads=2)

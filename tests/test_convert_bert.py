@@ -64,9 +64,8 @@ def test_masked_lm_checkpoint_with_bert_prefix_and_cls_pooling(tmp_path):
     """BertForMaskedLM names tensors 'bert.*' and adds an MLM head (skipped); CLS pooling is read
     from the sentence-transformers Pooling module."""
     torch = pytest.importorskip("torch")
+    from edgeinfer_converters import convert
     from transformers import BertConfig, BertForMaskedLM
-
-    from converters import convert
 
     src = tmp_path / "tiny-bert"
     torch.manual_seed(0)
@@ -91,8 +90,8 @@ def test_masked_lm_checkpoint_with_bert_prefix_and_cls_pooling(tmp_path):
 
 
 def test_unsupported_pooling_is_refused(tmp_path):
-    from converters.checkpoint import Checkpoint
-    from converters.to_gguf.families import family_for
+    from edgeinfer_converters.checkpoint import Checkpoint
+    from edgeinfer_converters.to_gguf.families import family_for
 
     src = tmp_path / "st"
     shutil.copytree(minilm_dir(), src, ignore=shutil.ignore_patterns("*.safetensors"))

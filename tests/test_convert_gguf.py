@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from child_hooks import child_code
+from edgeinfer_converters import convert
+from edgeinfer_converters.checkpoint import Checkpoint
 from hf_fixtures import TINY_CONFIGS, rebuilt_checkpoint, tiny_checkpoint
 
 import edgeinfer as ei
-from converters import convert
-from converters.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -293,7 +293,7 @@ def test_bad_options(tmp_path: Path) -> None:
 
 
 def test_interrupt_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import converters.to_gguf.writer as writer
+    import edgeinfer_converters.to_gguf.writer as writer
 
     calls = {"n": 0}
     real = writer.encode

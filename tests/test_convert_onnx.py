@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgeinfer_converters.checkpoint import Checkpoint
+from edgeinfer_converters.to_onnx import ARCHS, build_onnx
 from hf_fixtures import empty_past, rebuilt_checkpoint, tiny_checkpoint
 from test_convert_gguf import assert_parity, hf_logits, hf_model
 
-from converters.checkpoint import Checkpoint
-from converters.to_onnx import ARCHS, build_onnx
 from edgeinfer.errors import ConversionError, UnsupportedArchitectureError
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
+from edgeinfer_converters import convert  # noqa: E402
+from edgeinfer_converters.checkpoint import Checkpoint  # noqa: E402
+from edgeinfer_converters.to_onnx import build_onnx  # noqa: E402
 from hf_fixtures import empty_past, rebuilt_checkpoint, tiny_checkpoint  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
-from converters import convert  # noqa: E402
-from converters.checkpoint import Checkpoint  # noqa: E402
-from converters.to_onnx import build_onnx  # noqa: E402
 from edgeinfer.errors import ConversionError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -106,9 +106,8 @@ def test_awq_folding_keeps_the_fp32_function(tmp_path: Path) -> None:
     changes computes the same logits (only quantization then differs)."""
     import onnx
     import onnxruntime as ort
+    from edgeinfer_converters.to_onnx.quantize import RECIPES, _Rewriter
     from onnx import numpy_helper
-
-    from converters.to_onnx.quantize import RECIPES, _Rewriter
 
     for arch in ("llama", "qwen3", "gemma3"):
         src = build_onnx(Checkpoint.open(tiny_checkpoint(arch)), tmp_path / arch)
@@ -140,7 +139,7 @@ def test_awq_folding_keeps_the_fp32_function(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_mid_quantization_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from converters.to_onnx import quantize
+    from edgeinfer_converters.to_onnx import quantize
 
     def interrupted(self: object) -> None:
         raise KeyboardInterrupt
@@ -160,8 +159,8 @@ def test_unknown_quant_is_refused(tmp_path: Path) -> None:
 def test_smollm2_quality(tmp_path: Path) -> None:
     """SmolLM2-135M on the shipped text vs fp32: int8 KL < 0.01; int4 (GPTQ, QKV/down/head at 8 bits)
     within llama.cpp Q4_K_M's KL on the same model and text (0.051), and smaller than int8."""
-    from converters.to_onnx.quality import measure_onnx_quality
-    from converters.to_onnx.quantize import quantize_onnx
+    from edgeinfer_converters.to_onnx.quality import measure_onnx_quality
+    from edgeinfer_converters.to_onnx.quantize import quantize_onnx
 
     src = build_onnx(Checkpoint.open(rebuilt_checkpoint("smollm2")), tmp_path / "fp32")
     metrics = {}

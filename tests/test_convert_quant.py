@@ -14,11 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgeinfer_converters.auto_quant import DEFAULT_AUTO_ORDER, choose_quant
+from edgeinfer_converters.quality import (
+    QualityMetrics,
+    compare_logits,
+    gguf_logits,
+    measure_quality,
+    quality_text,
+)
+from edgeinfer_converters.report import bits_per_weight, report_path, write_report
+from edgeinfer_converters.to_gguf.quantize import QUANT_TYPES, gguf_file_type, quantize_gguf
 
-from converters.auto_quant import DEFAULT_AUTO_ORDER, choose_quant
-from converters.quality import QualityMetrics, compare_logits, gguf_logits, measure_quality, quality_text
-from converters.report import bits_per_weight, report_path, write_report
-from converters.to_gguf.quantize import QUANT_TYPES, gguf_file_type, quantize_gguf
 from edgeinfer.errors import ChecksumMismatchError, ConversionError, LockFileError
 
 QUALITY_TOKENS = 128  # enough to order Q8_0 / Q4_K_M (KL ~10x apart), and quick on 2 cores
@@ -58,7 +64,7 @@ def test_compare_logits_hand_computed_case():
 
 
 def test_compare_logits_chunks_large_vocabularies_the_same(monkeypatch):
-    import converters.quality as quality
+    import edgeinfer_converters.quality as quality
 
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(9, 300)).astype(np.float32)
@@ -237,7 +243,7 @@ def test_report_json(f16, quantized, quality):
 @pytest.fixture
 def prebuilt(quantized, monkeypatch):
     """choose_quant's quantizer copies the module's files (the real one is tested above)."""
-    import converters.auto_quant as auto_quant
+    import edgeinfer_converters.auto_quant as auto_quant
 
     def copy(src, dst, quant, **_):
         shutil.copyfile(quantized[quant], dst)

@@ -14,11 +14,11 @@ from typing import Any
 
 import gguf
 import pytest
+from edgeinfer_converters.checkpoint import Checkpoint
+from edgeinfer_converters.to_gguf import vocab as V
 from hf_fixtures import minilm_dir, tokenizer_dir
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from converters.checkpoint import Checkpoint
-from converters.to_gguf import vocab as V
 from edgeinfer.errors import CheckpointError, ConversionError
 
 TEXTS: dict[str, str] = {

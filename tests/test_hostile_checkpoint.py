@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from edgeinfer_converters import convert
 from test_convert_gguf import assert_nothing_written, copy_of, edit_config, rewrite_header
 
 import edgeinfer as ei
-from converters import convert
 
 
 def first_tensor(header: dict) -> dict:

@@ -49,9 +49,8 @@ def test_mutated_gguf_headers(smollm2_path: Path, tmp_path: Path) -> None:
 
 
 def test_mutated_safetensors_headers(tmp_path: Path) -> None:
+    from edgeinfer_converters.safetensors_io import read_header
     from test_convert_gguf import copy_of
-
-    from converters.safetensors_io import read_header
 
     src = copy_of("llama", tmp_path / "ck") / "model.safetensors"
     data = src.read_bytes()

@@ -142,7 +142,7 @@ def test_a_failed_conversation_save_is_a_storage_error(monkeypatch):
     m = Model(FakeBackend(n_ctx=512), name="fake", chat_template=TEMPLATE)
     conv = m.chat(id="full-disk")
     conv.send("hello", **GREEDY)
-    monkeypatch.setattr("edgeinfer.model.atomic_write", no_space)
+    monkeypatch.setattr("edgeinfer.conversation.atomic_write", no_space)
     with pytest.raises(StorageError, match="No space left"):
         conv.save()
     assert conv.send("again", **GREEDY).text  # the conversation goes on
@@ -151,10 +151,10 @@ def test_a_failed_conversation_save_is_a_storage_error(monkeypatch):
 @pytest.mark.slow
 def test_chat_with_an_id_goes_on_when_the_disk_is_full(tmp_path):
     """`edgeinfer chat --id` with saves failing (no space): a warning after each turn, answers go on."""
-    prelude = ("import errno, edgeinfer.model\n"
+    prelude = ("import errno, edgeinfer.conversation\n"
                "def no_space(*a, **k):\n"
                "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-               "edgeinfer.model.atomic_write = no_space\n")
+               "edgeinfer.conversation.atomic_write = no_space\n")
     code = prelude + "import sys\nfrom edgeinfer.cli import main\nsys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEINFER_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code, "chat", "--id", "full", "--temperature", "0",

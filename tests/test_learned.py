@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgeinfer_converters import prepare
 from test_router import toy
 
 import edgeinfer as ei
-from converters import prepare
 from edgeinfer.routing import Learned, Router, Tier, read_labelled, train_router
 from edgeinfer.routing.evalset import load_evalset, prompt_for
 from edgeinfer.routing.learned import (

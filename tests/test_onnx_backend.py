@@ -20,7 +20,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converters import convert
+    from edgeinfer_converters import convert
 
     out = tmp_path_factory.mktemp("onnx") / "smol-fp32"
     convert(rebuilt_checkpoint("smollm2"), out, format="onnx", quant="fp32")

@@ -73,7 +73,7 @@ def test_checkpoint_without_pooling_module_is_refused(tmp_path):
     src.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (src / name).symlink_to(minilm_dir() / name)
-    from converters import convert
+    from edgeinfer_converters import convert
 
     with pytest.raises(UnsupportedArchitectureError, match="Pooling"):
         convert(src, tmp_path / "out", format="onnx")
@@ -85,9 +85,8 @@ def test_masked_lm_checkpoint_matches_transformers(tmp_path, pooling, act):
     """BertForMaskedLM names tensors 'bert.*' and adds an MLM head (skipped); CLS / last-token pooling
     and tanh GELU match transformers, in one padded batch of texts of different lengths."""
     torch = pytest.importorskip("torch")
+    from edgeinfer_converters import convert
     from transformers import BertConfig, BertForMaskedLM
-
-    from converters import convert
 
     src = tmp_path / "tiny-bert"
     torch.manual_seed(0)

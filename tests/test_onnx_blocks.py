@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from converters.to_onnx.blocks import Blocks, quantize_blocks  # noqa: E402
-from converters.to_onnx.gptq import gptq_blocks  # noqa: E402
+from edgeinfer_converters.to_onnx.blocks import Blocks, quantize_blocks  # noqa: E402
+from edgeinfer_converters.to_onnx.gptq import gptq_blocks  # noqa: E402
 
 
 def dequantize(blocks: Blocks, k: int) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output() -> None:
 
 
 def test_awq_scales_cut_the_output_error_when_some_channels_are_loud() -> None:
-    from converters.to_onnx.awq import channel_scales
+    from edgeinfer_converters.to_onnx.awq import channel_scales
 
     rng = np.random.default_rng(1)
     n, k, tokens = 64, 128, 2048

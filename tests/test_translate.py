@@ -12,10 +12,10 @@ from pathlib import Path
 
 import gguf
 import pytest
+from edgeinfer_converters import prepare
+from edgeinfer_converters.shortlist import NORMAL, SPACE, Shortlist, spm_pieces
 
 import edgeinfer as ei
-from converters import prepare
-from converters.shortlist import NORMAL, SPACE, Shortlist, spm_pieces
 from edgeinfer.loader import locate_model
 from edgeinfer.prepared import shortlist_for
 from edgeinfer.translate.languages import detect_language

@@ -1,1 +1,1 @@
-"""An offline translation app (Kivy) on `edgeinfer.Translator`: `python -m apps.translator`."""
+"""An offline translation app (Kivy) on `edgeinfer.Translator`: `python -m edgeinfer_apps.translator`."""

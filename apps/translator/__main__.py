@@ -1,4 +1,4 @@
-"""`python -m apps.translator [--model NAME] [--memory PATH] [--threads N]`."""
+"""`python -m edgeinfer_apps.translator [--model NAME] [--memory PATH] [--threads N]`."""
 
 from .main import run
 

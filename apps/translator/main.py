@@ -33,6 +33,7 @@ if platform not in ("android", "ios"):
     Config.set("graphics", "minimum_height", "560")
     Config.set("input", "mouse", "mouse,multitouch_on_demand")  # no red dots on right click
 
+from edgeinfer_converters.preparation import prepare_for_use
 from kivy.app import App
 from kivy.clock import Clock
 from kivy.properties import (
@@ -47,7 +48,6 @@ from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 
 import edgeinfer as ei
-from converters.preparation import prepare_for_use
 
 logging.getLogger("edgeinfer.llama_cpp").setLevel(logging.WARNING)  # llama.cpp's load log: not for the app
 KV_FILE = Path(__file__).with_name("translator.kv")
@@ -383,7 +383,7 @@ def _sentence(message: str, end: str = ".") -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Entry point of `edgeinfer-translator` and `python -m apps.translator`."""
+    """Entry point of `edgeinfer-translator` and `python -m edgeinfer_apps.translator`."""
     parser = argparse.ArgumentParser(prog="edgeinfer-translator", description="Offline translation app.")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name or .gguf path (default: %(default)s)")

@@ -20,7 +20,7 @@ WINDOW = 512  # tokens per run, each from an empty cache
 
 def calibration_text() -> str:
     """The shipped calibration text."""
-    return resources.files("converters").joinpath(CALIBRATION_RESOURCE).read_text(encoding="utf-8")
+    return resources.files("edgeinfer_converters").joinpath(CALIBRATION_RESOURCE).read_text(encoding="utf-8")
 
 
 def input_hessians(folder: Path, source: dict[str, str], *, text: str | None = None,

@@ -1,7 +1,8 @@
 """Quality of a quantized ONNX folder against its fp32 folder, through onnxruntime, on the shipped text.
 
-Same metrics and windows as the GGUF path (``converters.quality``): the tokens are cut into consecutive
-windows, each run as one prefill from an empty cache, and one window of logits per model is held at once.
+Same metrics and windows as the GGUF path (``edgeinfer_converters.quality``): the tokens are cut into
+consecutive windows, each run as one prefill from an empty cache, and one window of logits per model is
+held at once.
 """
 
 from __future__ import annotations

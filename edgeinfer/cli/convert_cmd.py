@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from converters.options import DEFAULT_MAX_KL, FORMATS
+from edgeinfer_converters.options import DEFAULT_MAX_KL, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert the checkpoint and print where the artifact and its report went (or JSON)."""
-    from converters import convert
+    from edgeinfer_converters import convert
 
     result = convert(
         args.source, args.output, format=args.format, quant=args.quant, max_kl=args.max_kl,

@@ -46,7 +46,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 def prepare_to_load(model: str, *, offline: bool | None) -> None:
     """What a model needs before ``ei.load`` takes it (an embedding checkpoint converted to GGUF), done
     once, as `edgeinfer pull` would: the command line does for the user what the runtime never does."""
-    from converters.preparation import prepare_for_use
+    from edgeinfer_converters.preparation import prepare_for_use
 
     prepare_for_use(model, offline=offline, kinds=(EMBEDDING_GGUF,),
                     on_progress=lambda message: print(message, file=sys.stderr))

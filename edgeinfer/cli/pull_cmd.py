@@ -39,7 +39,7 @@ def pull(args: argparse.Namespace) -> int:
             preparation.target.unlink(missing_ok=True)
     try:
         for preparation in planned:
-            from converters.preparation import run_preparation
+            from edgeinfer_converters.preparation import run_preparation
 
             if not preparation.done:
                 print(f"{entry.name}: {preparation.description} (once)", flush=True)

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Translate the text (argument or stdin), streamed, or as JSON with its stats."""
-    from converters.preparation import prepare_for_use
+    from edgeinfer_converters.preparation import prepare_for_use
 
     from ..translate.translator import DEFAULT_MODEL, Translator
     from .output import print_stream
