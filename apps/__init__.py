@@ -1,1 +1,1 @@
-"""Applications built on edgeinfer (the offline translator lives in `apps.translator`)."""
+"""Applications built on edgeinfer (the offline translator lives in `edgeinfer_apps.translator`)."""

@@ -1,4 +1,4 @@
-"""Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see DESIGN.md).
+"""Converters from Hugging Face checkpoints to quantized GGUF and ONNX artifacts (see docs/ARCHITECTURE.md).
 
 Attributes load lazily, so ``import edgeinfer_converters`` stays cheap for the CLI.
 """

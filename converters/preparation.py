@@ -71,5 +71,7 @@ def prepare_for_use(model: object, *, offline: bool | None = None, on_progress: 
         return  # a loaded model is used as it is
     try:
         prepare(model, offline=offline, on_progress=on_progress, kinds=kinds)
-    except (EdgeInferError, ImportError) as exc:
-        log.warning("could not prepare %s (%s); loading it as it is", model, exc)
+    except EdgeInferError as exc:  # an unknown name, a damaged file: loading it says so, once
+        log.debug("could not prepare %s: %s", model, exc)
+    except ImportError as exc:
+        log.warning("could not prepare %s (%s missing); loading it as it is", model, exc.name)
