@@ -75,6 +75,18 @@ def test_list_pull_and_lock_verify():
     assert status["smollm2-135m-instruct"] == "ok"
 
 
+def test_pull_prepares_a_checkpoint_once_and_load_then_only_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path))
+    first = cli("pull", "all-minilm-l6-v2")
+    assert first.returncode == 0, first.stderr
+    assert "converting the checkpoint to GGUF (once)" in first.stdout
+    assert "prepared: embedding-gguf" in first.stdout
+    again = cli("pull", "all-minilm-l6-v2")
+    assert "(once)" not in again.stdout and "prepared: embedding-gguf" in again.stdout
+    converted = list((tmp_path / "converted").glob("all-minilm-l6-v2-*-F16.gguf"))
+    assert len(converted) == 1 and not list((tmp_path / "converted").glob("*.tmp*"))
+
+
 def test_chat_is_interactive_multi_turn_and_streams():
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
