@@ -155,3 +155,22 @@ def write_report(name: str, data: dict[str, Any], markdown: str,
     json_path = write_results(name, data, results_dir)
     md_path.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+def steal_ticks() -> int:
+    """The hypervisor's steal time so far (/proc/stat, all CPUs): its growth over a run says whether the
+    host took CPU time from this machine while it measured."""
+    return int(Path("/proc/stat").read_text().split("\n")[0].split()[8])
+
+
+def run_in_tree(tree: Path, code: str, *args: str, timeout: float = 900) -> dict:
+    """Run ``code`` in a fresh process with the checkout ``tree`` first on the path (before/after
+    comparisons of two trees side by side); its last stdout line is JSON."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=tree, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {' '.join(args)} in {tree} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -18,9 +18,16 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.common import fmt, machine_info, markdown_table, median_summary, paired_ratios, write_report
+from benchmarks.common import (
+    fmt,
+    machine_info,
+    markdown_table,
+    median_summary,
+    paired_ratios,
+    steal_ticks,
+    write_report,
+)
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 VARIANTS = ("unchecked", "checked", "checked-first")  # checked-first: the file's check stamp removed
@@ -96,10 +103,6 @@ def _run_worker(variant: str, name: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _steal() -> int:
-    return int(Path("/proc/stat").read_text().split("\n")[0].split()[8])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -109,7 +112,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(*args.worker)))
         return 0
-    info, steal_before = machine_info(), _steal()
+    info, steal_before = machine_info(), steal_ticks()
     results: dict[str, dict] = {}
     for name in args.models:
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
@@ -123,7 +126,7 @@ def main() -> int:
             for v in VARIANTS[1:]:
                 summary[key][f"ratio {v}"] = paired_ratios([x[key] for x in runs[v]], unchecked)
         results[name] = {"summary": summary, "runs": runs}
-    info["steal_ticks_during_run"] = _steal() - steal_before
+    info["steal_ticks_during_run"] = steal_ticks() - steal_before
     rows = []
     for name, result in results.items():
         for key, label in (("load_s", "model load (s)"), ("ttft_s", "chat TTFT (s)"),

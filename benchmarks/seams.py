@@ -13,13 +13,18 @@ Writes benchmarks/results/seams.json and seams.md and prints the Markdown report
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from benchmarks.common import fmt, machine_info, markdown_table, median_summary, paired_ratios, write_report
+from benchmarks.common import (
+    fmt,
+    machine_info,
+    markdown_table,
+    median_summary,
+    paired_ratios,
+    run_in_tree,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -44,15 +49,6 @@ model.close()
 """
 
 
-def _run(tree: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", WORKER.format(model=MODEL)], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker in {tree} failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="a checkout of the tree before the seams")
@@ -63,7 +59,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {v: [] for v in trees}
     for r in range(args.rounds):
         for variant in (("before", "after") if r % 2 == 0 else ("after", "before")):
-            runs[variant].append(_run(trees[variant]))
+            runs[variant].append(run_in_tree(trees[variant], WORKER.format(model=MODEL)))
     info["loadavg_end"] = os.getloadavg()
     summary = {key: {"before": median_summary([x[key] for x in runs["before"]]),
                      "after": median_summary([x[key] for x in runs["after"]]),

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .machine_load import LoadWindow
+
 # a long plain text to cut prompts from (any tokenizer: the prompt is its first N tokens)
 PROMPT_TEXT = (
     "The history of the lighthouse begins with fires lit on hilltops to guide ships home at night. "
@@ -152,6 +154,7 @@ def run(artifacts: list[str], *, prompt_tokens: int = 256, gen_tokens: int = 64,
     options = {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": threads,
                "offline": offline, "n_ctx": max(512, prompt_tokens + gen_tokens + 16)}
     say = progress or (lambda message: None)
+    window = LoadWindow.start()
     say("probing memory bandwidth")
     bandwidth = bandwidth_probe()
     ctx = mp.get_context("spawn")
@@ -184,9 +187,11 @@ def run(artifacts: list[str], *, prompt_tokens: int = 256, gen_tokens: int = 64,
         for proc, conn in live.values():
             conn.send(None)
             proc.join(timeout=30)
+    spreads = {f"{r.name or r.artifact} decode": s["max"] / s["min"] for r in results
+               if (s := r.summary("decode_tok_s")) and s["min"] > 0}
     return {"results": [_as_dict(r, bandwidth) for r in results], "bandwidth_bytes_s": bandwidth,
             "settings": {k: v for k, v in options.items() if k != "offline"} | {"repeats": repeats},
-            "machine": _machine()}
+            "machine": _machine(), "load": window.report(spreads)}
 
 
 def _as_dict(result: ArtifactResult, bandwidth: float) -> dict[str, Any]:
@@ -237,8 +242,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['bytes_per_token'] / 1e6:.0f} MB → {r['bound_tok_s']:.0f}" if r.get("bound_tok_s") else "-",
             f"{100 * share:.0f}% |" if share else "- |"]))
     s = data["settings"]
-    head = ("| artifact | format | size MB | load s | peak RSS MB | prefill tok/s | TTFT ms | decode tok/s "
-            "| read per token → bound tok/s | decode / bound |\n|" + "---|" * 10)
+    warning = (data.get("load") or {}).get("warning")
+    head = (f"**Warning: {warning}.**\n\n" if warning else "") + (
+        "| artifact | format | size MB | load s | peak RSS MB | prefill tok/s | TTFT ms | decode tok/s "
+        "| read per token → bound tok/s | decode / bound |\n|" + "---|" * 10)
     return "\n".join([
         head, *rows, "",
         f"Median (min–max) of {s['repeats']} repeats, alternating between artifacts; prompt "

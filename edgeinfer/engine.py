@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .backends.base import Backend, EvalItem, prefill_cuts
+from .compute import queued_eval
 from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
 from .metrics import ModelMetrics
 from .prompt_cache import PromptCache
@@ -319,7 +320,7 @@ class Engine:
         held = {item.seq_id: self.backend.seq_length(item.seq_id) for item in items}
         while True:
             try:
-                return self.backend.eval(items)
+                return queued_eval(self.backend, items)
             except KVCacheFullError:
                 for seq_id, n in held.items():
                     self.backend.kv_truncate(seq_id, n)  # drop whatever part did go in
@@ -448,6 +449,7 @@ class Engine:
         stats.completion_tokens = len(request.generated)
         stats.decode_s = request.t_last - request.t_first if request.generated else 0.0
         stats.total_s = time.perf_counter() - request.t_start
+        stats.threads = self.backend.threads
         stats.finish_reason = reason if error is None else "error"
         self.metrics.record(stats)  # before the consumer can see the end
         if error is not None:

@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .backends import format_of, get_backend
+from .compute import device_queue
 from .device import Artifact, Probe, choose, probe_system
 from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, ModelNotPreparedError, UnknownModelError
@@ -114,6 +115,8 @@ def load(
     factory = get_backend(choice.backend)
     be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
                  max_sequences=max_sequences, device=choice.device, **backend_options)
+    if n_threads is None and choice.device == "cpu":  # an explicit n_threads pins the count
+        device_queue(be.device).adapt_threads(be, choice.n_threads)
     defaults = SamplingParams(**entry.sampling) if entry and entry.sampling else None
     sha = entry.sha256 if entry else None
     kv = kv or KVOptions()

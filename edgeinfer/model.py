@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .chat_tokens import chat_tokens
+from .compute import device_queue
 from .conversation import Chats, Conversation
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
@@ -115,7 +116,7 @@ class Model(Chats):
                     prompt_tokens=len(tokens), n_ctx=caps.n_ctx)
             sequences[i] = [*tokens[: caps.n_ctx - 1], tokens[-1]]
         with self.engine.lock:  # the scheduler's step lock: one user of the llama context at a time
-            vectors = self.backend.embed(sequences)
+            vectors = device_queue(self.backend.device).run(self.backend.embed, sequences)
         if normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .backends.base import Backend, EvalItem
+from .compute import BACKGROUND, queued_eval
 from .errors import BackendError
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ class PromptCache:
                 slot.pending = []
                 return 0
             chunk = slot.pending[:size]
-            self.backend.eval([EvalItem(slot.seq_id, chunk)])
+            queued_eval(self.backend, [EvalItem(slot.seq_id, chunk)], priority=BACKGROUND)
         except Exception:  # noqa: BLE001 - idle work must never take the process down
             log.warning("could not recompute sequence %d; dropping it", slot.seq_id, exc_info=True)
             self.forget(slot.seq_id)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, Union
 import numpy as np
 
 from .backends.base import Backend, EvalItem
+from .compute import queued_eval
 from .errors import InvalidRequestError
 from .prompt_cache import common_prefix
 from .sampling import NumpySampler, SamplingParams
@@ -236,7 +237,7 @@ class DraftModel:
         keep = min(common_prefix(self._held, tokens), len(tokens) - 1)
         self.backend.kv_truncate(self.seq_id, keep)
         self._held = list(tokens[:keep])
-        (row,) = self.backend.eval([EvalItem(self.seq_id, tokens[keep:])])
+        (row,) = queued_eval(self.backend, [EvalItem(self.seq_id, tokens[keep:])])
         self._held = list(tokens)
         out: list[int] = []
         for _ in range(k):
@@ -246,6 +247,6 @@ class DraftModel:
             out.append(token)
             if len(out) == k or len(self._held) + 1 >= self.backend.caps.n_ctx:
                 break
-            (row,) = self.backend.eval([EvalItem(self.seq_id, [token])])
+            (row,) = queued_eval(self.backend, [EvalItem(self.seq_id, [token])])
             self._held.append(token)
         return out

@@ -24,6 +24,7 @@ class Stats:
     draft_tokens: int = 0  # speculative tokens proposed and checked
     accepted_tokens: int = 0  # of those, the ones the model agreed with (emitted without own step)
     route: str = ""
+    threads: int = 0  # compute threads the backend ran with when the request ended (0: not known)
 
     @property
     def computed_prompt_tokens(self) -> int:

@@ -81,6 +81,28 @@ def test_kv_truncate_copy_and_state_roundtrip_reproduce_logits(smol):
         b.kv_drop(s)
 
 
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_outputs_do_not_depend_on_the_thread_count(model: str):
+    """The thread tuner changes threads between evals: a 600-token prefill and the decode step after it
+    give bit-identical logits at 1, 2 and 3 threads. With flash attention they would not (a long
+    sequence's decode step splits attention by thread), so there the count is never changed."""
+    with ei.load(model, n_ctx=1024, n_threads=2, speculation=None, flash_attn=True,
+                 kv=ei.KVOptions(settle=False)) as flash:
+        assert not flash.backend.threads_adjustable and not flash.backend.set_threads(1)
+    with ei.load(model, n_ctx=1024, n_threads=2, speculation=None, kv=ei.KVOptions(settle=False)) as m:
+        b = m.backend
+        toks = m.tokenize("The history of the lighthouse begins with fires lit on hilltops. " * 60)[:600]
+        seen = []
+        for threads in (2, 1, 3, 2):
+            assert b.set_threads(threads) and b.threads == threads
+            b.kv_drop(0)
+            (row,) = b.eval([EvalItem(0, toks)])
+            prefill = b.logits(row).copy()
+            (row,) = b.eval([EvalItem(0, [int(prefill.argmax())])])
+            seen.append((prefill, b.logits(row).copy()))
+        assert all(np.array_equal(seen[0][0], p) and np.array_equal(seen[0][1], d) for p, d in seen)
+
+
 def test_two_sequences_in_one_eval_match_separate_evals(smol):
     b = smol.backend
     a_toks, c_toks = smol.tokenize("Paris is in"), smol.tokenize("Water boils at one hundred")

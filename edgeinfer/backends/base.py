@@ -97,6 +97,7 @@ class Backend(ABC):
     name: str = ""
     device: str = "cpu"
     caps: Capabilities
+    threads: int = 0  # compute threads in use (0: not known, or not the backend's to choose)
 
     # --- text <-> tokens
     @abstractmethod
@@ -166,6 +167,13 @@ class Backend(ABC):
     def state_binding(self) -> dict:
         """What a saved state depends on besides the model file (states load only when equal)."""
         return {"backend": self.name, "n_ctx": self.caps.n_ctx}
+
+    threads_adjustable: bool = False  # set_threads works, and outputs do not depend on the count
+
+    def set_threads(self, n: int) -> bool:
+        """Use ``n`` compute threads from the next eval on, if the backend can change them while loaded
+        (the compute queue's thread tuner asks); False when it cannot."""
+        return False
 
     def close(self) -> None:
         """Free native memory; the backend is unusable afterwards."""

@@ -204,7 +204,7 @@ class LlamaCppBackend(Backend):
         cparams.n_ctx = n_ctx if kv_unified else n_ctx * max_sequences
         cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
         cparams.n_seq_max = max_sequences
-        cparams.n_threads = cparams.n_threads_batch = n_threads or 1
+        cparams.n_threads = cparams.n_threads_batch = self.threads = n_threads or 1
         cparams.kv_unified = kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
@@ -488,6 +488,21 @@ class LlamaCppBackend(Backend):
     def state_size(self, seq_id: int) -> int:
         self._check_seq(seq_id)
         return self._ll.llama_state_seq_get_size(self._ctx, seq_id)
+
+    @property
+    def threads_adjustable(self) -> bool:
+        """Without flash attention, outputs do not depend on the thread count (measured bit-identical
+        at 1, 2 and 3 threads); with it, a long sequence's decode step splits attention by thread."""
+        return not self._flash_attn
+
+    def set_threads(self, n: int) -> bool:
+        """llama.cpp takes a new thread count between evals."""
+        if not (self._ctx and self.threads_adjustable):
+            return False
+        if n != self.threads:
+            self._ll.llama_set_n_threads(self._ctx, n, n)
+            self.threads = n
+        return True
 
     def state_binding(self) -> dict:
         return {"backend": self.name, "llama_cpp_python": ll.__version__, "n_ctx": self.caps.n_ctx,

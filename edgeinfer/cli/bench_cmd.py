@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     data = measure(args.artifacts, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                    threads=args.threads, repeats=args.repeats, offline=args.offline, progress=progress)
     table = markdown(data)
+    if data["load"]["warning"]:
+        print(f"warning: {data['load']['warning']}", file=sys.stderr)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

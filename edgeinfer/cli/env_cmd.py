@@ -44,6 +44,13 @@ def _backends(probe: Any) -> list[dict]:
              "priority": spec.priority, "install_hint": spec.install_hint} for spec in backend_specs()]
 
 
+def threads_policy(max_threads: int) -> str:
+    """How the thread count is chosen while the model runs (what `edgeinfer env` explains)."""
+    return (f"adaptive on the CPU: starts at {max_threads}, times every decode step on the device's shared "
+            "compute queue, tries one thread fewer when steps slow down (another program may hold a core) "
+            "and a neighbouring count now and then, keeps the faster; --threads N (n_threads=N) pins it")
+
+
 def env(args: argparse.Namespace) -> int:
     """Print the probe of this machine and the plan for the model (offline: nothing is fetched)."""
     probe = cached_probe()
@@ -52,7 +59,7 @@ def env(args: argparse.Namespace) -> int:
         path = locate_model(args.model, offline=True).path
         size = path.stat().st_size if path.is_file() else 0
         choice = choose(probe, Artifact(format_of(path), size))
-        plan.update(path=str(path), choice=choice.to_dict())
+        plan.update(path=str(path), choice=choice.to_dict(), threads=threads_policy(choice.n_threads))
     except EdgeInferError as exc:
         choice = None
         plan["error"] = str(exc)
@@ -90,4 +97,5 @@ def env(args: argparse.Namespace) -> int:
               f"threads={choice.n_threads}")
         for reason in choice.reasons:
             print(f"  - {reason}")
+        print(f"  - threads: {plan['threads']}")
     return 0
