@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeinfer.errors import EdgeInferError, OutputExistsError
 from edgeinfer.loader import locate_model
-from edgeinfer.prepared import EMBEDDING_GGUF, SHORTLIST, Located, Preparation, preparations
+from edgeinfer.prepared import EMBEDDING_GGUF, KINDS, SHORTLIST, Located, Preparation, preparations
 
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -49,14 +49,12 @@ def run_preparation(preparation: Preparation) -> Path:
 
 
 def prepare(model: str | Path | Located, *, offline: bool | None = None, on_progress: Progress | None = None,
-            kinds: Collection[str] | None = None) -> list[Path]:
+            kinds: Collection[str] = KINDS) -> list[Path]:
     """Every transform a models.lock name (or a path) gets before use (or only ``kinds`` of them), done
     once; their outputs."""
     located = model if isinstance(model, Located) else locate_model(model, offline=offline)
     outputs = []
-    for preparation in preparations(located):
-        if kinds is not None and preparation.kind not in kinds:
-            continue
+    for preparation in preparations(located, kinds):
         if on_progress is not None and not preparation.done:
             on_progress(f"{located.name}: {preparation.description} (once)")
         outputs.append(run_preparation(preparation))
@@ -64,7 +62,7 @@ def prepare(model: str | Path | Located, *, offline: bool | None = None, on_prog
 
 
 def prepare_for_use(model: object, *, offline: bool | None = None, on_progress: Progress | None = None,
-                    kinds: Collection[str] | None = None) -> None:
+                    kinds: Collection[str] = KINDS) -> None:
     """``prepare`` before an app or a command loads ``model`` by name or path; a model that cannot be
     prepared (a missing dependency, a damaged file) is reported when it is loaded, not here."""
     if not isinstance(model, (str, Path)):

@@ -95,6 +95,9 @@ _QUEUES_LOCK = threading.Lock()
 
 def device_queue(device: str) -> ComputeQueue:
     """The process' queue for ``device`` ("cpu", "cuda:0", ...), made on first use."""
+    queue = _QUEUES.get(device)  # every step asks: no lock once the queue exists
+    if queue is not None:
+        return queue
     with _QUEUES_LOCK:
         queue = _QUEUES.get(device)
         if queue is None:

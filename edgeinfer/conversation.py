@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +22,15 @@ if TYPE_CHECKING:
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-class Chats:
+class Chats(ABC):
     """``chat`` / ``resume`` for a class with ``name`` and ``stream_chat``: Model, RemoteModel, Router."""
 
     name: str
 
+    @abstractmethod
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
-        raise NotImplementedError
+        """Answer ``messages``, yielding text pieces: what each turn of a Conversation runs."""
 
     def chat(self, system: str | None = None, messages: Sequence[Message] | None = None, *,
              id: str | None = None) -> Conversation:  # noqa: A002 - the natural name
@@ -68,6 +70,7 @@ class Chats:
 
     def save_cache(self) -> None:
         """Keep what makes a resumed conversation fast (a local Model: its KV cache); nothing here."""
+        return None
 
 
 class Conversation:

@@ -10,6 +10,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -30,7 +31,7 @@ class LoadWindow:
     """CPU counters at the start of a measurement."""
 
     wall: float
-    cpu: psutil._common.scputimes  # type: ignore[name-defined]
+    cpu: Any  # psutil.cpu_times(): user, system, idle, iowait, steal, ... seconds
     own_cpu_s: float
 
     @classmethod

@@ -10,6 +10,7 @@ converters package does the work at pull time (``edgeinfer pull NAME``, or
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from .paths import cache_root
 
 EMBEDDING_GGUF = "embedding-gguf"  # an HF embedding checkpoint converted to an F16 GGUF
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
+KINDS = (EMBEDDING_GGUF, SHORTLIST)
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,15 @@ def shortlist_for(model_sha256: str) -> tuple[Path, dict] | None:
     return None
 
 
-def preparations(located: Located) -> list[Preparation]:
-    """Every transform ``located`` gets before it is used (none for most models)."""
+def preparations(located: Located, kinds: Collection[str] = KINDS) -> list[Preparation]:
+    """The transforms of ``kinds`` that ``located`` gets before it is used (none for most models). Only
+    what is asked is looked at: finding a shortlist may hash an unpinned file."""
     path, entry = located.path, located.entry
     fmt = format_of(path)
-    if fmt == "hf" and entry is not None and entry.role == "embedding":
+    if fmt == "hf" and entry is not None and entry.role == "embedding" and EMBEDDING_GGUF in kinds:
         target = prepared_dir() / f"{located.name}-{entry.sha256[:16]}-F16.gguf"
         return [Preparation(EMBEDDING_GGUF, path, target, description="converting the checkpoint to GGUF")]
-    if fmt != "gguf":
+    if fmt != "gguf" or SHORTLIST not in kinds:
         return []
     sha = entry.sha256 if entry else cached_digest(path, [path], sha256_file)
     found = shortlist_for(sha)
@@ -86,4 +89,4 @@ def preparations(located: Located) -> list[Preparation]:
 
 def prepared(located: Located, kind: str) -> Preparation | None:
     """The ``kind`` transform planned for ``located``, whether or not it has been done yet."""
-    return next((p for p in preparations(located) if p.kind == kind), None)
+    return next(iter(preparations(located, (kind,))), None)

@@ -110,7 +110,7 @@ class Shouter:
         return self.stream(messages[-1]["content"])
 
     def chat(self, system: str | None = None, messages: Any = None, *, id: str | None = None) -> Any:  # noqa: A002
-        raise NotImplementedError
+        return ei.Conversation(self, system=system, messages=messages)  # unsaved: keeps its messages only
 
     def close(self) -> None:
         self.closed = True
@@ -140,6 +140,9 @@ def test_a_router_tier_and_a_translator_take_any_language_model(local):
                        ei.Rules([ei.Rule("loud", tasks=frozenset({"shout"}))]))
     assert router.generate("hello", task="shout").text == "HELLO"
     assert router.generate("hi", max_tokens=3, temperature=0).stats.route.startswith("small:")
+    talk = shouter.chat(system="Be loud.")
+    assert talk.send("hello").text == "HELLO" and [m["role"] for m in talk.messages] == [
+        "system", "user", "assistant"]
     with ei.Translator(Shouter(), memory=False) as translator:
         assert translator.style == "few_shot" and translator.describe()["model"] == "shouter"
     router.close()

@@ -109,7 +109,7 @@ def _importable(module: str) -> bool:
 _SPECS: dict[str, BackendSpec] = {}  # registration order breaks priority ties
 _FACTORIES: dict[str, BackendFactory] = {}  # lazy factories once imported
 _BROKEN_ENTRY_POINTS: set[tuple[str, str]] = set()  # (name, value) that failed to load: not retried
-_SCANNED_PATH: list[tuple[str, ...]] = []  # the sys.path the installed entry points were last read for
+_scanned_path: tuple[str, ...] | None = None  # the sys.path the installed entry points were last read for
 
 
 def register_spec(spec: BackendSpec) -> BackendSpec:
@@ -171,9 +171,10 @@ def _load_entry_point(ep: EntryPoint) -> None:
 def _load_entry_points() -> None:
     """Register installed plugins not registered yet (read again only when sys.path changed: a scan of
     every installed distribution costs milliseconds); a broken one is logged and skipped."""
-    if _SCANNED_PATH == [tuple(sys.path)]:
+    global _scanned_path
+    if _scanned_path == tuple(sys.path):
         return
-    _SCANNED_PATH[:] = [tuple(sys.path)]
+    _scanned_path = tuple(sys.path)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _SPECS or (ep.name, ep.value) in _BROKEN_ENTRY_POINTS:
             continue

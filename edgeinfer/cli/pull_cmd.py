@@ -37,10 +37,12 @@ def pull(args: argparse.Namespace) -> int:
     if args.force:
         for preparation in planned:
             preparation.target.unlink(missing_ok=True)
+    if not planned:
+        return 0
     try:
-        for preparation in planned:
-            from edgeinfer_converters.preparation import run_preparation
+        from edgeinfer_converters.preparation import run_preparation
 
+        for preparation in planned:
             if not preparation.done:
                 print(f"{entry.name}: {preparation.description} (once)", flush=True)
             print(f"{entry.name}: {run_preparation(preparation)} (prepared: {preparation.kind})")
