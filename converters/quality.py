@@ -126,7 +126,7 @@ class _GGUFScorer:
         try:
             # edgeinfer's own backend: CPU, no weight repacking, so logits are deterministic
             self.backend = LlamaCppBackend(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=_threads(n_threads),
-                                           max_sequences=1)
+                                           max_sequences=1, n_outputs=n_ctx)  # every row's logits
         except EdgeInferError as exc:
             raise ConversionError(f"cannot load {path} to measure quality: {exc}") from exc
         # llama.cpp may round the context up; one window must also fit one batch (all rows output)

@@ -54,6 +54,7 @@ class ArtifactResult:
     bytes_per_token: int = 0  # weights read for one decoded token (an estimate; see bytes_read_per_token)
     load_s: float = 0.0
     peak_rss_bytes: int = 0
+    kv_bytes_per_1k_tokens: int = 0  # KV cache one sequence holds per 1000 tokens
     samples: list[Sample] = field(default_factory=list)
     error: str | None = None
 
@@ -132,7 +133,8 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
         facts = {"name": display_name(artifact, located.name), "format": format_of(located.path),
                  "backend": model.backend.name, "device": model.backend.device,
                  "size_bytes": artifact_size(located.path),
-                 "bytes_per_token": bytes_read_per_token(located.path), "load_s": load_s}
+                 "bytes_per_token": bytes_read_per_token(located.path), "load_s": load_s,
+                 "kv_bytes_per_1k_tokens": 1000 * model.backend.kv_bytes_per_token()}
         model.generate(prompt[:16], max_tokens=2, temperature=0)  # warm-up: first-touch of the weights
     except Exception as exc:  # noqa: BLE001 - reported as this artifact's error, the others go on
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -232,20 +234,22 @@ def markdown(data: dict[str, Any]) -> str:
     rows = []
     for r in data["results"]:
         if r["error"]:
-            rows.append(f"| {r['artifact']} | failed: {r['error']} |" + " |" * 9)
+            rows.append(f"| {r['artifact']} | failed: {r['error']} |" + " |" * 10)
             continue
         share = r.get("share_of_bound")
         rows.append(" | ".join([
             f"| {r['name']}", f"{r['format']} ({r['backend']}/{r['device']})", f"{r['size_bytes'] / 1e6:.1f}",
-            f"{r['load_s']:.2f}", f"{r['peak_rss_bytes'] / 1e6:.0f}", _spread(r["prefill_tok_s"]),
+            f"{r['load_s']:.2f}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
+            f"{r.get('kv_bytes_per_1k_tokens', 0) / 1e6:.1f}" if r.get("kv_bytes_per_1k_tokens") else "-",
+            _spread(r["prefill_tok_s"]),
             _spread(r["ttft_s"], 1000, 0), _spread(r["decode_tok_s"]),
             f"{r['bytes_per_token'] / 1e6:.0f} MB → {r['bound_tok_s']:.0f}" if r.get("bound_tok_s") else "-",
             f"{100 * share:.0f}% |" if share else "- |"]))
     s = data["settings"]
     warning = (data.get("load") or {}).get("warning")
     head = (f"**Warning: {warning}.**\n\n" if warning else "") + (
-        "| artifact | format | size MB | load s | peak RSS MB | prefill tok/s | TTFT ms | decode tok/s "
-        "| read per token → bound tok/s | decode / bound |\n|" + "---|" * 10)
+        "| artifact | format | size MB | load s | peak RSS MB | KV MB per 1k tokens | prefill tok/s "
+        "| TTFT ms | decode tok/s | read per token → bound tok/s | decode / bound |\n|" + "---|" * 11)
     return "\n".join([
         head, *rows, "",
         f"Median (min–max) of {s['repeats']} repeats, alternating between artifacts; prompt "

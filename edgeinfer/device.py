@@ -10,6 +10,7 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from .errors import BackendUnavailableError, DeviceError
@@ -71,7 +72,7 @@ class Probe:
     llama_cpp_version: str | None = None
     llama_gpu_offload: bool = False  # llama_supports_gpu_offload() of the installed build
     llama_build_backends: frozenset[str] = frozenset()  # e.g. {"CPU", "CUDA"}
-    onnx_providers: tuple[str, ...] = ()
+    onnx_providers: Sequence[str] = ()  # a LazyProviders from probe_system
 
     def gpu_apis(self) -> list[str]:
         """The GPU apis present ("cuda", "metal", ...), sorted: what backends' GPU hints name."""
@@ -286,12 +287,40 @@ def _llama_build() -> tuple[str | None, bool, frozenset[str]]:
     return llama_cpp.__version__, offload, frozenset(backends)
 
 
-def _onnx_providers() -> tuple[str, ...]:
-    try:
-        import onnxruntime
-    except Exception:  # noqa: BLE001
-        return ()
-    return tuple(onnxruntime.get_available_providers())
+class LazyProviders(Sequence[str]):
+    """onnxruntime's execution providers, read when first asked for: importing onnxruntime costs
+    ~30 MB of RAM, which a process that only runs GGUF models should not pay."""
+
+    def __init__(self) -> None:
+        self._names: tuple[str, ...] | None = None
+
+    def _read(self) -> tuple[str, ...]:
+        if self._names is None:
+            try:
+                import onnxruntime
+            except Exception:  # noqa: BLE001 - a broken install is the same as none here
+                self._names = ()
+            else:
+                self._names = tuple(onnxruntime.get_available_providers())
+        return self._names
+
+    def __getitem__(self, index):  # noqa: ANN001, ANN204 - Sequence's signature
+        return self._read()[index]
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._read())
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:  # asdict() copies a plain tuple
+        return self._read()
+
+    def __repr__(self) -> str:
+        return repr(self._read())
 
 
 def probe_system() -> Probe:
@@ -316,5 +345,5 @@ def probe_system() -> Probe:
         llama_cpp_version=version,
         llama_gpu_offload=offload,
         llama_build_backends=backends,
-        onnx_providers=_onnx_providers(),
+        onnx_providers=LazyProviders(),
     )

@@ -168,6 +168,7 @@ class Engine:
         self.model_name = model_name
         self.cache = cache or PromptCache(backend)
         self.metrics = ModelMetrics(model_name)  # every finished request's stats, added up
+        self.metrics.memory = self.kv_usage
         self.settle_idle = settle
         self.max_batch = max(1, min(max_batch or backend.caps.max_sequences, backend.caps.max_sequences))
         self.step_costs = StepCosts()  # measured cost of a decode step by its token count
@@ -185,6 +186,16 @@ class Engine:
     def occupancy(self) -> Occupancy:
         """Requests running and waiting now, for health checks and queue gauges."""
         return Occupancy(len(self._active), len(self._waiting))
+
+    def kv_usage(self) -> dict[str, int]:
+        """KV cache bytes in use (tokens the sequences hold) and allocated, and the sequences allocated;
+        read from the engine's own records, so any thread may ask while requests run."""
+        per_token = self.backend.kv_bytes_per_token()
+        held = sum(len(slot.tokens) for slot in self.cache.slots) + sum(
+            len(r.evaluated) for r in list(self._active))
+        return {"kv_bytes_in_use": held * per_token, "kv_bytes_allocated": self.backend.kv_bytes_allocated(),
+                "kv_bytes_per_token": per_token, "sequences_allocated": self.backend.sequences_allocated,
+                "sequences_max": self.backend.caps.max_sequences}
 
     def check_prompt(self, tokens: Sequence[int]) -> None:
         """Refuse prompts that are empty or do not leave room for one generated token."""
@@ -290,10 +301,11 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(request, "cancelled")
                 continue
-            if all(slot.busy for slot in self.cache.slots):
+            if not self.cache.free_slots():
                 return  # wait for a running request to finish
             try:
-                reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids())
+                reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids(),
+                                           concurrent=bool(self._active) or len(self._waiting) > 1)
             except Exception as exc:  # noqa: BLE001 - e.g. a disk state that failed to load
                 self._waiting.popleft()
                 self._finish(request, "error", exc)
@@ -450,6 +462,7 @@ class Engine:
         stats.decode_s = request.t_last - request.t_first if request.generated else 0.0
         stats.total_s = time.perf_counter() - request.t_start
         stats.threads = self.backend.threads
+        stats.kv_bytes = len(request.evaluated) * self.backend.kv_bytes_per_token()
         stats.finish_reason = reason if error is None else "error"
         self.metrics.record(stats)  # before the consumer can see the end
         if error is not None:

@@ -80,6 +80,15 @@ class ContextOverflowError(InvalidRequestError):
         self.n_ctx = n_ctx
 
 
+class MemoryBudgetError(InvalidRequestError):
+    """The layout asked for does not fit the memory budget; the message says what would fit."""
+
+    def __init__(self, message: str, *, budget: int, needed: int) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.needed = needed
+
+
 class ChatTemplateError(InvalidRequestError):
     """The model's chat template is missing, unsafe, or failed to render."""
 

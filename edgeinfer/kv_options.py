@@ -13,7 +13,8 @@ from .untrusted import is_count
 class KVOptions:
     """KV reuse settings for ``ei.load(..., kv=KVOptions(...))``.
 
-    ``ram_bytes`` bounds the KV kept between requests (None: the context's own size; 0: nothing kept).
+    ``ram_bytes`` bounds the KV kept between requests (None: what the model's sequences hold; 0: nothing
+    kept).
     ``disk`` (a folder, or True for the cache folder) keeps evicted and saved sequence states on disk, at
     most ``disk_bytes``, so a restarted app resumes without prefill. ``settle`` recomputes generated
     tokens' KV as a prefill in idle time, so a chat's next turn reuses it bit-exactly (off: the next

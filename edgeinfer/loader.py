@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,9 +11,24 @@ from .compute import device_queue
 from .device import Artifact, Probe, choose, probe_system
 from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, ModelNotPreparedError, UnknownModelError
+from .gguf_check import ensure_gguf_checked, require_gguf_magic
 from .hashing import cached_digest, sha256_file
 from .kv_options import KVOptions
 from .lock import ModelLock
+from .memory import (
+    DEFAULT_N_BATCH,
+    DEFAULT_N_CTX,
+    DEFAULT_SEQUENCES,
+    Layout,
+    Preferred,
+    Wanted,
+    default_budget,
+    footprint_of,
+    format_size,
+    parse_size,
+    plan_layout,
+    process_rss,
+)
 from .model import Model
 from .paths import cache_root
 from .prepared import EMBEDDING_GGUF, Located, prepared
@@ -20,6 +36,8 @@ from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .sources import resolve
 from .speculative import Speculation
+
+log = logging.getLogger(__name__)
 
 
 def _prepared_checkpoint(located: Located) -> Path:
@@ -82,7 +100,8 @@ def load(
     n_ctx: int | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int | None = None,
-    max_sequences: int = 4,
+    max_sequences: int | None = None,
+    memory: int | str | None = None,
     offline: bool | None = None,
     probe: Probe | None = None,
     progress: bool = False,
@@ -99,8 +118,15 @@ def load(
     ``max_sequences``); ``speculation`` drafts tokens and verifies them in one pass, greedy output
     unchanged: "auto" (prompt lookup where drafts are checked exactly: llama.cpp with
     ``flash_attn=True``), "prompt-lookup", a smaller loaded Model with the same tokenizer, or None.
+    ``memory`` bounds the process's resident memory (bytes, or a text like "1.5GB"; default: what the
+    process holds plus 3/4 of the RAM available now): a llama.cpp model on the CPU gets the largest
+    layout (context, sequences, KV type, batch) that fits, or MemoryBudgetError says what would. Values
+    given here (``n_ctx``, ``max_sequences``, ``kv_type``, ``n_batch``) are kept; the rest give way.
+    Sequences are allocated as they are first needed, up to ``max_sequences``: given, each one keeps a
+    prompt's KV for reuse (a conversation, a few-shot block); left out (at most 4), one is added only
+    when requests run at once, so a program used by one user at a time holds one.
     ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``,
-    ``repack``).
+    ``repack``, ``kv_type``: "f16", "q8_0" or "q4_0").
     """
     located = locate_model(name_or_path, offline=offline, progress=progress)
     path, name, entry = located.path, located.name, located.entry
@@ -113,8 +139,20 @@ def load(
     choice = choose(probe, Artifact(fmt, size, layers), backend=backend, device=device,
                     n_gpu_layers=n_gpu_layers, n_threads=n_threads)
     factory = get_backend(choice.backend)
+    # sequences asked for are kept for reuse as they are first used; by default one is added only for
+    # requests that run at once, so a program used by one user at a time holds one
+    keep = max_sequences is not None and not isinstance(max_sequences, Preferred)
+    layout = None
+    if choice.backend == "llama.cpp" and choice.device == "cpu" and fmt == "gguf":
+        layout = _layout(path, name, n_ctx, max_sequences, memory, backend_options)
+    if layout is not None:
+        n_ctx, max_sequences = layout.n_ctx, layout.sequences
+        backend_options = {**backend_options, "kv_type": layout.kv_type, "n_batch": layout.n_batch,
+                           "kv_budget": layout.kv_budget}
+    elif memory is not None:
+        parse_size(memory)  # a malformed budget is refused whatever the backend
     be = factory(path, n_ctx=n_ctx, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers,
-                 max_sequences=max_sequences, device=choice.device, **backend_options)
+                 max_sequences=max_sequences or DEFAULT_SEQUENCES, device=choice.device, **backend_options)
     if n_threads is None and choice.device == "cpu":  # an explicit n_threads pins the count
         device_queue(be.device).adapt_threads(be, choice.n_threads)
     defaults = SamplingParams(**entry.sampling) if entry and entry.sampling else None
@@ -126,6 +164,29 @@ def load(
         folder = cache_root() / "kv" if kv.disk is True else Path(kv.disk)
         disk = DiskCache(folder, binding={"model_sha256": sha, **be.state_binding()},
                          max_bytes=kv.disk_bytes)
-    cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk)
+    cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk, keep_sequences=keep)
     return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
-                 cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation)
+                 cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation, layout=layout)
+
+
+def _layout(path: Path, name: str, n_ctx: int | None, max_sequences: int | None, memory: int | str | None,
+            options: dict) -> Layout | None:
+    """The memory layout of a llama.cpp model on the CPU within the budget (None: an embedding model,
+    whose layout is its own: one pass per text)."""
+    require_gguf_magic(path)  # what the backend checks first, so a bad file gets the same errors
+    ensure_gguf_checked(path)
+    footprint = footprint_of(path)
+    if footprint.embedding:
+        return None
+    budget = parse_size(memory) if memory is not None else default_budget()
+    soft = max_sequences is None or isinstance(max_sequences, Preferred)
+    wanted = Wanted(n_ctx=n_ctx, sequences=None if soft else max_sequences, kv_type=options.get("kv_type"),
+                    n_batch=options.get("n_batch"), flash_attn=bool(options.get("flash_attn")),
+                    default_sequences=max_sequences or DEFAULT_SEQUENCES)
+    layout = plan_layout(footprint, wanted, budget, process_rss(), name)
+    asked = (n_ctx or min(DEFAULT_N_CTX, footprint.n_ctx_train), wanted.sequences or wanted.default_sequences,
+             wanted.kv_type or "f16", wanted.n_batch or DEFAULT_N_BATCH)
+    if (layout.n_ctx, layout.sequences, layout.kv_type, layout.n_batch) != asked:
+        log.warning("%s: sized to the memory budget (%s): n_ctx=%d, %d sequence(s), %s KV, batch %d",
+                    name, format_size(budget), layout.n_ctx, layout.sequences, layout.kv_type, layout.n_batch)
+    return layout

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .stats import Stats
@@ -75,6 +76,8 @@ class ModelMetrics:
         self.model = model
         self.window = window
         self._lock = threading.Lock()
+        # live gauges read at each snapshot (the engine sets it: KV bytes in use and allocated)
+        self.memory: Callable[[], dict[str, int]] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -139,4 +142,5 @@ class ModelMetrics:
             "draft_tokens": draft,
             "accepted_tokens": accepted,
             **{name: s.summary(recent) for name, (s, recent) in series.items()},
+            **(self.memory() if self.memory is not None else {}),
         }

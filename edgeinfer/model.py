@@ -16,6 +16,7 @@ from .conversation import Chats, Conversation
 from .device import Choice
 from .engine import Completion, CompletionStream, Engine
 from .errors import ContextOverflowError, InvalidRequestError
+from .memory import Layout
 from .prompt_cache import PromptCache
 from .protocol import Message
 from .sampling import SamplingParams
@@ -56,8 +57,10 @@ class Model(Chats):
         settle: bool = True,
         max_batch: int | None = None,
         speculation: Speculation = "auto",
+        layout: Layout | None = None,
     ) -> None:
         self.backend = backend
+        self.layout = layout  # the memory layout ei.load sized within the budget (None: not sized)
         self.default_params = default_params or SamplingParams()
         self.name = name
         self.path = path

@@ -98,8 +98,12 @@ class PromptCache:
     """Prefix reuse over the backend's sequences, with LRU eviction and an optional disk tier."""
 
     def __init__(self, backend: Backend, *, ram_budget_bytes: int | None = None,
-                 disk: DiskCache | None = None) -> None:
+                 disk: DiskCache | None = None, keep_sequences: bool = True) -> None:
         self.backend = backend
+        # a backend that allocates sequences lazily adds one to keep what the others hold (True), or
+        # only for requests running at once (False: what ei.load does unless max_sequences is given)
+        self.keep_sequences = keep_sequences
+        self._concurrent = False
         self.ram_budget_bytes = ram_budget_bytes
         self.disk = disk
         self.slots = [Slot(i) for i in range(backend.caps.max_sequences)]
@@ -122,15 +126,16 @@ class PromptCache:
         return int(sum(len(s.tokens) for s in self.slots) * self.bytes_per_token())
 
     # --- choosing a sequence for a request
-    def acquire(self, prompt: list[int], busy_neighbours: set[int] | frozenset[int] = frozenset()) -> Reuse:
+    def acquire(self, prompt: list[int], busy_neighbours: set[int] | frozenset[int] = frozenset(),
+                concurrent: bool = False) -> Reuse:
         """Pick and prepare a sequence for ``prompt``; it holds ``cached`` leading prompt tokens.
 
         A sequence taken fresh sits next to the ``busy_neighbours`` (those of running requests)
         when it can: backends batch runs of adjacent sequence ids into one pass (llama.cpp with
-        one KV stream per sequence does).
+        one KV stream per sequence does). ``concurrent``: other requests are running or waiting.
         """
-        self._busy = busy_neighbours
-        free = [s for s in self.slots if not s.busy]
+        self._busy, self._concurrent = busy_neighbours, concurrent
+        free = self.free_slots()
         if not free:
             raise BackendError("every sequence is busy")
         n = len(prompt)
@@ -168,6 +173,25 @@ class PromptCache:
         best.last_used = time.monotonic()
         return self._take(target, shared, "ram-copy")
 
+    def free_slots(self) -> list[Slot]:
+        """Idle sequences among those the backend holds; when every one is busy (requests running
+        at once), the backend is asked for more, within its memory budget."""
+        held = self.backend.sequences_allocated
+        free = [s for s in self.slots[:held] if not s.busy]
+        if not free and held < len(self.slots):
+            held = self.backend.grow_sequences(held + 1)
+            free = [s for s in self.slots[:held] if not s.busy]
+        return free
+
+    def _grown(self) -> Slot | None:
+        """A new, empty sequence instead of evicting one, when the model may keep every sequence it
+        holds (``keep_sequences``: the caller asked for ``max_sequences``) or other requests are running
+        or waiting (concurrency: a shared prefix is worth keeping for them); None otherwise."""
+        held = self.backend.sequences_allocated
+        if held >= len(self.slots) or not (self.keep_sequences or self._concurrent):
+            return None
+        return self.slots[held] if self.backend.grow_sequences(held + 1) > held else None
+
     def _restore(self, entry: DiskEntry, free: list[Slot]) -> Slot | None:
         state = self.disk.load(entry) if self.disk else None
         if state is None:
@@ -194,16 +218,19 @@ class PromptCache:
         return Reuse(slot.seq_id, shared, source if shared else "none")
 
     def _victim(self, free: list[Slot], keep: Slot | None) -> Slot:
-        """An empty sequence if any, else the least recently used one (saved to disk first).
-        When ``keep`` is the only free sequence it is returned as it is, for truncation in place."""
-        candidates = [s for s in free if s is not keep]
-        if not candidates:
-            return keep  # type: ignore[return-value]  # free == [keep]
+        """An empty sequence if any (or a new one, see ``_grown``), else the least recently used one
+        (saved to disk first). When ``keep`` is the only free sequence and none can be added, it is
+        returned as it is, for truncation in place."""
         busy = self._busy
         apart = lambda s: s.seq_id - 1 not in busy and s.seq_id + 1 not in busy  # noqa: E731
+        candidates = [s for s in free if s is not keep]
         empty = [s for s in candidates if not s.tokens]
         if empty:
             return min(empty, key=apart)
+        if (new := self._grown()) is not None:
+            return new
+        if not candidates:
+            return keep  # type: ignore[return-value]  # free == [keep]
         victim = min(candidates, key=lambda s: (apart(s), s.last_used) if busy else s.last_used)
         self.evict(victim)
         return victim

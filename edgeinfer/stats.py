@@ -25,6 +25,7 @@ class Stats:
     accepted_tokens: int = 0  # of those, the ones the model agreed with (emitted without own step)
     route: str = ""
     threads: int = 0  # compute threads the backend ran with when the request ended (0: not known)
+    kv_bytes: int = 0  # KV cache bytes the request's sequence held when it ended (0: not known)
 
     @property
     def computed_prompt_tokens(self) -> int:

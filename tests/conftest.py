@@ -23,6 +23,29 @@ def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _references_without_weight_repacking() -> Iterator[None]:
+    """llama-cpp-python's ``Llama`` repacks weights for the CPU's extra kernels by default
+    (``use_extra_bufts``); edgeinfer does not (a token's numerics would then depend on its batch). On a
+    VM that reports AMX without supporting it, the repacked AMX kernels die with SIGILL. So reference
+    ``Llama`` objects in tests run with the settings edgeinfer uses."""
+    try:
+        import llama_cpp.llama_cpp as native
+    except ImportError:
+        yield
+        return
+    original = native.llama_model_default_params
+
+    def without_repacking():  # noqa: ANN202 - llama_cpp's own struct
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    native.llama_model_default_params = without_repacking
+    yield
+    native.llama_model_default_params = original
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(_session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Restores the session's EDGEINFER_HOME for every test (some tests point it elsewhere)."""

@@ -76,6 +76,10 @@ def test_state_round_trip(backend: Backend) -> None:
     conformance.check_state_round_trip(backend)
 
 
+def test_sequences_grow(backend: Backend) -> None:
+    conformance.check_sequences_grow(backend)
+
+
 def test_is_end(backend: Backend) -> None:
     conformance.check_is_end(backend, eos_of(backend))
 

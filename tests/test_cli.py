@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,22 @@ def test_env_reports_probe_choice_and_versions():
     assert out["probe"]["physical_cores"] >= 1
     text = cli("env").stdout
     assert "fastest quantizations on this CPU" in text
+    memory = {row["name"]: row for row in out["memory"]["models"]}
+    smol = memory["smollm2-135m-instruct"]
+    assert smol["kv_bytes_per_token"] == 23040 and smol["fits"][0]["n_ctx"] == 4096
+    assert smol["fits"][0]["sequences"] >= 1
+    assert out["memory"]["budget_bytes"] > out["memory"]["process_bytes"]
+    assert re.search(r"smollm2-135m-instruct: at most \d+ sequences? of 4096", text)
+
+
+def test_a_memory_budget_that_cannot_fit_fails_before_loading_and_says_what_would():
+    r = cli("run", "smollm2-135m-instruct", "Hello", "--memory", "250MB", "--n-ctx", "4096")
+    assert r.returncode != 0
+    assert "memory budget is 250 MB" in r.stderr
+    assert re.search(r"it fits at most \d+ sequences? of \d+", r.stderr)
+    assert "Traceback" not in r.stderr
+    bad = cli("run", "smollm2-135m-instruct", "Hello", "--memory", "lots")
+    assert bad.returncode != 0 and "'1.5GB'" in bad.stderr
 
 
 def test_list_pull_and_lock_verify():

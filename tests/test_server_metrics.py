@@ -99,6 +99,13 @@ def test_metrics_add_up_to_the_requests_usage(http, model):
     assert after[("edgeinfer_request_duration_seconds_count", label)] == 3
     assert after[("edgeinfer_requests_admitted", label)] == after[("edgeinfer_requests_running", label)] == 0
     assert after[("process_resident_memory_bytes", ())] > 0
+    per_token = model.backend.kv_bytes_per_token()
+    allocated = after[("edgeinfer_kv_cache_bytes", (*label, ("state", "allocated")))]
+    used = after[("edgeinfer_kv_cache_bytes", (*label, ("state", "used")))]
+    sequences = after[("edgeinfer_kv_sequences_allocated", label)]
+    assert allocated == sequences * model.n_ctx * per_token
+    assert 1 <= sequences <= model.backend.caps.max_sequences
+    assert 0 < used <= allocated and used % per_token == 0
 
     snap = model.metrics.snapshot()  # the same numbers for Python users
     assert snap["requests"] == 3 and snap["cached_tokens"] == cached and snap["prompt_tokens"] == prompt

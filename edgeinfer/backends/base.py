@@ -168,6 +168,24 @@ class Backend(ABC):
         """What a saved state depends on besides the model file (states load only when equal)."""
         return {"backend": self.name, "n_ctx": self.caps.n_ctx}
 
+    @property
+    def sequences_allocated(self) -> int:
+        """Sequences the backend holds memory for now (ids below this); the rest come on demand."""
+        return self.caps.max_sequences
+
+    def grow_sequences(self, n: int) -> int:
+        """Make room for at least ``n`` sequences if the backend allocates them lazily (and its memory
+        budget allows); returns the sequences held afterwards."""
+        return self.sequences_allocated
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token of one sequence holds (0: not known)."""
+        return 0
+
+    def kv_bytes_allocated(self) -> int:
+        """KV cache bytes allocated now (0: not known)."""
+        return 0
+
     threads_adjustable: bool = False  # set_threads works, and outputs do not depend on the count
 
     def set_threads(self, n: int) -> bool:

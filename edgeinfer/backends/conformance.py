@@ -142,6 +142,23 @@ def check_state_round_trip(backend: Backend, text: str = TEXT, atol: float = ATO
     backend.kv_drop(target)
 
 
+def check_sequences_grow(backend: Backend, text: str = TEXT, atol: float = ATOL) -> None:
+    """Sequences may be allocated lazily: ``sequences_allocated`` is in 1..max_sequences, and
+    ``grow_sequences`` never shrinks it nor loses what a held sequence holds."""
+    tokens = _prompt(backend, text)
+    held = backend.sequences_allocated
+    _expect(1 <= held <= backend.caps.max_sequences, f"sequences_allocated = {held}")
+    backend.kv_drop(0)
+    expected = _last_logits(backend, 0, tokens)
+    backend.kv_truncate(0, len(tokens) - 1)
+    grown = backend.grow_sequences(backend.caps.max_sequences)
+    _expect(held <= grown == backend.sequences_allocated <= backend.caps.max_sequences,
+            f"grow_sequences went from {held} to {grown} (now {backend.sequences_allocated})")
+    _expect(backend.seq_length(0) == len(tokens) - 1, "a held sequence lost tokens when sequences grew")
+    _same(_last_logits(backend, 0, tokens[-1:]), expected, "a sequence carried across growth", atol)
+    backend.kv_drop(0)
+
+
 def check_is_end(backend: Backend, eos: int | None = None) -> None:
     """``is_end`` holds for the EOS token (``eos``, else ``caps.eos_token``) and not for plain text,
     and the EOS token renders as no bytes."""
@@ -181,4 +198,5 @@ def check_backend(backend: Backend, *, eos: int | None = None, text: str = TEXT,
         check_eval_rows(backend, text, atol)
         check_kv_ops(backend, text, atol)
         check_state_round_trip(backend, text, atol)
+        check_sequences_grow(backend, text, atol)
     check_close(backend)

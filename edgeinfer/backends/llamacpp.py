@@ -23,7 +23,9 @@ from ..errors import (
     ModelLoadError,
 )
 from ..gguf_check import diagnose_gguf, ensure_gguf_checked, require_gguf_magic
+from ..memory import footprint_of, output_rows
 from ..sampling import SamplingParams
+from . import llama_state
 from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, prefill_cuts
 
 log = logging.getLogger("edgeinfer.llama_cpp")
@@ -44,6 +46,10 @@ _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO
 EMBEDDING_POOLING = {"1": "mean", "2": "cls", "3": "last"}
 EMBED_SEQUENCES = 64  # texts one encoder pass may carry (they share its n_ctx-token batch)
 EMBED_MAX_CTX = 8192  # default window of long-context embedding models (one pass holds n_ctx tokens)
+# KV cache element types a context may use (llama.cpp quantizes V only with flash attention)
+KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
+
+
 
 
 def _on_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -75,7 +81,7 @@ class NativeSampler:
 
     def __init__(self, backend: LlamaCppBackend, params: SamplingParams) -> None:
         self._ll = ll
-        self._ctx = backend._ctx
+        self._backend = backend  # its context is re-made when sequences are added: read it per call
         self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         if params.repeat_penalty != 1.0:
@@ -99,7 +105,7 @@ class NativeSampler:
 
     def sample(self, row: int) -> int:
         # llama_sampler_sample also accepts the token into the chain (penalty history).
-        return self._ll.llama_sampler_sample(self._chain, self._ctx, row)
+        return self._ll.llama_sampler_sample(self._chain, self._backend._ctx, row)
 
     def close(self) -> None:
         if self._chain:
@@ -155,10 +161,15 @@ class LlamaCppBackend(Backend):
         flash_attn: bool = False,
         kv_unified: bool = False,
         repack: bool = False,
+        kv_type: str = "f16",
+        initial_sequences: int = 1,
+        kv_budget: int | None = None,
+        n_outputs: int | None = None,
     ) -> None:
         ensure_initialized()
         self._ll = ll
-        self._model = self._ctx = self._batch = None
+        self._model = self._ctx = self._batch = self._mem = None
+        self._allocated = 0
         self.device = device
         path = Path(path)
         require_gguf_magic(path)
@@ -194,52 +205,49 @@ class LlamaCppBackend(Backend):
             n_batch, kv_unified = n_ctx, True  # one pass holds a whole text (encoders do not split)
         n_ctx = n_ctx or min(4096, n_ctx_train)
         if n_ctx < 16:
+            self.close()
             raise InvalidRequestError(f"n_ctx={n_ctx} is too small; use at least 16")
 
-        cparams = ll.llama_context_default_params()
-        # Split (the default): each sequence gets its own n_ctx-cell KV stream, so a request's
-        # attention and numerics never depend on the other conversations held. Unified: the
-        # sequences share n_ctx cells (less memory, and prefix copies are free, but attention
-        # spans every held sequence's cells).
-        cparams.n_ctx = n_ctx if kv_unified else n_ctx * max_sequences
-        cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
-        cparams.n_seq_max = max_sequences
-        cparams.n_threads = cparams.n_threads_batch = self.threads = n_threads or 1
-        cparams.kv_unified = kv_unified
-        cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
-        cparams.no_perf = True
-        if embedding:  # pooled sentence vectors, with the model's own pooling
-            cparams.embeddings = True
-            cparams.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED
+        if kv_type not in KV_TYPES:
+            self.close()
+            raise InvalidRequestError(f"kv_type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
         # Flash attention computes each query row of a short batch alone, so a row's attention does
         # not depend on how many tokens of its sequence share the batch: verified speculative drafts
         # then give exactly the plain greedy output. Off (the default), a 2-9-token check runs
         # another attention kernel than a one-token step, but exact prefix reuse needs only 16
         # tokens computed instead of 64 (flash runs batches of 64+ rows through a tiled kernel).
         self._flash_attn = flash_attn
-        cparams.flash_attn_type = (
-            ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-        ctx = ll.llama_init_from_model(model, cparams)
-        if not ctx:
+        self._kv_unified = kv_unified
+        self._repack = repack
+        self._kv_type = kv_type
+        self._embedding = embedding
+        self._n_ctx_seq = n_ctx
+        self._n_batch = min(n_batch, n_ctx)
+        self._n_seq = max_sequences
+        # logit rows one eval may ask for (llama.cpp aborts beyond the rows its buffers were made for)
+        # (and at context creation it needs a row per sequence)
+        self._n_outputs = max(n_outputs or output_rows(max_sequences), max_sequences)
+        self._kv_budget = kv_budget  # bytes the KV cache may take, growth included (None: no bound)
+        self._kv_per_token = footprint_of(path).kv_bytes_per_token(kv_type, flash_attn)
+        self.threads = n_threads or 1
+        # Split KV (the default) gives each sequence its own n_ctx-cell stream, allocated (and
+        # zeroed) when the context is made: streams are made as sequences are first needed (one at
+        # load; the context is re-made with more, live sequences carried across by their state).
+        # Unified KV shares n_ctx cells between all sequences: its size does not depend on them.
+        # recurrent and hybrid models keep per-sequence state in another format: no re-made contexts
+        self._attention_kv = not (ll.llama_model_is_recurrent(model) or ll.llama_model_is_hybrid(model))
+        growable = self._attention_kv and not kv_unified
+        self._allocated = 0
+        first = min(max_sequences, initial_sequences) if growable else max_sequences
+        if not self._open_context(first):
+            errors = " | ".join(_recent_errors)
             self.close()
             raise ModelLoadError(
                 f"llama.cpp could not create a context for {path.name} (n_ctx={n_ctx}): "
-                "try a smaller n_ctx. " + " | ".join(_recent_errors)
+                "try a smaller n_ctx or a memory budget (memory=...). " + errors
             )
-        self._ctx = ctx
-        self._mem = ll.llama_get_memory(ctx)
-        self._n_batch = cparams.n_batch
-        self._batch = ll.llama_batch_init(self._n_batch, 0, max_sequences)
-        b = self._batch
-        self._fields = (b.token, b.pos, b.seq_id, b.logits)  # pointer objects, made once
-        for i in range(self._n_batch):
-            b.n_seq_id[i] = 1  # every token belongs to exactly one sequence
-        self._n_seq = max_sequences
-        self._kv_unified = kv_unified
-        self._repack = repack
         # llama.cpp may round the window up (not an embedding model's: positions end at n_ctx)
-        n_ctx = n_ctx if embedding else ll.llama_n_ctx_seq(ctx)
+        n_ctx = n_ctx if embedding else ll.llama_n_ctx_seq(self._ctx)
         self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -264,6 +272,101 @@ class LlamaCppBackend(Backend):
         )
         # encoder-only models (T5 encoders) are run with llama_encode, the rest with llama_decode
         self._encode = ll.llama_model_has_encoder(model) and not ll.llama_model_has_decoder(model)
+
+    # --- the context: KV streams, compute buffers
+    def _open_context(self, n_seq: int) -> bool:
+        """Make the llama.cpp context and batch for ``n_seq`` sequences; False if llama.cpp cannot."""
+        ll = self._ll
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = self._n_ctx_seq if self._kv_unified else self._n_ctx_seq * n_seq
+        cparams.n_batch = cparams.n_ubatch = self._n_batch
+        cparams.n_seq_max = n_seq
+        if not self._embedding:
+            # The compute buffer is sized for this many logit rows per eval, not n_batch of them
+            # (a prefill asks for one; 512 rows of a 262k vocabulary would reserve 512 MiB).
+            cparams.n_outputs_max = self._n_outputs
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.kv_unified = self._kv_unified
+        cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
+        cparams.no_perf = True
+        cparams.type_k = KV_TYPES[self._kv_type]
+        # llama.cpp quantizes V only with flash attention (V is read transposed without it)
+        cparams.type_v = KV_TYPES[self._kv_type] if self._flash_attn else KV_TYPES["f16"]
+        if self._embedding:  # pooled sentence vectors, with the model's own pooling
+            cparams.embeddings = True
+            cparams.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED
+        cparams.flash_attn_type = (
+            ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx = ll.llama_init_from_model(self._model, cparams)
+        if not ctx:
+            return False
+        self._ctx = ctx
+        self._mem = ll.llama_get_memory(ctx)
+        self._batch = ll.llama_batch_init(self._n_batch, 0, n_seq)
+        b = self._batch
+        self._fields = (b.token, b.pos, b.seq_id, b.logits)  # pointer objects, made once
+        for i in range(self._n_batch):
+            b.n_seq_id[i] = 1  # every token belongs to exactly one sequence
+        self._allocated = n_seq
+        return True
+
+    def _close_context(self) -> None:
+        if self._batch is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            self._ll.llama_free(self._ctx)
+            self._ctx = self._mem = None
+        self._allocated = 0
+
+    @property
+    def sequences_allocated(self) -> int:
+        return self._allocated
+
+    def grow_sequences(self, n: int) -> int:
+        """Re-make the context with room for ``n`` sequences or more (doubling; at most
+        ``max_sequences``, and as many as the KV budget holds). Live sequences are carried across as
+        their state bytes, after the old context is freed, so memory never holds both contexts;
+        their KV is restored bit for bit. Returns the sequences held afterwards."""
+        n = min(n, self._n_seq)
+        if n <= self._allocated or not self._attention_kv or self._kv_unified:
+            return self._allocated
+        old = self._allocated
+        lengths = {s: length for s in range(old) if (length := self.seq_length(s))}
+        n = self._within_budget(max(n, min(2 * old, self._n_seq)), old + 1, sum(lengths.values()))
+        if n <= old:
+            return old
+        held = {s: (self.state_save(s), length) for s, length in lengths.items()}
+        self._close_context()
+        if not self._open_context(n):
+            log.warning("llama.cpp could not make room for %d sequences; keeping %d: %s",
+                        n, old, " | ".join(_recent_errors))
+            if not self._open_context(old):
+                raise BackendError("llama.cpp could not re-make its context after failing to grow it")
+        for seq_id, (state, length) in held.items():
+            self.state_load(seq_id, state, length)
+        return self._allocated
+
+    def kv_bytes_allocated(self) -> int:
+        """KV cache bytes the context holds now (every allocated sequence's n_ctx cells)."""
+        streams = 1 if self._kv_unified else self._allocated
+        return streams * self._n_ctx_seq * self._kv_per_token
+
+    def kv_bytes_per_token(self) -> int:
+        return self._kv_per_token
+
+    def _within_budget(self, target: int, least: int, held_tokens: int) -> int:
+        """The most sequences, from ``target`` down to ``least``, whose KV fits the budget while the
+        held tokens' states are carried across (twice: saved, then re-written for the new context);
+        0 when not even ``least`` fits."""
+        if self._kv_budget is None:
+            return target
+        carried = 2 * held_tokens * self._kv_per_token
+        for n in range(target, least - 1, -1):
+            if n * self._n_ctx_seq * self._kv_per_token + carried <= self._kv_budget:
+                return n
+        return 0
 
     # --- metadata
     def metadata(self, key: str) -> str:
@@ -319,8 +422,12 @@ class LlamaCppBackend(Backend):
                 f"this is an embedding model ({self._pooling} pooling): it has no KV sequences and "
                 "cannot generate; use Model.embed"
             )
-        if not 0 <= seq_id < self._n_seq:
-            raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{self._n_seq - 1}")
+        if not 0 <= seq_id < self._allocated:
+            if not 0 <= seq_id < self._n_seq:
+                raise InvalidRequestError(f"sequence id {seq_id} out of range 0..{self._n_seq - 1}")
+            if self.grow_sequences(seq_id + 1) <= seq_id:
+                raise KVCacheFullError(
+                    f"sequence {seq_id} does not fit the memory budget ({self._allocated} sequences do)")
 
     def eval(self, items: Sequence[EvalItem]) -> list[int]:
         if len(items) == 1 and len(items[0].tokens) == 1:  # a decode step: the hot path
@@ -352,8 +459,9 @@ class LlamaCppBackend(Backend):
                 raise InvalidRequestError(f"n_outputs must be in 1..{len(toks)} for this item")
             body.extend((t, n0 + j, item.seq_id) for j, t in enumerate(toks[:-k]))
             outs.extend((t, n0 + len(toks) - k + j, item.seq_id) for j, t in enumerate(toks[-k:]))
-        if len(outs) > self._n_batch:
-            raise InvalidRequestError(f"at most {self._n_batch} output positions per eval")
+        if len(outs) > min(self._n_outputs, self._n_batch):
+            raise InvalidRequestError(f"at most {min(self._n_outputs, self._n_batch)} output positions per "
+                                      "eval (load with n_outputs=N for more)")
         if len(items) == 1 and len(outs) == 1:  # a prefill: cut where a fresh one is cut
             entries = body + outs
             start = entries[0][1]
@@ -468,7 +576,7 @@ class LlamaCppBackend(Backend):
         if self._kv_unified:  # cells are shared: the copy only tags them with dst
             self._ll.llama_memory_seq_cp(mem, src, dst, 0, n)
         elif (held := self.seq_length(src)) * 4 < self.caps.n_ctx:  # short: copy its cells' bytes
-            self.state_load(dst, self.state_save(src), held)
+            self._load_raw(dst, self._raw_state(src), held)
             self._ll.llama_memory_seq_rm(mem, dst, n, -1)
         else:  # llama.cpp copies a whole stream between split sequences (one buffer memcpy)
             self._ll.llama_memory_seq_cp(mem, src, dst, -1, -1)
@@ -478,16 +586,46 @@ class LlamaCppBackend(Backend):
         self._check_seq(seq_id)
         self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
 
-    def state_save(self, seq_id: int) -> bytes:
-        self._check_seq(seq_id)
+    def _raw_state(self, seq_id: int) -> bytes:
         size = self._ll.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         written = self._ll.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
         return ctypes.string_at(buf, written)  # one memcpy (slicing a c_uint8 array makes a list)
 
+    def _load_raw(self, seq_id: int, data: bytes, n_tokens: int) -> None:
+        self.kv_drop(seq_id)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not self._ll.llama_state_seq_set_data(self._ctx, buf, len(data), seq_id):
+            raise BackendError("llama.cpp rejected the saved state (another model or settings?)")
+        if self.seq_length(seq_id) != n_tokens:
+            self.kv_drop(seq_id)
+            raise BackendError(f"the saved state holds a different number of tokens than {n_tokens}")
+
+    def _sections(self, seq_id: int, raw_size: int) -> list[int]:
+        """The sizes of the caches' sections in a raw state of ``raw_size`` bytes: a sliding-window
+        model keeps two caches, and the second alone is what llama.cpp calls the "partial" state."""
+        partial = self._ll.llama_state_seq_get_size_ext(
+            self._ctx, seq_id, ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
+        prefix = llama_state.PREFIX
+        if prefix < partial < raw_size:
+            return [raw_size - partial, partial - prefix]
+        return [raw_size - prefix]
+
+    def state_save(self, seq_id: int) -> bytes:
+        """The sequence's state, loadable into this model's context whatever its sequence count."""
+        self._check_seq(seq_id)
+        raw = self._raw_state(seq_id)
+        if not self._attention_kv:
+            return raw
+        return llama_state.to_canonical(raw, self._sections(seq_id, len(raw)))
+
     def state_size(self, seq_id: int) -> int:
         self._check_seq(seq_id)
-        return self._ll.llama_state_seq_get_size(self._ctx, seq_id)
+        raw = self._ll.llama_state_seq_get_size(self._ctx, seq_id)
+        if not self._attention_kv:
+            return raw
+        streams = 1 if self._kv_unified else self._allocated
+        return llama_state.canonical_size(raw, len(self._sections(seq_id, raw)), streams)
 
     @property
     def threads_adjustable(self) -> bool:
@@ -506,26 +644,22 @@ class LlamaCppBackend(Backend):
 
     def state_binding(self) -> dict:
         return {"backend": self.name, "llama_cpp_python": ll.__version__, "n_ctx": self.caps.n_ctx,
-                "flash_attn": self._flash_attn, "swa_full": True, "kv_type": "f16",
-                "kv_unified": self._kv_unified, "repack": self._repack}
+                "flash_attn": self._flash_attn, "swa_full": True, "kv_type": self._kv_type,
+                "kv_unified": self._kv_unified, "repack": self._repack,
+                "state_format": llama_state.MAGIC.decode() if self._attention_kv else "raw"}
 
     def state_load(self, seq_id: int, data: bytes, n_tokens: int) -> None:
-        self.kv_drop(seq_id)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if not self._ll.llama_state_seq_set_data(self._ctx, buf, len(data), seq_id):
-            raise BackendError("llama.cpp rejected the saved state (another model or settings?)")
-        if self.seq_length(seq_id) != n_tokens:
-            self.kv_drop(seq_id)
-            raise BackendError(f"the saved state holds a different number of tokens than {n_tokens}")
+        self._check_seq(seq_id)
+        if data.startswith(llama_state.MAGIC):
+            try:
+                data = llama_state.from_canonical(data, 1 if self._kv_unified else self._allocated)
+            except ValueError as exc:
+                raise BackendError(f"the saved state is malformed ({exc})") from None
+        self._load_raw(seq_id, data, n_tokens)
 
     def close(self) -> None:
         ll = self._ll
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
+        self._close_context()
         if self._model:
             ll.llama_model_free(self._model)
             self._model = None

@@ -13,6 +13,16 @@ from ..backends import backend_specs, format_of
 from ..device import Artifact, choose, onnx_provider_report
 from ..errors import EdgeInferError
 from ..loader import cached_probe, locate_model
+from ..lock import ModelLock
+from ..memory import (
+    DEFAULT_N_CTX,
+    default_budget,
+    describe_fits,
+    footprint_of,
+    format_size,
+    process_rss,
+    what_fits,
+)
 from .options import DEFAULT_CHAT_MODEL
 
 _SHOWN_FEATURES = {"sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vnni", "avx_vnni",
@@ -64,7 +74,9 @@ def env(args: argparse.Namespace) -> int:
         choice = None
         plan["error"] = str(exc)
     backends = _backends(probe)
-    report = {"versions": _versions(), "probe": probe.to_dict(), "backends": backends, "plan": plan}
+    memory = memory_report()
+    report = {"versions": _versions(), "probe": probe.to_dict(), "backends": backends, "plan": plan,
+              "memory": memory}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -98,4 +110,39 @@ def env(args: argparse.Namespace) -> int:
         for reason in choice.reasons:
             print(f"  - {reason}")
         print(f"  - threads: {plan['threads']}")
+    print(f"\nMemory: a load's default budget is {format_size(memory['budget_bytes'])} (this process's "
+          f"{format_size(memory['process_bytes'])} + 3/4 of the RAM available); what fits, per model:")
+    for row in memory["models"]:
+        if "fits" not in row:
+            print(f"  {row['name']}: {row['note']}")
+            continue
+        pairs = [(f["sequences"], f["n_ctx"]) for f in row["fits"]]
+        fits = describe_fits(pairs) if pairs else "nothing (the budget is smaller than the weights)"
+        print(f"  {row['name']}: {fits} (KV {row['kv_bytes_per_token'] / 1e3:.1f} KB per token; "
+              f"weights {format_size(row['weights_bytes'])})")
     return 0
+
+
+def memory_report() -> dict:
+    """For each GGUF model in the lock that is on this machine, what fits the default budget."""
+    budget, base = default_budget(), process_rss()
+    rows = []
+    for entry in ModelLock.load().entries.values():
+        try:
+            path = locate_model(entry.name, offline=True).path
+        except EdgeInferError:
+            rows.append({"name": entry.name, "note": "not on this machine (edgeinfer pull it first)"})
+            continue
+        if format_of(path) != "gguf":
+            rows.append({"name": entry.name, "note": f"{format_of(path)}: sized by its backend"})
+            continue
+        fp = footprint_of(path)
+        if fp.embedding:
+            rows.append({"name": entry.name, "note": "an embedding model: one pass per text"})
+            continue
+        n_ctx = min(DEFAULT_N_CTX, fp.n_ctx_train)
+        fits = what_fits(fp, budget - base, n_ctx)
+        rows.append({"name": entry.name, "weights_bytes": fp.weights,
+                     "kv_bytes_per_token": fp.kv_bytes_per_token(),
+                     "fits": [{"sequences": s, "n_ctx": c} for s, c in fits]})
+    return {"budget_bytes": budget, "process_bytes": base, "models": rows}

@@ -20,6 +20,7 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto", help="auto, llama.cpp, onnx")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], metal")
     g.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
+    add_memory_option(g)
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     g.add_argument("--gpu-layers", type=int, default=None,
                    help="layers to offload (default: sized from free VRAM)")
@@ -27,6 +28,13 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repack", action="store_true", default=False,
                    help="let llama.cpp repack Q4_0/IQ4_NL weights for AVX2/NEON (faster, but a token's "
                         "numerics then depend on its batch)")
+
+
+def add_memory_option(g: argparse._ActionsContainer) -> None:
+    """``--memory``: the RAM budget a command's models are sized to."""
+    g.add_argument("--memory", default=None, metavar="SIZE",
+                   help="RAM budget for the process, e.g. 1.5GB or 800MB: the context, sequences and KV type "
+                        "are sized to fit, or loading fails saying what would (default: 3/4 of free RAM)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -56,8 +64,9 @@ def load_model(args: argparse.Namespace, name: str | None = None, **extra: objec
     """The model named on the command line (or ``name``), with the loading options given there."""
     prepare_to_load(name or args.model, offline=args.offline)
     return load(name or args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
-                n_threads=args.threads, n_gpu_layers=args.gpu_layers, offline=args.offline,
-                progress=True, **({"repack": True} if getattr(args, "repack", False) else {}), **extra)
+                memory=args.memory, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+                offline=args.offline, progress=True,
+                **({"repack": True} if getattr(args, "repack", False) else {}), **extra)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

@@ -8,7 +8,12 @@ import os
 import sys
 
 from ..errors import EdgeInferError, InvalidRequestError
+from ..memory import Preferred
 from .options import DEFAULT_CHAT_MODEL, add_load_options, load_model
+
+# 8: the engine's aggregate throughput still grows from 4 to 8 streams here (1.67x -> 1.91x of
+# one-by-one, benchmarks/results/batching.md); each sequence costs n_ctx KV cells of memory, once used
+SERVE_SEQUENCES = 8
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
     p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $EDGEINFER_API_KEY)")
-    # 8: the engine's aggregate throughput still grows from 4 to 8 streams here (1.67x -> 1.91x of
-    # one-by-one, benchmarks/results/batching.md); each sequence costs n_ctx KV cells of memory
-    p.add_argument("--max-sequences", type=int, default=8, help="requests each model runs at once")
+    p.add_argument("--max-sequences", type=int, default=None,
+                   help="requests each model runs at once (default 8, fewer if --memory holds fewer; "
+                        "each is allocated when first used)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests each model queues beyond those (default 4 x --max-sequences); more get 503")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
@@ -47,7 +52,8 @@ def serve(args: argparse.Namespace) -> int:
               "can use the models", file=sys.stderr)
     options = ServerOptions(api_key=args.api_key, max_queue=args.max_queue, max_body=args.max_body)
     with contextlib.ExitStack() as stack:
-        aliases = {name: stack.enter_context(load_model(args, name, max_sequences=args.max_sequences))
+        sequences = args.max_sequences or Preferred(SERVE_SEQUENCES)
+        aliases = {name: stack.enter_context(load_model(args, name, max_sequences=sequences))
                    for name in dict.fromkeys(args.models)}
         names = ", ".join(m.name for m in aliases.values())
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 
 from ..translate.languages import LANGUAGES
+from .options import add_memory_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true",
                    help="neither read nor write the translation memory (and history)")
     p.add_argument("--threads", type=int, default=None)
+    add_memory_option(p)
     p.add_argument("--offline", action="store_true", default=None)
     p.add_argument("--json", action="store_true", help="print the translation and its stats as JSON")
     p.set_defaults(handler=run)
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         text = sys.stdin.read()
     prepare_for_use(args.model or DEFAULT_MODEL, offline=args.offline)  # e.g. the shortlist, built once
     with Translator(args.model or DEFAULT_MODEL, memory=not args.no_memory, n_threads=args.threads,
-                    offline=args.offline) as translator:
+                    offline=args.offline, memory_budget=args.memory) as translator:
         stream = translator.stream(text, args.to, args.source)  # bad input is refused here, before output
         if args.json:
             done = stream.result()

@@ -67,6 +67,12 @@ class _Collector:
              "Speculative tokens proposed and checked."),
             ("accepted_tokens", "edgeinfer_speculative_accepted_tokens", "Speculative tokens accepted."),
         )}
+        kv = GaugeMetricFamily("edgeinfer_kv_cache_bytes",
+                               "KV cache bytes: in use (tokens held) and allocated.",
+                               labels=["model", "state"])
+        sequences = GaugeMetricFamily("edgeinfer_kv_sequences_allocated",
+                                      "KV sequences allocated now (they are added as requests need them).",
+                                      labels=["model"])
         share = GaugeMetricFamily("edgeinfer_cached_prompt_tokens_ratio",
                                   "Cached prompt tokens / prompt tokens since the start.", labels=["model"])
         window = next(iter(snaps.values()))["window"] if snaps else WINDOW
@@ -78,6 +84,10 @@ class _Collector:
             for key, family in counters.items():
                 family.add_metric([label], snap[key])
             share.add_metric([label], snap["cached_share"])
+            if "kv_bytes_in_use" in snap:
+                kv.add_metric([label, "used"], snap["kv_bytes_in_use"])
+                kv.add_metric([label, "allocated"], snap["kv_bytes_allocated"])
+                sequences.add_metric([label], snap["sequences_allocated"])
             for key, family in summaries.items():
                 values = snap[key]
                 for q in QUANTILES:
@@ -89,6 +99,8 @@ class _Collector:
         yield requests
         yield from counters.values()
         yield share
+        yield kv
+        yield sequences
         yield from summaries.values()
         if self.gauges is not None:
             server = {key: GaugeMetricFamily(name, text, labels=["model"])

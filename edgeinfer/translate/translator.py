@@ -88,20 +88,23 @@ class Translator:
     """Translate between LANGUAGES. ``model``: a models.lock name or path (loaded and owned here; the
     default Gemma 3 270M gets the shipped vocabulary shortlist), or a loaded Model or Router (used as it
     is). ``style``: "few_shot" (base models), "chat" (instruction models) or "auto". ``memory``: True
-    (the user's data folder), a path, or False. ``on_progress(fraction, message)`` reports loading."""
+    (the user's data folder), a path, or False: the translation memory (``memory_budget`` is the RAM
+    budget a model loaded here is sized to, as ``ei.load(memory=...)``). ``on_progress(fraction, message)``
+    reports loading."""
 
     def __init__(self, model: LanguageModel | str | Path = DEFAULT_MODEL, *, memory: bool | str | Path = True,
                  style: str = "auto",
                  shots: int = DEFAULT_SHOTS, max_chars: int = DEFAULT_MAX_CHARS, shortlist: bool = True,
                  n_threads: int | None = None, offline: bool | None = None,
-                 on_progress: Progress | None = None, **load_options: Any) -> None:
+                 on_progress: Progress | None = None, memory_budget: int | str | None = None,
+                 **load_options: Any) -> None:
         if style not in ("auto", "few_shot", "chat"):
             raise InvalidRequestError(f"style must be 'auto', 'few_shot' or 'chat', got {style!r}")
         report = on_progress or (lambda fraction, message: None)
         self._owned = isinstance(model, (str, Path))
         if self._owned:
             model = _load_model(model, shortlist=shortlist, n_threads=n_threads, offline=offline,
-                                report=report, **load_options)
+                                report=report, memory=memory_budget, **load_options)
         self.model = model
         self.style = _style_of(model) if style == "auto" else style
         self.shots, self.max_chars = shots, max_chars
@@ -289,6 +292,7 @@ def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, off
                 report: Progress, **load_options: Any) -> Model:
     from ..kv_options import KVOptions
     from ..loader import load, locate_model
+    from ..memory import Preferred
     from ..prepared import SHORTLIST, prepared
 
     report(0.05, f"finding {name}")
@@ -303,9 +307,12 @@ def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, off
     report(0.6, f"loading {located.name}")
     # four sentences decode together; no idle-time settling: a translation is never continued, and a
     # sequence being settled is busy just when the next batch wants the cached examples it holds
-    options = {"n_ctx": 2048, "max_sequences": 4, "kv": KVOptions(settle=False), **load_options}
+    options = {"n_ctx": 2048, "max_sequences": Preferred(4), "kv": KVOptions(settle=False), **load_options}
     model = load(path, n_threads=n_threads, offline=offline, **options)
     model.name = model.engine.model_name = located.name  # the pinned name, not the cached file's
+    # the warmed examples stay in their own sequence for every batch to copy (sequences are added for
+    # that, within the memory budget), instead of the first sentence continuing them in place
+    model.engine.cache.keep_sequences = True
     return model
 
 
