@@ -301,11 +301,11 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(request, "cancelled")
                 continue
-            if not self.cache.free_slots():
+            demand = min(len(self._active) + len(self._waiting), self.max_batch)
+            if not self.cache.free_slots(demand):
                 return  # wait for a running request to finish
             try:
-                reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids(),
-                                           concurrent=bool(self._active) or len(self._waiting) > 1)
+                reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids(), demand=demand)
             except Exception as exc:  # noqa: BLE001 - e.g. a disk state that failed to load
                 self._waiting.popleft()
                 self._finish(request, "error", exc)

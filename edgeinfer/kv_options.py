@@ -18,10 +18,13 @@ class KVOptions:
     ``disk`` (a folder, or True for the cache folder) keeps evicted and saved sequence states on disk, at
     most ``disk_bytes``, so a restarted app resumes without prefill. ``settle`` recomputes generated
     tokens' KV as a prefill in idle time, so a chat's next turn reuses it bit-exactly (off: the next
-    turn recomputes the previous answer itself).
+    turn recomputes the previous answer itself). ``keep_sequences``: add a sequence to keep an idle
+    prompt's KV (a conversation, a few-shot block) rather than evict it, up to ``max_sequences`` (None:
+    when ``ei.load`` was given ``max_sequences``; False: sequences only for requests running at once).
     """
 
     ram_bytes: int | None = None
+    keep_sequences: bool | None = None
     disk: str | Path | bool | None = None
     disk_bytes: int = 2 << 30
     settle: bool = True

@@ -141,7 +141,10 @@ def load(
     factory = get_backend(choice.backend)
     # sequences asked for are kept for reuse as they are first used; by default one is added only for
     # requests that run at once, so a program used by one user at a time holds one
-    keep = max_sequences is not None and not isinstance(max_sequences, Preferred)
+    kv = kv or KVOptions()
+    keep = kv.keep_sequences
+    if keep is None:
+        keep = max_sequences is not None and not isinstance(max_sequences, Preferred)
     layout = None
     if choice.backend == "llama.cpp" and choice.device == "cpu" and fmt == "gguf":
         layout = _layout(path, name, n_ctx, max_sequences, memory, backend_options)
@@ -157,7 +160,6 @@ def load(
         device_queue(be.device).adapt_threads(be, choice.n_threads)
     defaults = SamplingParams(**entry.sampling) if entry and entry.sampling else None
     sha = entry.sha256 if entry else None
-    kv = kv or KVOptions()
     disk = None
     if kv.disk:
         sha = sha or cached_digest(path, [path], sha256_file)

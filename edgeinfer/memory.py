@@ -185,6 +185,9 @@ class Layout:
     fixed: int = 0  # weights, buffers: the model's cost besides its KV cache
     kv_budget: int = 0  # bytes the KV cache (and growing it) may take
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Wanted:

@@ -127,15 +127,15 @@ class PromptCache:
 
     # --- choosing a sequence for a request
     def acquire(self, prompt: list[int], busy_neighbours: set[int] | frozenset[int] = frozenset(),
-                concurrent: bool = False) -> Reuse:
+                demand: int = 1) -> Reuse:
         """Pick and prepare a sequence for ``prompt``; it holds ``cached`` leading prompt tokens.
 
         A sequence taken fresh sits next to the ``busy_neighbours`` (those of running requests)
         when it can: backends batch runs of adjacent sequence ids into one pass (llama.cpp with
-        one KV stream per sequence does). ``concurrent``: other requests are running or waiting.
+        one KV stream per sequence does). ``demand``: the requests running and waiting, this one included.
         """
-        self._busy, self._concurrent = busy_neighbours, concurrent
-        free = self.free_slots()
+        self._busy, self._concurrent = busy_neighbours, demand > 1
+        free = self.free_slots(demand)
         if not free:
             raise BackendError("every sequence is busy")
         n = len(prompt)
@@ -173,22 +173,24 @@ class PromptCache:
         best.last_used = time.monotonic()
         return self._take(target, shared, "ram-copy")
 
-    def free_slots(self) -> list[Slot]:
-        """Idle sequences among those the backend holds; when every one is busy (requests running
-        at once), the backend is asked for more, within its memory budget."""
+    def free_slots(self, demand: int = 1) -> list[Slot]:
+        """Idle sequences among those the backend holds; when every one is busy, the backend is asked
+        for room for ``demand`` sequences in all (the requests running and waiting: a burst of them
+        re-makes its context once), within its memory budget."""
         held = self.backend.sequences_allocated
         free = [s for s in self.slots[:held] if not s.busy]
         if not free and held < len(self.slots):
-            held = self.backend.grow_sequences(held + 1)
+            held = self.backend.grow_sequences(min(max(demand, held + 1), len(self.slots)))
             free = [s for s in self.slots[:held] if not s.busy]
         return free
 
-    def _grown(self) -> Slot | None:
-        """A new, empty sequence instead of evicting one, when the model may keep every sequence it
-        holds (``keep_sequences``: the caller asked for ``max_sequences``) or other requests are running
-        or waiting (concurrency: a shared prefix is worth keeping for them); None otherwise."""
+    def _grown(self, for_prefix: bool) -> Slot | None:
+        """A new, empty sequence instead of evicting one: when the model keeps every sequence it holds
+        (``keep_sequences``: the caller asked for ``max_sequences``), or, while other requests run or
+        wait, to keep a shared prefix (a system prompt, few-shot examples) for them to copy. None
+        otherwise: sequences are added for requests that run at once, not to keep idle prompts."""
         held = self.backend.sequences_allocated
-        if held >= len(self.slots) or not (self.keep_sequences or self._concurrent):
+        if held >= len(self.slots) or not (self.keep_sequences or (for_prefix and self._concurrent)):
             return None
         return self.slots[held] if self.backend.grow_sequences(held + 1) > held else None
 
@@ -227,7 +229,7 @@ class PromptCache:
         empty = [s for s in candidates if not s.tokens]
         if empty:
             return min(empty, key=apart)
-        if (new := self._grown()) is not None:
+        if (new := self._grown(for_prefix=keep is not None)) is not None:
             return new
         if not candidates:
             return keep  # type: ignore[return-value]  # free == [keep]

@@ -239,7 +239,7 @@ def test_growth_that_does_not_fit_the_kv_budget_is_refused(smollm2_path):
     fp = footprint_of(smollm2_path)
     backend = LlamaCppBackend(smollm2_path, n_ctx=256, max_sequences=4, kv_budget=fp.kv_bytes(256, 2))
     try:
-        assert backend.grow_sequences(4) == 2  # doubling stops at what the budget holds
+        assert backend.grow_sequences(4) == 2  # growth stops at what the budget holds
         with pytest.raises(KVCacheFullError, match="memory budget"):
             backend.seq_length(3)
     finally:

@@ -325,16 +325,16 @@ class LlamaCppBackend(Backend):
         return self._allocated
 
     def grow_sequences(self, n: int) -> int:
-        """Re-make the context with room for ``n`` sequences or more (doubling; at most
-        ``max_sequences``, and as many as the KV budget holds). Live sequences are carried across as
-        their state bytes, after the old context is freed, so memory never holds both contexts;
-        their KV is restored bit for bit. Returns the sequences held afterwards."""
+        """Re-make the context with room for ``n`` sequences (at most ``max_sequences``; fewer, but more
+        than now, when the KV budget holds fewer). Live sequences are carried across as their state
+        bytes, after the old context is freed, so memory never holds both contexts; their KV is
+        restored bit for bit. Returns the sequences held afterwards."""
         n = min(n, self._n_seq)
         if n <= self._allocated or not self._attention_kv or self._kv_unified:
             return self._allocated
         old = self._allocated
         lengths = {s: length for s in range(old) if (length := self.seq_length(s))}
-        n = self._within_budget(max(n, min(2 * old, self._n_seq)), old + 1, sum(lengths.values()))
+        n = self._within_budget(n, old + 1, sum(lengths.values()))
         if n <= old:
             return old
         held = {s: (self.state_save(s), length) for s, length in lengths.items()}

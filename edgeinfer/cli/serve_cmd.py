@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..errors import EdgeInferError, InvalidRequestError
+from ..kv_options import KVOptions
 from ..memory import Preferred
 from .options import DEFAULT_CHAT_MODEL, add_load_options, load_model
 
@@ -52,8 +53,9 @@ def serve(args: argparse.Namespace) -> int:
               "can use the models", file=sys.stderr)
     options = ServerOptions(api_key=args.api_key, max_queue=args.max_queue, max_body=args.max_body)
     with contextlib.ExitStack() as stack:
-        sequences = args.max_sequences or Preferred(SERVE_SEQUENCES)
-        aliases = {name: stack.enter_context(load_model(args, name, max_sequences=sequences))
+        # a sequence per request running at once (--max-sequences at most), not per idle prompt
+        sequences, kv = args.max_sequences or Preferred(SERVE_SEQUENCES), KVOptions(keep_sequences=False)
+        aliases = {name: stack.enter_context(load_model(args, name, max_sequences=sequences, kv=kv))
                    for name in dict.fromkeys(args.models)}
         names = ", ".join(m.name for m in aliases.values())
 

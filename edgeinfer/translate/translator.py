@@ -307,12 +307,12 @@ def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, off
     report(0.6, f"loading {located.name}")
     # four sentences decode together; no idle-time settling: a translation is never continued, and a
     # sequence being settled is busy just when the next batch wants the cached examples it holds
-    options = {"n_ctx": 2048, "max_sequences": Preferred(4), "kv": KVOptions(settle=False), **load_options}
+    # (keep_sequences: the warmed examples stay in their own sequence for every batch to copy, instead of
+    # the first sentence continuing them in place)
+    kv = KVOptions(settle=False, keep_sequences=True)
+    options = {"n_ctx": 2048, "max_sequences": Preferred(4), "kv": kv, **load_options}
     model = load(path, n_threads=n_threads, offline=offline, **options)
     model.name = model.engine.model_name = located.name  # the pinned name, not the cached file's
-    # the warmed examples stay in their own sequence for every batch to copy (sequences are added for
-    # that, within the memory budget), instead of the first sentence continuing them in place
-    model.engine.cache.keep_sequences = True
     return model
 
 
