@@ -103,7 +103,6 @@ class PromptCache:
         # a backend that allocates sequences lazily adds one to keep what the others hold (True), or
         # only for requests running at once (False: what ei.load does unless max_sequences is given)
         self.keep_sequences = keep_sequences
-        self._concurrent = False
         self.ram_budget_bytes = ram_budget_bytes
         self.disk = disk
         self.slots = [Slot(i) for i in range(backend.caps.max_sequences)]
@@ -134,7 +133,7 @@ class PromptCache:
         when it can: backends batch runs of adjacent sequence ids into one pass (llama.cpp with
         one KV stream per sequence does). ``demand``: the requests running and waiting, this one included.
         """
-        self._busy, self._concurrent = busy_neighbours, demand > 1
+        self._busy = busy_neighbours
         free = self.free_slots(demand)
         if not free:
             raise BackendError("every sequence is busy")
@@ -184,13 +183,12 @@ class PromptCache:
             free = [s for s in self.slots[:held] if not s.busy]
         return free
 
-    def _grown(self, for_prefix: bool) -> Slot | None:
-        """A new, empty sequence instead of evicting one: when the model keeps every sequence it holds
-        (``keep_sequences``: the caller asked for ``max_sequences``), or, while other requests run or
-        wait, to keep a shared prefix (a system prompt, few-shot examples) for them to copy. None
-        otherwise: sequences are added for requests that run at once, not to keep idle prompts."""
+    def _grown(self) -> Slot | None:
+        """A new, empty sequence instead of evicting one, when the model keeps every sequence it holds
+        (``keep_sequences``: e.g. the caller asked for ``max_sequences``); None otherwise: sequences are
+        added for requests that run at once, not to keep idle prompts."""
         held = self.backend.sequences_allocated
-        if held >= len(self.slots) or not (self.keep_sequences or (for_prefix and self._concurrent)):
+        if held >= len(self.slots) or not self.keep_sequences:
             return None
         return self.slots[held] if self.backend.grow_sequences(held + 1) > held else None
 
@@ -229,7 +227,7 @@ class PromptCache:
         empty = [s for s in candidates if not s.tokens]
         if empty:
             return min(empty, key=apart)
-        if (new := self._grown(for_prefix=keep is not None)) is not None:
+        if (new := self._grown()) is not None:
             return new
         if not candidates:
             return keep  # type: ignore[return-value]  # free == [keep]
