@@ -191,8 +191,8 @@ class Engine:
         """KV cache bytes in use (tokens the sequences hold) and allocated, and the sequences allocated;
         read from the engine's own records, so any thread may ask while requests run."""
         per_token = self.backend.kv_bytes_per_token()
-        held = sum(len(slot.tokens) for slot in self.cache.slots) + sum(
-            len(r.evaluated) for r in list(self._active))
+        held = sum(len(slot.tokens) for slot in self.cache.slots if not slot.busy) + sum(
+            len(r.evaluated) for r in list(self._active))  # a running request's sequence: what it evaluated
         return {"kv_bytes_in_use": held * per_token, "kv_bytes_allocated": self.backend.kv_bytes_allocated(),
                 "kv_bytes_per_token": per_token, "sequences_allocated": self.backend.sequences_allocated,
                 "sequences_max": self.backend.caps.max_sequences}
@@ -302,7 +302,12 @@ class Engine:
                 self._finish(request, "cancelled")
                 continue
             demand = min(len(self._active) + len(self._waiting), self.max_batch)
-            if not self.cache.free_slots(demand):
+            try:
+                room = self.cache.free_slots(demand)
+            except Exception as exc:  # noqa: BLE001 - re-making the backend's context failed
+                self._fail_all(exc)  # the running requests' KV may be gone with it
+                continue
+            if not room:
                 return  # wait for a running request to finish
             try:
                 reuse = self.cache.acquire(request.prompt, busy_neighbours=self._busy_ids(), demand=demand)
@@ -323,6 +328,16 @@ class Engine:
             else:
                 request.sampler = self.backend.make_sampler(request.params)
             self._active.append(request)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """End every running and waiting request with ``exc``; their sequences are forgotten."""
+        for request in [*self._active, *self._waiting]:
+            if request.seq_id >= 0:
+                self.cache.slots[request.seq_id].clear()
+                self.cache.slots[request.seq_id].busy = False
+                request.seq_id = -1
+            self._finish(request, "error", exc)
+        self._waiting.clear()
 
     def _busy_ids(self) -> set[int]:
         return {r.seq_id for r in self._active}

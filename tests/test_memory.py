@@ -299,3 +299,34 @@ def test_restream_rewrites_only_the_stream_count():
     assert two == (2).to_bytes(4, "little") + entry + bytes(4)
     with pytest.raises(ValueError, match="more than one stream"):
         llama_state.restream(section[:-4] + (1).to_bytes(4, "little"), 1)
+
+
+def test_a_context_that_cannot_be_remade_fails_the_requests_and_the_engine_lives_on():
+    """Growing the backend failing (e.g. llama.cpp out of memory re-making its context) ends the
+    running and waiting requests with the error instead of stopping the scheduler."""
+    from edgeinfer.backends.testing import FakeBackend
+    from edgeinfer.errors import BackendError
+    from edgeinfer.model import Model
+
+    class CannotGrow(FakeBackend):
+        broken = True
+
+        @property
+        def sequences_allocated(self) -> int:
+            return 1
+
+        def grow_sequences(self, n: int) -> int:
+            if self.broken:
+                raise BackendError("no memory to re-make the context")
+            return 1
+
+    backend = CannotGrow(n_ctx=256, max_sequences=2, delay=0.01)
+    with Model(backend, name="fake", settle=False) as model:
+        first = model.stream("a long request", max_tokens=50, temperature=0)
+        iter(first).__next__()  # running on sequence 0
+        second = model.stream("another one", max_tokens=5, temperature=0)
+        for stream in (first, second):
+            with pytest.raises(BackendError, match="re-make the context"):
+                stream.result()
+        backend.broken = False
+        assert model.generate("still serving", max_tokens=3, temperature=0).text
