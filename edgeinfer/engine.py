@@ -333,8 +333,7 @@ class Engine:
         """End every running and waiting request with ``exc``; their sequences are forgotten."""
         for request in [*self._active, *self._waiting]:
             if request.seq_id >= 0:
-                self.cache.slots[request.seq_id].clear()
-                self.cache.slots[request.seq_id].busy = False
+                self.cache.forget(request.seq_id, drop=False)
                 request.seq_id = -1
             self._finish(request, "error", exc)
         self._waiting.clear()

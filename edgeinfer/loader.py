@@ -180,12 +180,13 @@ def _layout(path: Path, name: str, n_ctx: int | None, max_sequences: int | None,
     footprint = footprint_of(path)
     if footprint.embedding:
         return None
-    budget = parse_size(memory) if memory is not None else default_budget()
+    base = process_rss()
+    budget = parse_size(memory) if memory is not None else default_budget(base)
     soft = max_sequences is None or isinstance(max_sequences, Preferred)
     wanted = Wanted(n_ctx=n_ctx, sequences=None if soft else max_sequences, kv_type=options.get("kv_type"),
                     n_batch=options.get("n_batch"), flash_attn=bool(options.get("flash_attn")),
                     default_sequences=max_sequences or DEFAULT_SEQUENCES)
-    layout = plan_layout(footprint, wanted, budget, process_rss(), name)
+    layout = plan_layout(footprint, wanted, budget, base, name)
     asked = (n_ctx or min(DEFAULT_N_CTX, footprint.n_ctx_train), wanted.sequences or wanted.default_sequences,
              wanted.kv_type or "f16", wanted.n_batch or DEFAULT_N_BATCH)
     if (layout.n_ctx, layout.sequences, layout.kv_type, layout.n_batch) != asked:

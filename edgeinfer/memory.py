@@ -67,11 +67,12 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def default_budget() -> int:
-    """The budget when none is given: what this process holds plus 3/4 of the RAM available now."""
+def default_budget(held: int | None = None) -> int:
+    """The budget when none is given: what this process holds (``held``, or read now) plus 3/4 of the
+    RAM available now."""
     import psutil
 
-    return process_rss() + int(psutil.virtual_memory().available * BUDGET_SHARE)
+    return (process_rss() if held is None else held) + int(psutil.virtual_memory().available * BUDGET_SHARE)
 
 
 def output_rows(max_sequences: int) -> int:

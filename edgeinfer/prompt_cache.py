@@ -253,12 +253,14 @@ class PromptCache:
             if not self.evict_lru(exclude=None):
                 break
 
-    def forget(self, seq_id: int) -> None:
-        """Drop a sequence without saving it (after an error left its KV uncertain)."""
+    def forget(self, seq_id: int, *, drop: bool = True) -> None:
+        """Drop a sequence without saving it (after an error left its KV uncertain); ``drop=False``
+        only forgets what it held (the backend's context is gone, or being re-made)."""
         slot = self.slots[seq_id]
         slot.clear()
         slot.busy = False
-        self.backend.kv_drop(seq_id)
+        if drop:
+            self.backend.kv_drop(seq_id)
 
     def evict(self, slot: Slot) -> None:
         """Free ``slot``: to disk first when a disk cache is configured and it is worth it."""

@@ -236,9 +236,8 @@ class LlamaCppBackend(Backend):
         # Unified KV shares n_ctx cells between all sequences: its size does not depend on them.
         # recurrent and hybrid models keep per-sequence state in another format: no re-made contexts
         self._attention_kv = not (ll.llama_model_is_recurrent(model) or ll.llama_model_is_hybrid(model))
-        growable = self._attention_kv and not kv_unified
-        self._allocated = 0
-        first = min(max_sequences, initial_sequences) if growable else max_sequences
+        self._growable = self._attention_kv and not kv_unified
+        first = min(max_sequences, initial_sequences) if self._growable else max_sequences
         if not self._open_context(first):
             errors = " | ".join(_recent_errors)
             self.close()
@@ -330,7 +329,7 @@ class LlamaCppBackend(Backend):
         bytes, after the old context is freed, so memory never holds both contexts; their KV is
         restored bit for bit. Returns the sequences held afterwards."""
         n = min(n, self._n_seq)
-        if n <= self._allocated or not self._attention_kv or self._kv_unified:
+        if n <= self._allocated or not self._growable:
             return self._allocated
         old = self._allocated
         lengths = {s: length for s in range(old) if (length := self.seq_length(s))}

@@ -125,7 +125,8 @@ def env(args: argparse.Namespace) -> int:
 
 def memory_report() -> dict:
     """For each GGUF model in the lock that is on this machine, what fits the default budget."""
-    budget, base = default_budget(), process_rss()
+    base = process_rss()
+    budget = default_budget(base)
     rows = []
     for entry in ModelLock.load().entries.values():
         try:
