@@ -85,8 +85,9 @@ class Conversation:
             self.messages.insert(0, {"role": "system", "content": system})
 
     def stream(self, text: str, params: SamplingParams | None = None, **options: Any) -> CompletionStream:
-        """Add a user turn and stream the answer. The turn is recorded when the stream ends, or
-        with the partial answer when it is closed early (the user pressed stop)."""
+        """Add a user turn and stream the answer. The turn is recorded when the stream ends, with the
+        partial answer when it was cancelled (the user pressed stop), and not at all when it was
+        cancelled before any text."""
         if not text.strip():
             raise InvalidRequestError("the message is empty")
         turn = [*self.messages, {"role": "user", "content": text}]
@@ -99,10 +100,11 @@ class Conversation:
                     pieces.append(piece)
                     yield piece
             finally:
-                if inner.completion is not None or pieces:
-                    text = inner.completion.text if inner.completion else "".join(pieces)
+                done = inner.completion
+                text = done.text if done is not None else "".join(pieces)
+                if text or (done is not None and done.finish_reason != "cancelled"):  # not: stopped at once
                     self.messages[:] = [*turn, {"role": "assistant", "content": text}]
-            return inner.completion
+            return done
 
         return CompletionStream(run(), on_cancel=inner.cancel)
 

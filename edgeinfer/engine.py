@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -83,46 +84,76 @@ class Request:
 
 
 class CompletionStream:
-    """Iterates text pieces as they are generated; ``completion`` is set once it is exhausted.
+    """The text of one request, piece by piece, as it is generated; ``result()`` gives the Completion.
 
-    Generation runs in the engine's thread; this object only reads its results, so ``cancel`` and
-    ``close`` are safe from any thread (e.g. a server whose client went away).
+    It is its own iterator, like the openai client's streams: each piece is read once, a ``for`` loop or
+    ``next()`` after a partial read goes on where the last one stopped, and ``result()`` reads the rest
+    and returns the Completion (``completion`` is set once the stream has ended). Stopping to read does
+    not stop generation: after ``break``, ``result()`` still gives the whole answer.
+
+    Cancelling is explicit: ``cancel()`` (returns at once, safe from any thread, e.g. a server whose
+    client went away), ``close()`` (cancels and waits until the request has let go of its sequence),
+    leaving a ``with`` block, or the stream being garbage-collected unfinished. Generation then stops at
+    its next step, and ``result()`` gives ``finish_reason="cancelled"`` with the text generated so far
+    (an answer that had already ended keeps its own finish reason).
     """
 
     def __init__(self, source: Request | Iterator[str], *,
                  on_cancel: Callable[[], None] | None = None) -> None:
         self._request = source if isinstance(source, Request) else None
+        # a stream built on another (a conversation turn, a routed or translated request): a generator
+        # of its pieces that returns its Completion; on_cancel cancels what it reads
         self._gen = None if isinstance(source, Request) else source
-        self._on_cancel = on_cancel  # a wrapped stream cancels the one it reads
+        self._on_cancel = on_cancel
+        self._error: BaseException | None = None
         self.completion: Completion | None = None
 
-    def __iter__(self) -> Iterator[str]:
-        if self.completion is not None:  # already read to its end (e.g. result() after a for loop)
-            return
-        if self._gen is not None:  # a wrapped stream (e.g. a conversation turn)
-            self.completion = yield from self._gen
-            return
-        request = self._request
-        assert request is not None
+    def __iter__(self) -> CompletionStream:
+        return self
+
+    def __next__(self) -> str:
+        if self.completion is not None or self._error is not None:
+            raise StopIteration
         try:
-            while True:
-                kind, value = request.events.get()
-                if kind == "piece":
-                    yield value
-                    continue
-                if isinstance(value, BaseException):
-                    raise value
-                self.completion = value
-                return
-        finally:
-            if self.completion is None:  # the consumer stopped early (break, error, Ctrl-C)
-                request.cancelled.set()
+            piece = self._next_piece()
+        except StopIteration:
+            raise
+        except (KeyboardInterrupt, SystemExit):  # the reader was interrupted: stop generating
+            self.cancel()
+            if self._gen is not None:  # the generator is gone with the exception
+                self._error = BackendError("the stream was interrupted before its end")
+            raise
+        except BaseException as exc:
+            self._error = exc
+            raise
+        return piece
+
+    def _next_piece(self) -> str:
+        if self._gen is not None:
+            try:
+                return next(self._gen)
+            except StopIteration as end:
+                if end.value is None:  # a wrapper that lost its inner stream's end
+                    raise BackendError("the stream ended without a result") from None
+                self.completion = end.value
+                raise StopIteration from None
+        request = self._request
+        assert request is not None  # one of the two sources is always set
+        kind, value = request.events.get()
+        if kind == "piece":
+            return value
+        if isinstance(value, BaseException):
+            raise value
+        self.completion = value
+        raise StopIteration
 
     def result(self) -> Completion:
-        """Run to the end (if not already) and return the Completion."""
+        """Read the rest (if any) and return the Completion; an error that ended the stream is raised."""
         for _ in self:
             pass
-        assert self.completion is not None
+        if self._error is not None:
+            raise self._error
+        assert self.completion is not None  # __next__ ends with one or the other
         return self.completion
 
     def cancel(self) -> None:
@@ -133,12 +164,26 @@ class CompletionStream:
             self._on_cancel()
 
     def close(self) -> None:
-        """Stop generating and wait until the engine has let go of the request."""
-        if self._request is not None:
-            self._request.cancelled.set()
-            self._request.finished.wait(timeout=60)
-        elif self._gen is not None:
-            self._gen.close()
+        """Cancel what is left and wait until the request has let go of its sequence; ``result()`` then
+        gives what was generated. Never raises: an error that ended the stream is kept for ``result()``."""
+        if self.completion is not None or self._error is not None:
+            return
+        self.cancel()
+        if self._request is not None and not self._request.finished.wait(timeout=60):
+            return  # the engine is stuck (closing?): leave the stream to whoever reads it next
+        with contextlib.suppress(Exception):
+            self.result()
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # dropped unfinished: nobody will read the rest
+        if self.completion is None and self._error is None:
+            with contextlib.suppress(Exception):
+                self.cancel()
 
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()

@@ -157,11 +157,17 @@ def test_a_stopped_answer_is_kept_as_far_as_it_went():
     template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     m = Model(FakeBackend(n_ctx=256), name="fake", chat_template=template)
     conv = m.chat()
-    stream = conv.stream("a", max_tokens=10, **GREEDY)
-    it = iter(stream)
-    shown = next(it) + next(it)
-    stream.close()
-    assert conv.messages == [{"role": "user", "content": "a"}, {"role": "assistant", "content": shown}]
+    with EvalGate(m.backend) as gate:
+        gate.allow(3)  # the prefill and 2 decode steps; the request then waits at the gate, unfinished
+        stream = conv.stream("a", max_tokens=10, **GREEDY)
+        shown = next(stream) + next(stream)
+        gate.wait_held()
+        stream.cancel()
+        gate.open()
+        stream.close()
+    done = stream.result()  # what was generated until the cancel took effect
+    assert done.finish_reason == "cancelled" and done.text.startswith(shown) and len(done.text) < 10
+    assert conv.messages == [{"role": "user", "content": "a"}, {"role": "assistant", "content": done.text}]
     with pytest.raises(ContextOverflowError):
         conv.send("x" * 300)
     assert len(conv.messages) == 2  # a refused turn leaves the conversation as it was

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 pytest.importorskip("httpx")
 
 from server_helpers import serve_process  # noqa: E402
+from waits import wait_until  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 import edgeinfer.remote  # noqa: E402
@@ -136,6 +138,40 @@ def test_a_stream_can_be_cancelled_from_another_thread(remote):
     assert len(rest) < 800  # far from the 900 asked for: the server-side request was cut off too
     assert stream.completion.finish_reason == "cancelled"
     assert remote.generate(PROMPT, max_tokens=2).stats.completion_tokens == 2  # the client still works
+
+
+def cancelled_on_server(server: str) -> float:
+    """The server's count of cancelled requests, from its /metrics."""
+    import httpx
+
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('edgeinfer_requests_total{finish_reason="cancelled"'))
+
+
+@pytest.mark.slow
+def test_a_remote_stream_reads_on_after_a_break_and_cancels_when_dropped_or_left(remote, server):
+    expected = remote.generate(PROMPT, temperature=0, max_tokens=16)
+    stream = remote.stream(PROMPT, temperature=0, max_tokens=16)
+    first = next(iter(stream))  # iter() is the stream itself: nothing is cancelled
+    assert stream.result().text == expected.text and expected.text.startswith(first)
+    stream = remote.stream_chat(HELLO, temperature=0, max_tokens=16)
+    for _ in stream:
+        break
+    assert stream.result().finish_reason == "length" and stream.completion.stats.completion_tokens == 16
+
+    before = cancelled_on_server(server)
+    with remote.stream(COUNTING, temperature=0, max_tokens=900) as stream:
+        next(stream)
+    done = stream.result()  # leaving the block cancelled the rest, here and on the server
+    assert done.finish_reason == "cancelled" and len(done.text) < 800
+    wait_until(lambda: cancelled_on_server(server) == before + 1, "the server to cancel the request")
+    stream = remote.stream(COUNTING, temperature=0, max_tokens=900)
+    next(stream)
+    del stream  # dropped unfinished: the connection is closed and the server cancels
+    gc.collect()
+    wait_until(lambda: cancelled_on_server(server) == before + 2, "the server to cancel the dropped request")
+    assert remote.generate(PROMPT, max_tokens=2).stats.completion_tokens == 2
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import gguf
 import pytest
 from edgeinfer_converters import prepare
 from edgeinfer_converters.shortlist import NORMAL, SPACE, Shortlist, spm_pieces
+from waits import EvalGate
 
 import edgeinfer as ei
 from edgeinfer.loader import locate_model
@@ -189,11 +190,19 @@ def test_bad_input_is_a_clear_error_and_the_translator_stays_usable(translator, 
 
 
 def test_cancelling_a_stream_stops_it_and_keeps_no_memory(translator):
-    stream = translator.stream("The red car is parked in front of the old house near the river.", to="pt",
-                               source="en")
-    next(iter(stream))
-    stream.cancel()
+    sentence = "The red car is parked in front of the old house near the river."
+    with EvalGate(translator.model.backend, decode_only=True) as gate:
+        gate.allow(3)  # a few tokens, then the sentence waits at the gate, unfinished
+        stream = translator.stream(sentence, to="pt", source="en")
+        first = next(stream)
+        gate.wait_held()
+        stream.cancel()
+        gate.open()
+        done = stream.result()
+    assert done.finish_reason == "cancelled" and done.text.startswith(first.strip()) and len(done.text) < 40
     assert translator.translate("Thanks a lot.", to="pt", source="en").text  # healthy afterwards
+    again = translator.translate(sentence, to="pt", source="en")
+    assert not again.from_memory and again.finish_reason == "stop" and again.text.startswith(done.text)
 
 
 def test_a_router_can_serve_the_translator(translator):

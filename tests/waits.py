@@ -33,13 +33,17 @@ class EvalGate:
     """Holds a backend's ``eval`` calls until the test lets them through.
 
     ``hold()`` stops every eval at the gate, ``allow(n)`` lets ``n`` more through, ``open()`` lets all
-    through. ``held`` is set while an eval waits at the gate. Use as a context manager: leaving it opens
-    the gate and puts the backend's own ``eval`` back (a failed test never leaves an engine stuck).
+    through (``decode_only``: only decode steps count). ``held`` is set while an eval waits at the
+    gate. Use as a context manager: leaving it opens the gate and puts the backend's own ``eval`` back (a
+    failed test never leaves an engine stuck).
     Idle-time settling evaluates too: call ``engine.settle()`` first where that matters.
     """
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, *, decode_only: bool = False) -> None:
         self.backend = backend
+        # count only decode steps (one token per sequence): a prompt's prefill passes whatever its
+        # length, and the budget is in generated tokens
+        self.decode_only = decode_only
         self.held = threading.Event()
         self.passed = 0  # evals that went through the gate
         self._budget: int | None = None  # evals still allowed; None: no limit
@@ -48,6 +52,8 @@ class EvalGate:
         backend.eval = self._eval
 
     def _eval(self, items: Any) -> Any:
+        if self.decode_only and any(len(item.tokens) > 1 for item in items):
+            return self._real(items)
         with self._changed:
             while self._budget == 0:
                 self.held.set()

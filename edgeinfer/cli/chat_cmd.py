@@ -82,7 +82,9 @@ def _open_conversation(model: Model, args: argparse.Namespace):  # noqa: ANN202
 
 
 def _print_until_stopped(stream: CompletionStream) -> bool:
-    """Print a stream; Ctrl-C ends it at the next step (the KV cache stays reusable). True if stopped."""
+    """Print a stream; Ctrl-C ends it at the next step (the KV cache stays reusable). True if stopped.
+    What the engine generated before it stopped is printed too: the screen shows what the conversation
+    records."""
     stop = threading.Event()
 
     def on_sigint(*_: object) -> None:
@@ -94,9 +96,6 @@ def _print_until_stopped(stream: CompletionStream) -> bool:
         for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
-            if stop.is_set():
-                stream.close()
-                break
     finally:
         signal.signal(signal.SIGINT, previous)
         sys.stdout.write("\n")

@@ -190,7 +190,10 @@ class Router(Chats):
         tier, reason, inner = self._call(decision, True, prompt, params, options)
 
         def run() -> Iterator[str]:
-            yield from inner
+            # not `yield from`: closing this generator would close inner and wait for its engine; dropping
+            # this stream cancels inner (on_cancel) without waiting
+            for piece in inner:  # noqa: UP028
+                yield piece
             completion = inner.completion
             if completion is not None:
                 self._record(tier, reason, completion.stats)

@@ -66,6 +66,7 @@ class Translation:
     target: str
     source_text: str
     stats: TranslationStats = field(default_factory=TranslationStats)
+    finish_reason: str = "stop"  # else the first sentence's that did not stop: "cancelled" or "length"
 
     @property
     def from_memory(self) -> bool:
@@ -74,7 +75,8 @@ class Translation:
 
 
 class TranslationStream(CompletionStream):
-    """Iterate for text pieces in order as they are generated; ``result()`` gives the Translation."""
+    """Text pieces in order as they are generated; ``result()`` gives the Translation. Reading and
+    cancelling work as for every CompletionStream (a cancelled translation keeps its text so far)."""
 
     @property
     def translation(self) -> Translation | None:
@@ -146,6 +148,7 @@ class Translator:
         def run() -> Iterator[str]:
             out: list[str] = []
             fresh: list[tuple[str, str]] = []
+            finish = "stop"
             try:
                 for part, (job, end) in zip(parts, started_jobs, strict=True):
                     if isinstance(job, str):
@@ -173,12 +176,14 @@ class Translator:
                         stats.completion_tokens += done.stats.completion_tokens
                         if done.finish_reason == "stop":
                             fresh.append((part.text, "".join(pieces).strip()))
+                        elif finish == "stop":
+                            finish = done.finish_reason
                     out.append("".join(pieces).strip())
             finally:
                 if len(out) < len(parts):
                     cancel()
             stats.total_s = time.perf_counter() - started
-            result = Translation("".join(out), source, target, text, stats)
+            result = Translation("".join(out), source, target, text, stats, finish)
             if self.memory is not None and not cancelled.is_set():
                 for sentence, translation in fresh:
                     self.memory.put(self._model_key, source, target, sentence, translation)
