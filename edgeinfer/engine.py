@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .backends.base import Backend, EvalItem, prefill_cuts
 from .compute import queued_eval
@@ -30,6 +30,7 @@ from .sampling import SamplingParams, token_confidence
 from .speculative import DraftLength, Speculation, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
+from .structured import ConstrainedSampler, Constraint
 
 SETTLE_STEP_SECONDS = 0.1  # one idle settling step's target: the most a new request waits for it
 
@@ -45,6 +46,9 @@ class Completion:
     # with SamplingParams(confidence=True): per sampled token, (log-probability, top-1 minus top-2
     # probability) under the model's own distribution; what a cascade router reads
     confidence: list[tuple[float, float]] = field(default_factory=list)
+    # with an output constraint (json_schema=, grammar=, regex=): the decoded output once it is complete
+    # (finish_reason "stop"): the JSON value, or the pydantic model / dataclass asked for; else None
+    parsed: Any = None
 
 
 class Occupancy(NamedTuple):
@@ -58,8 +62,10 @@ class Request:
     """One generation request: its prompt and settings, the scheduler's progress on it, and the
     queue its text pieces travel through to the consumer's thread."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, stats: Stats) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams, stats: Stats,
+                 constraint: Constraint | None = None) -> None:
         self.prompt, self.params, self.stats = prompt, params, stats
+        self.constraint = constraint  # the output's grammar state, if it is constrained
         self.events: queue.SimpleQueue = queue.SimpleQueue()  # ("piece", str) | ("end", Completion|exc)
         self.cancelled = threading.Event()
         self.finished = threading.Event()
@@ -70,6 +76,7 @@ class Request:
         self.cuts: list[int] = []  # where the rest of the prompt's prefill is cut into pieces
         self.prefill: tuple[int, int] | None = None  # (start, end) of the prompt part computed
         self.next_token: int | None = None  # sampled, not yet evaluated: the request is decoding
+        self.forced: list[int] = []  # tokens the constraint forces after next_token: evaluated with it
         self.generated: list[int] = []
         self.assembler = TextAssembler(params.stop)
         self.sampler = None
@@ -263,7 +270,9 @@ class Engine:
             raise BackendError("this model is closed")
         stats = Stats(model=self.model_name, backend=self.backend.name, device=self.backend.device,
                       prompt_tokens=len(tokens))
-        request = Request(list(tokens), params, stats)
+        # compiled here, in the caller's thread: a grammar error is raised to the caller, before queueing
+        constraint = Constraint(params.output, self.backend) if params.output is not None else None
+        request = Request(list(tokens), params, stats, constraint)
         with self._wake:
             self._waiting.append(request)
             self._ensure_thread()
@@ -367,9 +376,11 @@ class Engine:
             caps = self.backend.caps
             request.cuts = prefill_cuts(reuse.cached, len(request.prompt), caps.n_batch, caps.exact_min_batch)
             if self.proposer is not None:  # the verifier then picks every token of the request
-                request.verifier = Verifier(request.params, self.backend.logits)
+                request.verifier = Verifier(request.params, self.backend.logits, request.constraint)
                 request.verifier.start(request.prompt)
                 request.draft_length = DraftLength(self.step_costs)
+            elif request.constraint is not None:  # masked sampling (numpy) on the backend's rows
+                request.sampler = ConstrainedSampler(self.backend, request.params, request.constraint)
             else:
                 request.sampler = self.backend.make_sampler(request.params)
             self._active.append(request)
@@ -429,7 +440,7 @@ class Engine:
         t0 = time.perf_counter()  # a step's cost includes drafting it
         drafts = [self._draft(r) if len(requests) == 1 else [] for r in requests]
         while True:
-            items = [EvalItem(r.seq_id, [r.next_token, *d], n_outputs=1 + len(d))
+            items = [EvalItem(r.seq_id, [r.next_token, *r.forced, *d], n_outputs=1 + len(d))
                      for r, d in zip(requests, drafts, strict=True)]
             try:
                 rows = self._eval(items)
@@ -450,26 +461,32 @@ class Engine:
             own = rows[first : first + item.n_outputs]
             first += item.n_outputs
             request.evaluated.extend(item.tokens)
+            # forced tokens were certain: they go out with the token(s) sampled after them
+            forced, request.forced = request.forced, []
             if not draft:
-                self._emit(request, [self._sample(request, own[0])])
+                self._emit(request, [*forced, self._sample(request, own[0])])
                 continue
-            accepted, follow = request.verifier.verify(draft, own, len(request.generated))
+            accepted, follow = request.verifier.verify(draft, own, len(request.generated) + len(forced))
             request.draft_length.update(len(draft), accepted)
             request.stats.draft_tokens += len(draft)
             request.stats.accepted_tokens += accepted
             self._trim(request, len(draft) - accepted)
-            self._emit(request, [*draft[:accepted], follow])
+            self._emit(request, [*forced, *draft[:accepted], follow])
 
     def _draft(self, request: Request) -> list[int]:
         if request.verifier is None or request.params.confidence:  # confidence is read token by token
             return []
         k = request.draft_length.next_k()
-        room = min(request.params.max_tokens - len(request.generated) - 1,
-                   self.backend.caps.n_ctx - len(request.evaluated) - 2)
+        forced = request.forced  # evaluated before the draft, in the same eval
+        room = min(request.params.max_tokens - len(request.generated) - len(forced) - 1,
+                   self.backend.caps.n_ctx - len(request.evaluated) - len(forced) - 2)
         k = min(k, room)
         if k <= 0:
             return []
-        return self.proposer.propose([*request.prompt, *request.generated], k)
+        draft = self.proposer.propose([*request.prompt, *request.generated, *forced], k)
+        if request.constraint is not None:  # only what the grammar allows is worth checking
+            draft = draft[: request.constraint.valid_prefix(draft)]
+        return draft
 
     def _trim(self, request: Request, n: int) -> None:
         """Drop the last ``n`` evaluated tokens from the request's sequence."""
@@ -506,6 +523,21 @@ class Engine:
                 self._finish(request, reason)
                 return
         request.next_token = tokens[-1]
+        if request.constraint is not None:
+            self._force(request)
+
+    def _force(self, request: Request) -> None:
+        """Take the tokens the grammar now allows alone: they are evaluated with the next token in one
+        eval and emitted with the token sampled after them, with no sampling step of their own."""
+        room = min(request.params.max_tokens - len(request.generated) - 1,
+                   self.backend.caps.n_ctx - len(request.evaluated) - 2)
+        request.forced = request.constraint.forced(room)
+        request.stats.forced_tokens += len(request.forced)
+        for token in request.forced:
+            if request.sampler is not None:  # its repeat-penalty history (a verifier's: when emitted)
+                request.sampler.accept(token)
+            if request.params.confidence:
+                request.confidence.append((0.0, 1.0))  # certain: the only token allowed
 
     def _finish(self, request: Request, reason: str, error: BaseException | None = None) -> None:
         """Release the request's sequence (its KV stays cached) and end its stream."""
@@ -531,7 +563,7 @@ class Engine:
             if tail:
                 request.events.put(("piece", tail))
             request.events.put(("end", Completion(request.assembler.text, request.generated, reason, stats,
-                                                  request.confidence)))
+                                                  request.confidence, _parsed(request, reason))))
         request.finished.set()
 
     def _settle_step(self) -> None:
@@ -543,3 +575,14 @@ class Engine:
             return
         per_token = (time.perf_counter() - t0) / done
         self._tokens_per_settle = max(16, min(512, int(SETTLE_STEP_SECONDS / max(per_token, 1e-6))))
+
+
+def _parsed(request: Request, reason: str) -> Any:
+    """The decoded output of a constrained request that completed; None if it was cut off."""
+    output = request.params.output
+    if output is None or reason != "stop":
+        return None
+    try:
+        return output.parse(request.assembler.text)
+    except ValueError:  # a stop string cut it short (pydantic's ValidationError is a ValueError too)
+        return None

@@ -21,17 +21,24 @@ from .prompt_cache import PromptCache
 from .protocol import Message
 from .sampling import SamplingParams
 from .speculative import Speculation
+from .structured import output_format
 
 _PARAM_NAMES = frozenset(f.name for f in fields(SamplingParams))
+OUTPUT_OPTIONS = ("json_schema", "grammar", "regex")  # make_params turns these into SamplingParams.output
 
 
 def make_params(params: SamplingParams | None = None, **overrides: Any) -> SamplingParams:
-    """SamplingParams from an optional base plus keyword overrides; unknown names are refused."""
+    """SamplingParams from an optional base plus keyword overrides; unknown names are refused.
+    ``json_schema=``, ``grammar=`` or ``regex=`` set ``output`` (checked now: see edgeinfer.structured)."""
+    constraint = {name: overrides.pop(name) for name in OUTPUT_OPTIONS if name in overrides}
     unknown = set(overrides) - _PARAM_NAMES
     if unknown:
         raise InvalidRequestError(
-            f"unknown generation option(s) {sorted(unknown)}; valid: {sorted(_PARAM_NAMES)}"
+            f"unknown generation option(s) {sorted(unknown)}; "
+            f"valid: {sorted(_PARAM_NAMES | set(OUTPUT_OPTIONS))}"
         )
+    if any(value is not None for value in constraint.values()):
+        overrides["output"] = output_format(**constraint)
     if "stop" in overrides and isinstance(overrides["stop"], str):
         overrides["stop"] = (overrides["stop"],)
     elif overrides.get("stop") is not None:

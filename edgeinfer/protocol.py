@@ -35,7 +35,8 @@ class LanguageModel(Protocol):
     def stream(self, prompt: Prompt, params: SamplingParams | None = None,
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text pieces as they are generated (a CompletionStream: its own
-        iterator; ``result()`` reads the rest; cancelled by ``cancel()``/``close()``/``with``/being dropped)."""
+        iterator; ``result()`` reads the rest; cancelled by ``cancel()``/``close()``/``with``/being
+        dropped)."""
         ...
 
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,

@@ -32,7 +32,10 @@ from .stats import Stats
 if TYPE_CHECKING:
     import httpx
 
-_PARAM_NAMES = tuple(f.name for f in fields(SamplingParams) if f.name != "confidence")  # local-only
+    from .structured import OutputFormat
+
+# sent as they are; "confidence" is local-only and "output" is sent as OpenAI's response_format
+_PARAM_NAMES = tuple(f.name for f in fields(SamplingParams) if f.name not in ("confidence", "output"))
 
 
 def _httpx():  # noqa: ANN202 - the module
@@ -47,6 +50,13 @@ def _httpx():  # noqa: ANN202 - the module
 def request_options(params: SamplingParams | None, options: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI request fields for the caller's settings: every field of ``params`` plus the
     explicit ``options`` (validated like Model's: unknown names are an InvalidRequestError)."""
+    return _request(params, options)[0]
+
+
+def _request(params: SamplingParams | None, options: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                              OutputFormat | None]:
+    """``request_options`` and the output format asked for (``json_schema=``: sent as OpenAI's
+    ``response_format``; a Lark grammar or regex cannot be sent, an InvalidRequestError)."""
     merged = make_params(params, **options)  # validates values and names
     if merged.confidence:
         raise InvalidRequestError("a remote tier cannot report per-token confidence: put a local model "
@@ -57,7 +67,9 @@ def request_options(params: SamplingParams | None, options: dict[str, Any]) -> d
         out["stop"] = list(out["stop"])
     if out.get("seed") is None:
         out.pop("seed", None)
-    return out
+    if merged.output is not None:
+        out["response_format"] = merged.output.response_format()
+    return out, merged.output
 
 
 class RemoteModel(Chats):
@@ -95,29 +107,31 @@ class RemoteModel(Chats):
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                  **options: Any) -> Completion:
         """Complete ``prompt`` in one request (POST /v1/completions); ttft_s is then the full wait."""
-        body = {"prompt": prompt if isinstance(prompt, str) else list(prompt),
-                **request_options(params, options)}
-        return self._complete("/v1/completions", body, chat=False)
+        sent, output = _request(params, options)
+        body = {"prompt": prompt if isinstance(prompt, str) else list(prompt), **sent}
+        return self._complete("/v1/completions", body, chat=False, output=output)
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text pieces; connection errors raise here, before any piece."""
-        body = {"prompt": prompt if isinstance(prompt, str) else list(prompt),
-                **request_options(params, options)}
-        return self._stream("/v1/completions", body, chat=False)
+        sent, output = _request(params, options)
+        body = {"prompt": prompt if isinstance(prompt, str) else list(prompt), **sent}
+        return self._stream("/v1/completions", body, chat=False, output=output)
 
     # --- chat
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                       **options: Any) -> Completion:
         """Answer ``messages`` in one request (POST /v1/chat/completions)."""
-        body = {"messages": [dict(m) for m in messages], **request_options(params, options)}
-        return self._complete("/v1/chat/completions", body, chat=True)
+        sent, output = _request(params, options)
+        body = {"messages": [dict(m) for m in messages], **sent}
+        return self._complete("/v1/chat/completions", body, chat=True, output=output)
 
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
         """Answer ``messages``, yielding text pieces as the server sends them."""
-        body = {"messages": [dict(m) for m in messages], **request_options(params, options)}
-        return self._stream("/v1/chat/completions", body, chat=True)
+        sent, output = _request(params, options)
+        body = {"messages": [dict(m) for m in messages], **sent}
+        return self._stream("/v1/chat/completions", body, chat=True, output=output)
 
     # --- transport
     def _send(self, path: str, body: dict[str, Any], *, stream: bool) -> httpx.Response:
@@ -168,7 +182,8 @@ class RemoteModel(Chats):
         elapsed = time.perf_counter() - started
         return Stats(model=self.name, backend="remote", device=self.device, total_s=elapsed)
 
-    def _complete(self, path: str, body: dict[str, Any], *, chat: bool) -> Completion:
+    def _complete(self, path: str, body: dict[str, Any], *, chat: bool,
+                  output: OutputFormat | None = None) -> Completion:
         """One non-streamed request; a malformed 200 answer is a RemoteProtocolError (not retried)."""
         started = time.perf_counter()
         response = self._send(path, {**body, "stream": False}, stream=False)
@@ -187,9 +202,11 @@ class RemoteModel(Chats):
         finish = str(choice.get("finish_reason") or "stop")
         _apply_usage(stats, data.get("usage"), pieces=1 if text else 0)
         stats.finish_reason = finish
-        return Completion(text=text, tokens=[], finish_reason=finish, stats=stats)
+        return Completion(text=text, tokens=[], finish_reason=finish, stats=stats,
+                          parsed=_parsed(output, text, finish))
 
-    def _stream(self, path: str, body: dict[str, Any], *, chat: bool) -> CompletionStream:
+    def _stream(self, path: str, body: dict[str, Any], *, chat: bool,
+                output: OutputFormat | None = None) -> CompletionStream:
         started = time.perf_counter()
         response = self._send(path, {**body, "stream": True, "stream_options": {"include_usage": True}},
                               stream=True)
@@ -199,10 +216,10 @@ class RemoteModel(Chats):
             cancelled.set()
             response.close()
 
-        return CompletionStream(self._pieces(response, chat, started, cancelled), on_cancel=cancel)
+        return CompletionStream(self._pieces(response, chat, started, cancelled, output), on_cancel=cancel)
 
     def _pieces(self, response: httpx.Response, chat: bool, started: float,
-                cancelled: threading.Event) -> Iterator[str]:
+                cancelled: threading.Event, output: OutputFormat | None = None) -> Iterator[str]:
         """The stream's text pieces (SSE ``data:`` lines up to ``[DONE]``); returns the Completion.
         A break-off raises RemoteProtocolError after the pieces already yielded; never retried."""
         httpx = _httpx()
@@ -258,7 +275,9 @@ class RemoteModel(Chats):
             stats.ttft_s, stats.decode_s = t_first - started, end - t_first
         _apply_usage(stats, usage, pieces=len(pieces))
         stats.finish_reason = finish or "stop"
-        return Completion(text="".join(pieces), tokens=[], finish_reason=stats.finish_reason, stats=stats)
+        text = "".join(pieces)
+        return Completion(text=text, tokens=[], finish_reason=stats.finish_reason, stats=stats,
+                          parsed=_parsed(output, text, stats.finish_reason))
 
     def close(self) -> None:
         """Release the HTTP connections."""
@@ -281,6 +300,18 @@ def _event(data: str, url: str, count: int) -> dict:
         raise RemoteProtocolError(f"{url} sent a malformed stream event after {count} piece(s): "
                                   f"{data[:200]!r}", url=url)
     return event
+
+
+def _parsed(output: OutputFormat | None, text: str, finish: str) -> Any:
+    """``Completion.parsed`` of a remote answer: the output decoded (and built into the caller's type)
+    when it completed; None when it was cut off, not asked for, or does not parse (the server may not
+    have held the output to the schema)."""
+    if output is None or finish != "stop":
+        return None
+    try:
+        return output.parse(text)
+    except (ValueError, TypeError):
+        return None
 
 
 def _apply_usage(stats: Stats, usage: Any, *, pieces: int) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from .structured import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class SamplingParams:
     # also report each token's log-probability and top-2 margin (Completion.confidence): one softmax
     # over the vocabulary per token, and no speculative drafting for the request
     confidence: bool = False
+    # what the output must match (a JSON schema, Lark grammar or regex; see edgeinfer.structured): give
+    # json_schema= / grammar= / regex= to make_params and the generation methods
+    output: OutputFormat | None = None
 
     def __post_init__(self) -> None:
         checks = [

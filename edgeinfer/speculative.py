@@ -22,6 +22,7 @@ from .sampling import NumpySampler, SamplingParams
 
 if TYPE_CHECKING:
     from .model import Model
+    from .structured import Constraint
 
 
 class Proposer(Protocol):
@@ -167,8 +168,12 @@ class Verifier:
     the speed, never the text.
     """
 
-    def __init__(self, params: SamplingParams, logits: Callable[[int], np.ndarray]) -> None:
-        self._logits = logits
+    def __init__(self, params: SamplingParams, logits: Callable[[int], np.ndarray],
+                 constraint: Constraint | None = None) -> None:
+        # with an output constraint, each row is masked to the tokens the grammar allows at its position
+        # (the grammar advances with every token drawn), so a draft token it forbids is never kept
+        self._constraint = constraint
+        self._logits = logits if constraint is None else (lambda row: constraint.masked(logits(row)))
         self._greedy = params.greedy
         self._penalty = params.repeat_penalty != 1.0
         self._dist = NumpySampler(params)
@@ -185,6 +190,12 @@ class Verifier:
     def sample(self, row: int, position: int, drafted: Sequence[int] = ()) -> int:
         """The token at ``position`` (its index in the generated text) from output row ``row``;
         ``drafted``: draft tokens before it in the same check (not yet accepted)."""
+        token = self._draw(row, position, drafted)
+        if self._constraint is not None:
+            self._constraint.accept(token)
+        return token
+
+    def _draw(self, row: int, position: int, drafted: Sequence[int]) -> int:
         if self._greedy and not self._penalty:
             return int(self._logits(row).argmax())
         history = self._dist.history

@@ -23,6 +23,7 @@ class Stats:
     finish_reason: str = ""
     draft_tokens: int = 0  # speculative tokens proposed and checked
     accepted_tokens: int = 0  # of those, the ones the model agreed with (emitted without own step)
+    forced_tokens: int = 0  # tokens the output constraint allowed alone: appended without a sampling step
     route: str = ""
     threads: int = 0  # compute threads the backend ran with when the request ended (0: not known)
     kv_bytes: int = 0  # KV cache bytes the request's sequence held when it ended (0: not known)

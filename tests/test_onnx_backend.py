@@ -140,3 +140,11 @@ def test_kv_buffers_grow_copy_truncate_and_restore_exactly(onnx_dir: Path) -> No
     reference = last_logits(1, extra)
     np.testing.assert_allclose(last_logits(3, extra), reference, atol=2e-3)
     backend.close()
+
+
+def test_constrained_json_on_the_onnx_backend(model) -> None:
+    schema = {"type": "object", "required": ["city"], "additionalProperties": False,
+              "properties": {"city": {"type": "string", "maxLength": 20}}}
+    done = model.complete_chat([{"role": "user", "content": "Name a large city in France, as JSON."}],
+                               json_schema=schema, max_tokens=40, temperature=0)
+    assert done.finish_reason == "stop" and done.parsed == {"city": "Paris"} and done.stats.forced_tokens >= 1

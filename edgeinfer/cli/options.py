@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from ..errors import InvalidRequestError
 from ..loader import load
 from ..model import Model, make_params
 from ..prepared import EMBEDDING_GGUF
@@ -74,3 +77,40 @@ def sampling_options(args: argparse.Namespace) -> dict:
     options = {k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None}
     make_params(**options)  # refuse bad values before loading the model
     return options
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """The 'output' flags: the answer must match a JSON schema or a Lark grammar read from a file."""
+    g = p.add_argument_group("output").add_mutually_exclusive_group()
+    g.add_argument("--json-schema", default=None, metavar="FILE",
+                   help="the answer is JSON matching the JSON schema in FILE")
+    g.add_argument("--grammar", default=None, metavar="FILE",
+                   help="the answer matches the Lark grammar in FILE (llguidance's dialect)")
+
+
+def output_options(args: argparse.Namespace) -> dict:
+    """``json_schema=`` (the file's JSON) or ``grammar=`` (its text) for the --json-schema / --grammar
+    file, checked before the model loads: an unreadable file, invalid JSON or a schema or grammar that
+    cannot be enforced is an InvalidRequestError."""
+    options: dict = {}
+    if getattr(args, "json_schema", None) is not None:
+        text = _read(args.json_schema, "--json-schema")
+        try:
+            options["json_schema"] = json.loads(text)
+        except ValueError as exc:
+            raise InvalidRequestError(f"--json-schema {args.json_schema}: not valid JSON ({exc})") from None
+        if not isinstance(options["json_schema"], dict):
+            raise InvalidRequestError(f"--json-schema {args.json_schema}: a JSON schema is a JSON object")
+    elif getattr(args, "grammar", None) is not None:
+        options["grammar"] = _read(args.grammar, "--grammar")
+    if options:
+        make_params(**options)  # compiles it: refuse what cannot be enforced before loading the model
+    return options
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"{flag}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None

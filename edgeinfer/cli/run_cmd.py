@@ -14,7 +14,14 @@ from ..model import Model
 from ..remote import RemoteModel
 from ..routing import Cascade, Learned, Router, Tier, TrainedRouter
 from ..routing.policies import CONFIDENCE_MEASURES
-from .options import add_load_options, add_sampling_options, load_model, sampling_options
+from .options import (
+    add_load_options,
+    add_output_options,
+    add_sampling_options,
+    load_model,
+    output_options,
+    sampling_options,
+)
 from .output import print_stream
 
 
@@ -38,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="route with a learned router (from `edgeinfer router train`) instead of a cascade: "
                         "MODEL or the --escalate-to model, decided before answering")
     add_sampling_options(p)
+    add_output_options(p)
     add_load_options(p)
     p.set_defaults(handler=run)
 
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise InvalidRequestError("the prompt is empty: pass some text (or pipe it on stdin)")
-    options = sampling_options(args)
+    options = {**sampling_options(args), **output_options(args)}
     if args.router and not args.escalate_to:
         raise InvalidRequestError("--router picks between MODEL and a larger one: give --escalate-to too")
     # refuse a bad threshold or router file before loading anything
@@ -76,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": model.name,
                 "text": completion.text,
                 "finish_reason": completion.finish_reason,
+                "parsed": _jsonable(completion.parsed),
                 "mode": "chat" if chat else "completion",
                 "stats": completion.stats.to_dict(),
                 "route": completion.stats.route or None,
@@ -86,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print_stream(stream)
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    """``Completion.parsed`` as JSON: the decoded value (a JSON schema's) or the matched text."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 def _escalation_tier(args: argparse.Namespace) -> Any:

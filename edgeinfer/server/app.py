@@ -16,8 +16,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from ..engine import CompletionStream
-from ..errors import EdgeInferError
+from ..errors import EdgeInferError, InvalidRequestError
 from ..model import Model
+from ..structured import OutputFormat, output_format
 from .errors import APIError, from_edgeinfer, install_handlers
 from .guards import LOOPBACK_ORIGIN, Guard
 from .prometheus import prometheus_registry
@@ -140,6 +141,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
                            param="model")
         messages = body.sdk_messages()
         options = _generation_options(body, served.model, default_limit=served.model.n_ctx)
+        options.update(await _output_option(body))
         start = lambda: served.model.stream_chat(messages, **options)
         return await _complete(request, served, body, CHAT, start)
 
@@ -150,6 +152,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         _refuse_embedding_model(served)
         prompt = body.single_prompt()
         options = _generation_options(body, served.model, default_limit=TEXT_DEFAULT_MAX_TOKENS)
+        options.update(await _output_option(body))
         start = lambda: served.model.stream(prompt, **options)
         return await _complete(request, served, body, TEXT, start)
 
@@ -183,6 +186,21 @@ def _generation_options(body: GenerationRequest, model: Model, *, default_limit:
         raise APIError(400, f"max_tokens is {limit} but the context of {model.name} holds {model.n_ctx} "
                        "tokens, prompt included: ask for fewer", param="max_tokens")
     return {**body.sampling(), "max_tokens": limit or default_limit}
+
+
+async def _output_option(body: GenerationRequest) -> dict[str, OutputFormat]:
+    """The ``response_format`` as the generation option it asks for: ``json_schema=`` compiled once here
+    (off the event loop: a large schema takes a while), so a schema llguidance cannot take is a 400
+    naming the construct, before the request is admitted. Empty for plain text."""
+    schema = body.output_schema()
+    if schema is None:
+        return {}
+    try:
+        output = await run_in_threadpool(output_format, json_schema=schema)
+    except InvalidRequestError as exc:
+        raise APIError(400, f"response_format: {exc}", code="invalid_request", param="response_format") \
+            from None
+    return {"output": output}
 
 
 async def _complete(request: Request, served: Served, body: GenerationRequest, shape: Shape,

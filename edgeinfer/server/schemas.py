@@ -36,8 +36,34 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(_Strict):
+    """OpenAI's ``response_format.json_schema``: the schema the output must match (``name`` and
+    ``strict`` are accepted; the output is always held to the schema)."""
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    def constraint(self) -> Any:
+        """What ``json_schema=`` takes for this format (None: plain text)."""
+        if self.type == "json_object":
+            return "json_object"
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.schema_
+        return None
+
+
 class GenerationRequest(_Strict):
-    """What chat and text completions share: the model, sampling, limits and streaming."""
+    """What chat and text completions share: the model, sampling, limits, streaming and the output's
+    format."""
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -55,6 +81,7 @@ class GenerationRequest(_Strict):
     presence_penalty: Any = None
     logit_bias: Any = None
     logprobs: Any = None
+    response_format: ResponseFormat | None = None
 
     unsupported: ClassVar[tuple[_Check, ...]] = (
         ("n", lambda v: v == 1, "n must be 1: send several requests instead (they run as one batch)"),
@@ -66,6 +93,8 @@ class GenerationRequest(_Strict):
          f"at most {MAX_STOP} stop strings (each is checked at every generated token)"),
         ("stop", lambda v: all(len(x) <= MAX_STOP_CHARS for x in _stops(v)),
          f"a stop string may have at most {MAX_STOP_CHARS} characters"),
+        ("response_format", lambda v: v is None or v.type != "json_schema" or v.json_schema is not None,
+         "response_format of type 'json_schema' needs 'json_schema': {'name': ..., 'schema': {...}}"),
     )
 
     @property
@@ -80,6 +109,10 @@ class GenerationRequest(_Strict):
     def sampling(self) -> dict[str, Any]:
         """The sampling options the client set; the model's defaults fill in the rest."""
         return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
+
+    def output_schema(self) -> Any:
+        """What ``json_schema=`` takes for the requested response_format (None: plain text)."""
+        return self.response_format.constraint() if self.response_format is not None else None
 
 
 class ContentPart(_Strict):
@@ -116,15 +149,12 @@ class ChatRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: Any = None
     functions: Any = None
-    response_format: Any = None
     top_logprobs: Any = None
 
     unsupported: ClassVar[tuple[_Check, ...]] = (
         *GenerationRequest.unsupported,
         ("tools", lambda v: not v, "tools are not supported by this server"),
         ("functions", lambda v: not v, "functions are not supported by this server"),
-        ("response_format", lambda v: v is None or v == {"type": "text"},
-         "only response_format {'type': 'text'} is supported"),
         ("top_logprobs", lambda v: not v, "logprobs are not supported"),
     )
 
