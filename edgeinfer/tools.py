@@ -83,7 +83,8 @@ def parse_choice(choice: Any, tools: Sequence[Tool]) -> str | Tool:
         if choice not in CHOICES:
             raise InvalidRequestError(f"tool_choice must be one of {list(CHOICES)} or a named function")
         return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
         raise InvalidRequestError("tool_choice must be 'none', 'auto', 'required' or "
                                   "{'type': 'function', 'function': {'name': ...}}")
@@ -94,10 +95,30 @@ def parse_choice(choice: Any, tools: Sequence[Tool]) -> str | Tool:
 
 
 def call_schema(tools: Sequence[Tool]) -> dict:
-    """The JSON schema of one call to any of ``tools``."""
-    branches = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                 "properties": {"name": {"const": t.name}, "arguments": t.parameters}} for t in tools]
-    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+    """The JSON schema of one call to any of ``tools``. Each tool's ``$defs`` move to the top, named
+    after the tool, so that its ``$ref``s (pydantic writes them for nested models) still resolve."""
+    defs: dict[str, Any] = {}
+    branches = []
+    for t in tools:
+        parameters = dict(t.parameters)
+        own = {**parameters.pop("definitions", {}), **parameters.pop("$defs", {})}
+        refs = {f"#/{key}/{name}": f"#/$defs/{t.name}.{name}"
+                for key in ("$defs", "definitions") for name in own}
+        defs.update({f"{t.name}.{name}": _renamed(value, refs) for name, value in own.items()})
+        branches.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                         "properties": {"name": {"const": t.name}, "arguments": _renamed(parameters, refs)}})
+    schema = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+def _renamed(schema: Any, refs: dict[str, str]) -> Any:
+    """``schema`` with its local ``$ref``s pointed at the moved definitions."""
+    if isinstance(schema, dict):
+        return {key: refs.get(value, value) if key == "$ref" and isinstance(value, str)
+                else _renamed(value, refs) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_renamed(value, refs) for value in schema]
+    return schema
 
 
 def tool_output(tools: Sequence[Tool], choice: str | Tool) -> OutputFormat | None:

@@ -96,3 +96,23 @@ def test_auto_gives_a_valid_call_or_text_and_reads_tool_results(smol):
             jsonschema.validate(json.loads(calls[0].arguments), tool.parameters)
         else:  # free text, which the grammar keeps from looking like a call
             assert done.text.strip() and not done.text.lstrip().startswith("{")
+
+
+def test_a_pydantic_schema_with_nested_models_keeps_its_references():
+    from pydantic import BaseModel
+
+    class Address(BaseModel):
+        city: str
+
+    class Person(BaseModel):
+        name: str
+        home: Address
+
+    tools = parse_tools([{"type": "function", "function": {"name": "save", "parameters":
+                                                           Person.model_json_schema()}}, ADD])
+    fmt = tool_output(tools, "required")  # compiles: every $ref resolves
+    assert fmt.schema["$defs"].keys() == {"save.Address"}
+    call = {"name": "save", "arguments": {"name": "Al", "home": {"city": "Oslo"}}}
+    jsonschema.validate(call, fmt.schema)
+    with pytest.raises(jsonschema.ValidationError):  # the nested model's rules apply through the $ref
+        jsonschema.validate({"name": "save", "arguments": {"name": "Al", "home": {"city": 5}}}, fmt.schema)

@@ -19,11 +19,12 @@ from ..engine import CompletionStream
 from ..errors import EdgeInferError, InvalidRequestError
 from ..model import Model
 from ..structured import OutputFormat, output_format
+from ..tools import Tool, call_schema, parse_choice, parse_tools, tool_messages, tool_output
 from .errors import APIError, from_edgeinfer, install_handlers
 from .guards import LOOPBACK_ORIGIN, Guard
 from .prometheus import prometheus_registry
 from .pump import Admission, Pump
-from .responses import CHAT, TEXT, EventStream, Reply, Shape, ended
+from .responses import CHAT, TEXT, EventStream, Reply, Shape, ToolUse, ended
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest, parse
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
@@ -141,9 +142,13 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
                            param="model")
         messages = body.sdk_messages()
         options = _generation_options(body, served.model, default_limit=served.model.n_ctx)
-        options.update(await _output_option(body))
+        tools = None
+        if body.has_tools:  # tools offered, or earlier calls and results: no 'tool' role in templates
+            messages, tools, output = await _tool_options(body, messages)
+            options.update(output)
+        options.update(await _output_option(body))  # tools with a JSON format are a 400 above
         start = lambda: served.model.stream_chat(messages, **options)
-        return await _complete(request, served, body, CHAT, start)
+        return await _complete(request, served, body, CHAT, start, tools)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -203,8 +208,48 @@ async def _output_option(body: GenerationRequest) -> dict[str, OutputFormat]:
     return {"output": output}
 
 
+async def _tool_options(body: ChatRequest, messages: list[dict]) -> tuple[list[dict], ToolUse | None,
+                                                                        dict[str, OutputFormat]]:
+    """``tools`` and ``tool_choice`` checked (a 400 before admission), the messages with the tools
+    described and earlier calls and results written out (tools.tool_messages), what to read the answer
+    for, and the constraint on the answer (a call with "required" or a named tool, a call or text with
+    "auto", compiled off the event loop)."""
+    if body.tools is not None and body.output_schema() is not None:
+        raise APIError(400, "use one of tools and a JSON response_format, not both", param="response_format")
+    try:
+        tools = parse_tools(body.tools) if body.tools is not None else []
+    except InvalidRequestError as exc:
+        raise APIError(400, str(exc), code="invalid_request", param="tools") from None
+    try:
+        if tools:
+            choice = parse_choice(body.tool_choice, tools)
+        elif body.tool_choice not in (None, "none"):
+            raise InvalidRequestError("tool_choice needs tools")
+        else:
+            choice = "none"
+    except InvalidRequestError as exc:
+        raise APIError(400, str(exc), code="invalid_request", param="tool_choice") from None
+    try:
+        output = await run_in_threadpool(tool_output, tools, choice) if choice != "none" else None
+    except InvalidRequestError as exc:
+        raise await run_in_threadpool(_tool_error, tools, exc) from None
+    use = ToolUse(tuple(tools), choice) if output is not None else None
+    return tool_messages(messages, tools, choice), use, {"output": output} if output is not None else {}
+
+
+def _tool_error(tools: list[Tool], error: InvalidRequestError) -> APIError:
+    """The 400 for tools whose constraint llguidance refused, naming the first tool it refuses alone."""
+    for i, tool in enumerate(tools):
+        try:
+            output_format(json_schema=call_schema([tool]))
+        except InvalidRequestError as exc:
+            return APIError(400, f"tools[{i}].function.parameters ({tool.name}): {exc}",
+                            code="invalid_request", param=f"tools.{i}.function.parameters")
+    return APIError(400, f"tools: {error}", code="invalid_request", param="tools")
+
+
 async def _complete(request: Request, served: Served, body: GenerationRequest, shape: Shape,
-                    start: Callable[[], CompletionStream]) -> Response:
+                    start: Callable[[], CompletionStream], tools: ToolUse | None = None) -> Response:
     """Admit the request, start its stream (validation errors are 400s before any header is sent),
     then stream it as events or wait for the whole completion; the client leaving cancels it."""
     ticket = served.admission.acquire()
@@ -216,7 +261,7 @@ async def _complete(request: Request, served: Served, body: GenerationRequest, s
             raise from_edgeinfer(exc, prompt_param=shape.param) from exc
         raise
     pump = Pump(stream, request.receive)
-    reply = Reply(shape, served.id)
+    reply = Reply(shape, served.id, tools)
     if body.stream:
         def on_close() -> None:
             pump.close()

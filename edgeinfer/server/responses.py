@@ -14,6 +14,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..engine import Completion
+from ..tools import Tool, ToolCall, read_tool_calls
 from .errors import APIError
 from .pump import Pump
 
@@ -46,6 +47,45 @@ CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", chat=True, 
 TEXT = Shape("cmpl", "text_completion", "text_completion", chat=False, param="prompt")
 
 
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools a chat request offers and its ``tool_choice`` ("auto", "required" or a named tool; with
+    "none" there is no call to read): the answer is read for a call (``tools.read_tool_calls``)."""
+
+    tools: tuple[Tool, ...]
+    choice: str | Tool
+
+    def calls(self, text: str) -> list[ToolCall]:
+        return read_tool_calls(text, self.tools)
+
+
+class HeldText:
+    """A streamed answer that may be a tool call is held back while it may be one: all of it with
+    ``tool_choice`` required or named, and with "auto" once its first non-space character is "{"; an
+    answer that starts otherwise is text, streamed as it comes."""
+
+    def __init__(self, use: ToolUse) -> None:
+        self.use = use
+        self.text = ""
+        self.holding = True
+
+    def feed(self, piece: str) -> str:
+        """What to stream now of ``piece`` (empty while holding)."""
+        if not self.holding:
+            return piece
+        self.text += piece
+        head = self.text.lstrip()
+        if self.use.choice == "auto" and head and not head.startswith("{"):
+            self.holding, text, self.text = False, self.text, ""
+            return text
+        return ""
+
+    def end(self) -> tuple[list[ToolCall], str]:
+        """At the end: the calls in the held text, or (not a call: cut off, or free text) the text."""
+        text, self.text = self.text, ""
+        return (self.use.calls(text), text) if self.holding else ([], text)
+
+
 def accounting(completion: Completion) -> dict:
     """OpenAI's usage (the reused prompt tokens where OpenAI reports its own prompt caching), and
     the completion's full stats under ``x_edgeinfer``."""
@@ -66,8 +106,8 @@ def ended(completion: Completion | None) -> Completion:
 class Reply:
     """One completion request's identity (id, created, model) and the bodies built from it."""
 
-    def __init__(self, shape: Shape, model: str) -> None:
-        self.shape, self.model = shape, model
+    def __init__(self, shape: Shape, model: str, tools: ToolUse | None = None) -> None:
+        self.shape, self.model, self.tools = shape, model, tools
         self.id = f"{shape.prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -76,7 +116,12 @@ class Reply:
 
     def body(self, completion: Completion) -> dict:
         """The whole (non-streamed) response."""
-        choice = self.shape.choice(completion.text, completion.finish_reason, chunk=False)
+        calls = self.tools.calls(completion.text) if self.tools is not None else []
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": [c.to_openai() for c in calls]}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        else:
+            choice = self.shape.choice(completion.text, completion.finish_reason, chunk=False)
         return {**self._head(self.shape.object), "choices": [choice], **accounting(completion)}
 
     def chunk(self, text: str | None, finish_reason: str | None = None, *, role: bool = False,
@@ -85,13 +130,26 @@ class Reply:
         choice = self.shape.choice(text, finish_reason, chunk=True, role=role)
         return sse({**self._head(self.shape.chunk_object), "choices": [choice], **extra})
 
+    def call_chunks(self, index: int, call: ToolCall, **extra: object) -> list[bytes]:
+        """A tool call as OpenAI streams it: its id, type and name, then its arguments."""
+        head = {"index": index, "id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        arguments = {"index": index, "function": {"arguments": call.arguments}}
+        return [sse({**self._head(self.shape.chunk_object), **extra, "choices": [
+            {"index": 0, "delta": {"tool_calls": [delta]}, "logprobs": None, "finish_reason": None}]})
+            for delta in (head, arguments)]
+
     async def events(self, pump: Pump, include_usage: bool) -> AsyncIterator[bytes]:
-        """The stream's events: (chat) the role, the pieces, the finish reason, usage, [DONE]."""
+        """The stream's events: (chat) the role, the pieces, the finish reason, usage, [DONE]. With
+        tools, an answer that may be a call is held back and sent as ``delta.tool_calls`` once whole."""
         extra = {"usage": None} if include_usage else {}
+        held = HeldText(self.tools) if self.tools is not None else None
         if self.shape.chat:
-            yield self.chunk("", role=True, **extra)
+            yield self.chunk(None if held is not None else "", role=True, **extra)
         try:
             async for piece in pump:
+                if held is not None and not (piece := held.feed(piece)):
+                    continue
                 yield self.chunk(piece, **extra)
             completion = ended(pump.completion) if not pump.disconnected else None
         except APIError as exc:
@@ -102,7 +160,15 @@ class Reply:
             return
         if completion is None:
             return
-        yield self.chunk(None, completion.finish_reason, **extra)
+        finish_reason = completion.finish_reason
+        calls, text = held.end() if held is not None else ([], "")
+        for i, call in enumerate(calls):
+            for event in self.call_chunks(i, call, **extra):
+                yield event
+            finish_reason = "tool_calls"
+        if text and not calls:
+            yield self.chunk(text, **extra)
+        yield self.chunk(None, finish_reason, **extra)
         if include_usage:
             yield sse({**self._head(self.shape.chunk_object), "choices": [], **accounting(completion)})
         yield b"data: [DONE]\n\n"

@@ -122,39 +122,87 @@ class ContentPart(_Strict):
     text: str | None = None
 
 
+class FunctionCall(_Strict):
+    """The function an earlier assistant turn called: its name and its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    """One call in an earlier assistant turn's ``tool_calls``."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    """One chat message; tool messages and tool calls are not supported."""
+    """One chat message: text, an assistant turn that called tools (``tool_calls``, content null), or a
+    tool's result (``role: "tool"`` with the ``tool_call_id`` it answers)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
-    def to_sdk(self, index: int) -> dict[str, str]:
-        """The message as the chat template takes it: plain text ('developer' is a system turn)."""
-        where = f"messages.{index}.content"
+    @property
+    def has_tools(self) -> bool:
+        """A tool result, or an assistant turn with tool calls (rendered by ``tools.tool_messages``)."""
+        return self.role == "tool" or bool(self.tool_calls)
+
+    def to_sdk(self, index: int) -> dict[str, Any]:
+        """The message as the chat template takes it: plain text ('developer' is a system turn); tool
+        calls and results keep their OpenAI fields, for ``tools.tool_messages`` to write out as text."""
+        where = f"messages.{index}"
+        if self.tool_calls and self.role != "assistant":
+            raise APIError(400, f"{where}.tool_calls: only assistant messages make tool calls",
+                           param=f"{where}.tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise APIError(400, f"{where}.tool_call_id is required in a tool message",
+                           param=f"{where}.tool_call_id")
+        if self.tool_calls:
+            return {"role": "assistant", "content": self._text(where, required=False),
+                    "tool_calls": [call.model_dump() for call in self.tool_calls]}
+        message = {"role": "system" if self.role == "developer" else self.role,
+                    "content": self._text(where, required=True)}
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_call_id
+            if self.name:
+                message["name"] = self.name
+        return message
+
+    def _text(self, where: str, *, required: bool) -> str | None:
         if self.content is None:
-            raise APIError(400, f"{where} is required (tool calls are not supported)", param=where)
+            if required:
+                raise APIError(400, f"{where}.content is required (null only in an assistant message "
+                               "with tool_calls)", param=f"{where}.content")
+            return None
         if isinstance(self.content, str):
-            text = self.content
-        elif all(part.type == "text" and part.text is not None for part in self.content):
-            text = "".join(part.text or "" for part in self.content)
-        else:
-            raise APIError(400, f"{where}: only text parts are supported", param=where)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+            return self.content
+        if all(part.type == "text" and part.text is not None for part in self.content):
+            return "".join(part.text or "" for part in self.content)
+        raise APIError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
 
 
 class ChatRequest(GenerationRequest):
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions. ``tools`` / ``tool_choice`` are checked by ``tools.parse_tools`` /
+    ``parse_choice`` (edgeinfer/tools.py), with the messages they render into."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: Any = None
+    function_call: Any = None
     top_logprobs: Any = None
 
     unsupported: ClassVar[tuple[_Check, ...]] = (
         *GenerationRequest.unsupported,
-        ("tools", lambda v: not v, "tools are not supported by this server"),
-        ("functions", lambda v: not v, "functions are not supported by this server"),
+        ("functions", lambda v: not v, "functions are not supported: use tools"),
+        ("function_call", lambda v: not v, "function_call is not supported: use tool_choice"),
         ("top_logprobs", lambda v: not v, "logprobs are not supported"),
     )
 
@@ -162,7 +210,13 @@ class ChatRequest(GenerationRequest):
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def sdk_messages(self) -> list[dict[str, str]]:
+    @property
+    def has_tools(self) -> bool:
+        """Tools offered (or a tool_choice), or tool calls and results in the conversation."""
+        offered = self.tools is not None or self.tool_choice is not None
+        return offered or any(m.has_tools for m in self.messages)
+
+    def sdk_messages(self) -> list[dict[str, Any]]:
         return [m.to_sdk(i) for i, m in enumerate(self.messages)]
 
 
