@@ -330,6 +330,23 @@ def bench_figures(d: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def structured_figures(d: dict[str, Any]) -> list[Figure]:
+    """Structured output: valid outputs of each library, and constrained / unconstrained decode speed."""
+    out = []
+    for name, m in d["models"].items():
+        ei, ref = m["validity"]["edgeinfer"], m["validity"]["llama_cpp"]
+        out.append(Figure(f"{name}: valid JSON, edgeinfer vs llama-cpp-python ({ei['total']} schemas)",
+                          f"{ei['valid']} ({ei['refused']} refused with a clear error) vs {ref['valid']}"))
+        speed = m["speed"]
+        out.append(Figure(f"{name}: decode tok/s constrained / unconstrained, edgeinfer vs llama-cpp-python",
+                          f"{x(speed['ei_ratio']['median'])} vs {x(speed['llama_ratio']['median'])} "
+                          f"({pct(speed['forced_share_mean'], 0)} of edgeinfer's tokens forced)"))
+        compile_ms = m["compile"]["ei_ms"]
+        out.append(Figure(f"{name}: schema compile ms, median / p99",
+                          f"{num(compile_ms['median'], 2)} / {num(compile_ms['p99'], 2)}"))
+    return out
+
+
 STEPS: tuple[Step, ...] = (
     Step("decode", "Decode loop: edgeinfer vs llama-cpp-python",
          ("-m", "benchmarks.decode"), ("decode.json", "decode.md"), 3, decode_figures),
@@ -359,6 +376,8 @@ STEPS: tuple[Step, ...] = (
          needs="matplotlib (`pip install -e \".[bench]\"`)"),
     Step("translate", "Translation: plain few-shot prompt vs ei.Translator",
          ("-m", "benchmarks.translate"), ("translate.json", "translate.md"), 5, translate_figures),
+    Step("structured", "Structured output (JSON schema): edgeinfer vs llama-cpp-python",
+         ("-m", "benchmarks.structured"), ("structured.json", "structured.md"), 13, structured_figures),
     Step("bench", "`edgeinfer bench`: the default GGUF models and an ONNX int4 artifact side by side",
          ("-m", "benchmarks.bench_cli"), ("bench.json", "bench.md", "bench.png"), 3, bench_figures,
          needs="the ONNX int4 artifact benchmarks/onnx.py caches (left out with a note otherwise)"),

@@ -18,13 +18,15 @@ openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 pydantic = pytest.importorskip("pydantic")
 
-from server_helpers import running  # noqa: E402
+import openai_server  # noqa: E402
+from openai_server import KEY  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.remote import request_options  # noqa: E402
-from edgeinfer.server import ServerOptions  # noqa: E402
 
-KEY = "structured-test-key"
+# the server fixtures (module-scoped: one server per test module)
+model, base_url, client = openai_server.model, openai_server.base_url, openai_server.client
+
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
 ALICE = [{"role": "user", "content": "Describe Alice, who is 31 years old, as JSON."}]
@@ -36,26 +38,6 @@ GREEDY = {"temperature": 0, "max_tokens": 60}
 class Person(pydantic.BaseModel):
     name: str
     age: int
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_path):
-    # one thread: on 2 cores shared with clients (and other processes) a second llama.cpp thread mostly
-    # waits for the first (see test_server.py)
-    m = ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=2)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def base_url(model) -> Iterator[str]:
-    with running([model], ServerOptions(api_key=KEY)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(base_url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ with finish_reason "tool_calls"; earlier calls and tool results are accepted. Re
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +14,15 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
-from server_helpers import running  # noqa: E402
+import openai_server  # noqa: E402
+from openai_server import KEY  # noqa: E402
 
-import edgeinfer as ei  # noqa: E402
-from edgeinfer.server import ServerOptions  # noqa: E402
 from edgeinfer.server.responses import HeldText, ToolUse  # noqa: E402
 from edgeinfer.tools import parse_tools  # noqa: E402
 
-KEY = "tools-test-key"
+# the server fixtures (module-scoped: one server per test module)
+model, base_url, client = openai_server.model, openai_server.base_url, openai_server.client
+
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city.",
     "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
@@ -35,26 +35,6 @@ TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0, "max_tokens": 60}
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_path):
-    # one thread: on 2 cores shared with clients (and other processes) a second llama.cpp thread mostly
-    # waits for the first (see test_server.py)
-    m = ei.load(smollm2_path, n_ctx=1024, n_threads=1, max_sequences=2)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def base_url(model) -> Iterator[str]:
-    with running([model], ServerOptions(api_key=KEY)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(base_url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
 def _valid_call(call) -> dict:
