@@ -30,7 +30,7 @@ from .sampling import SamplingParams, token_confidence
 from .speculative import DraftLength, Speculation, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
-from .structured import ConstrainedSampler, Constraint
+from .structured import ConstrainedSampler, Constraint, parsed_output
 
 SETTLE_STEP_SECONDS = 0.1  # one idle settling step's target: the most a new request waits for it
 
@@ -563,7 +563,9 @@ class Engine:
             if tail:
                 request.events.put(("piece", tail))
             request.events.put(("end", Completion(request.assembler.text, request.generated, reason, stats,
-                                                  request.confidence, _parsed(request, reason))))
+                                                  request.confidence,
+                                                  parsed_output(request.params.output, request.assembler.text,
+                                                                reason))))
         request.finished.set()
 
     def _settle_step(self) -> None:
@@ -576,13 +578,3 @@ class Engine:
         per_token = (time.perf_counter() - t0) / done
         self._tokens_per_settle = max(16, min(512, int(SETTLE_STEP_SECONDS / max(per_token, 1e-6))))
 
-
-def _parsed(request: Request, reason: str) -> Any:
-    """The decoded output of a constrained request that completed; None if it was cut off."""
-    output = request.params.output
-    if output is None or reason != "stop":
-        return None
-    try:
-        return output.parse(request.assembler.text)
-    except ValueError:  # a stop string cut it short (pydantic's ValidationError is a ValueError too)
-        return None

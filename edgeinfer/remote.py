@@ -28,6 +28,7 @@ from .model import make_params
 from .protocol import Message
 from .sampling import SamplingParams
 from .stats import Stats
+from .structured import parsed_output
 
 if TYPE_CHECKING:
     import httpx
@@ -47,16 +48,12 @@ def _httpx():  # noqa: ANN202 - the module
     return httpx
 
 
-def request_options(params: SamplingParams | None, options: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAI request fields for the caller's settings: every field of ``params`` plus the
-    explicit ``options`` (validated like Model's: unknown names are an InvalidRequestError)."""
-    return _request(params, options)[0]
-
-
-def _request(params: SamplingParams | None, options: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                              OutputFormat | None]:
-    """``request_options`` and the output format asked for (``json_schema=``: sent as OpenAI's
-    ``response_format``; a Lark grammar or regex cannot be sent, an InvalidRequestError)."""
+def request_options(params: SamplingParams | None, options: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                   OutputFormat | None]:
+    """The OpenAI request fields for the caller's settings (every field of ``params`` plus the explicit
+    ``options``, validated like Model's: unknown names are an InvalidRequestError), and the output format
+    asked for: ``json_schema=`` is sent as OpenAI's ``response_format``; a Lark grammar or regex cannot
+    be sent (an InvalidRequestError)."""
     merged = make_params(params, **options)  # validates values and names
     if merged.confidence:
         raise InvalidRequestError("a remote tier cannot report per-token confidence: put a local model "
@@ -107,14 +104,14 @@ class RemoteModel(Chats):
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                  **options: Any) -> Completion:
         """Complete ``prompt`` in one request (POST /v1/completions); ttft_s is then the full wait."""
-        sent, output = _request(params, options)
+        sent, output = request_options(params, options)
         body = {"prompt": prompt if isinstance(prompt, str) else list(prompt), **sent}
         return self._complete("/v1/completions", body, chat=False, output=output)
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                **options: Any) -> CompletionStream:
         """Complete ``prompt``, yielding text pieces; connection errors raise here, before any piece."""
-        sent, output = _request(params, options)
+        sent, output = request_options(params, options)
         body = {"prompt": prompt if isinstance(prompt, str) else list(prompt), **sent}
         return self._stream("/v1/completions", body, chat=False, output=output)
 
@@ -122,14 +119,14 @@ class RemoteModel(Chats):
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                       **options: Any) -> Completion:
         """Answer ``messages`` in one request (POST /v1/chat/completions)."""
-        sent, output = _request(params, options)
+        sent, output = request_options(params, options)
         body = {"messages": [dict(m) for m in messages], **sent}
         return self._complete("/v1/chat/completions", body, chat=True, output=output)
 
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
                     **options: Any) -> CompletionStream:
         """Answer ``messages``, yielding text pieces as the server sends them."""
-        sent, output = _request(params, options)
+        sent, output = request_options(params, options)
         body = {"messages": [dict(m) for m in messages], **sent}
         return self._stream("/v1/chat/completions", body, chat=True, output=output)
 
@@ -203,7 +200,7 @@ class RemoteModel(Chats):
         _apply_usage(stats, data.get("usage"), pieces=1 if text else 0)
         stats.finish_reason = finish
         return Completion(text=text, tokens=[], finish_reason=finish, stats=stats,
-                          parsed=_parsed(output, text, finish))
+                          parsed=parsed_output(output, text, finish))
 
     def _stream(self, path: str, body: dict[str, Any], *, chat: bool,
                 output: OutputFormat | None = None) -> CompletionStream:
@@ -277,7 +274,7 @@ class RemoteModel(Chats):
         stats.finish_reason = finish or "stop"
         text = "".join(pieces)
         return Completion(text=text, tokens=[], finish_reason=stats.finish_reason, stats=stats,
-                          parsed=_parsed(output, text, stats.finish_reason))
+                          parsed=parsed_output(output, text, stats.finish_reason))
 
     def close(self) -> None:
         """Release the HTTP connections."""
@@ -300,18 +297,6 @@ def _event(data: str, url: str, count: int) -> dict:
         raise RemoteProtocolError(f"{url} sent a malformed stream event after {count} piece(s): "
                                   f"{data[:200]!r}", url=url)
     return event
-
-
-def _parsed(output: OutputFormat | None, text: str, finish: str) -> Any:
-    """``Completion.parsed`` of a remote answer: the output decoded (and built into the caller's type)
-    when it completed; None when it was cut off, not asked for, or does not parse (the server may not
-    have held the output to the schema)."""
-    if output is None or finish != "stop":
-        return None
-    try:
-        return output.parse(text)
-    except (ValueError, TypeError):
-        return None
 
 
 def _apply_usage(stats: Stats, usage: Any, *, pieces: int) -> None:

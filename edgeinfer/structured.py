@@ -77,6 +77,18 @@ class OutputFormat:
                                   "grammar")
 
 
+def parsed_output(output: OutputFormat | None, text: str, finish_reason: str) -> Any:
+    """``Completion.parsed``: the output decoded (and built into the caller's type) when it ended on its
+    own; None when no format was asked for, it was cut off, or it does not parse (a stop string cut it
+    short, or a remote server did not hold it to the schema; pydantic's ValidationError is a ValueError)."""
+    if output is None or finish_reason != "stop":
+        return None
+    try:
+        return output.parse(text)
+    except (ValueError, TypeError):
+        return None
+
+
 def output_format(*, json_schema: Any = None, grammar: str | None = None, regex: str | None = None,
                   ) -> OutputFormat | None:
     """An OutputFormat from the user's options (at most one of them), checked now: an invalid or

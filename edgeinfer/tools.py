@@ -153,9 +153,9 @@ def tool_messages(messages: Sequence[Message], tools: Sequence[Tool], choice: st
         elif role == "tool":
             name = names.get(str(m.get("tool_call_id", "")), m.get("name") or "the tool")
             out.append({"role": "user", "content": f"Result of {name}: {_text(m.get('content'))}"})
-        else:
-            out.append({**m, "content": _text(m.get("content"))} if "tool_calls" not in m else
-                       {"role": role, "content": _text(m.get("content"))})
+        else:  # plain text content (an assistant message's empty tool_calls list goes too)
+            plain = {key: value for key, value in m.items() if key != "tool_calls"}
+            out.append({**plain, "content": _text(m.get("content"))})
     if choice == "none":
         return out
     guide = _guide(tools, choice)

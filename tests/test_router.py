@@ -209,6 +209,6 @@ def test_a_cascade_needs_a_local_first_tier() -> None:
     from edgeinfer.remote import request_options
     from edgeinfer.sampling import SamplingParams
 
-    assert "confidence" not in request_options(SamplingParams(), {})
+    assert "confidence" not in request_options(SamplingParams(), {})[0]
     with pytest.raises(InvalidRequestError, match="per-token confidence"):
         request_options(None, {"confidence": True})

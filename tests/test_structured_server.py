@@ -142,12 +142,12 @@ def test_a_malformed_response_format_is_a_400(base_url, response_format, says):
 
 # --- RemoteModel against the server -------------------------------------------------------------
 def test_remote_requests_send_response_format_not_output():
-    sent = request_options(None, {"json_schema": PERSON, "max_tokens": 8})
+    sent, _ = request_options(None, {"json_schema": PERSON, "max_tokens": 8})
     assert sent == {"max_tokens": 8, "response_format": AS_PERSON | {
         "json_schema": {"name": "output", "strict": True, "schema": PERSON}}}
-    sent = request_options(ei.SamplingParams(), {"json_schema": "json_object"})
+    sent, _ = request_options(ei.SamplingParams(), {"json_schema": "json_object"})
     assert sent["response_format"] == {"type": "json_object"} and "output" not in sent
-    assert "response_format" not in request_options(ei.SamplingParams(), {})
+    assert "response_format" not in request_options(ei.SamplingParams(), {})[0]
 
 
 def test_a_regex_or_grammar_on_a_remote_model_is_refused_before_any_request():

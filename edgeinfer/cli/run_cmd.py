@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": model.name,
                 "text": completion.text,
                 "finish_reason": completion.finish_reason,
-                "parsed": _jsonable(completion.parsed),
+                "parsed": completion.parsed,  # a JSON value (--json-schema) or text (--grammar)
                 "mode": "chat" if chat else "completion",
                 "stats": completion.stats.to_dict(),
                 "route": completion.stats.route or None,
@@ -95,15 +95,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print_stream(stream)
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    """``Completion.parsed`` as JSON: the decoded value (a JSON schema's) or the matched text."""
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return value
 
 
 def _escalation_tier(args: argparse.Namespace) -> Any:
