@@ -20,9 +20,10 @@ Four variants per schema, in every round, their order rotating schema by schema 
               "schema": schema})``, or for the base model ``create_completion(grammar=
               LlamaGrammar.from_json_schema(schema))`` (llama.cpp's GBNF grammar sampler)
   llama-free  the same call without a schema or grammar
-Validity (first round's outputs): ``json.loads`` succeeds and ``jsonschema.validate`` passes. A schema that
-edgeinfer refuses (``InvalidRequestError``: llguidance does not implement ``uniqueItems``) counts as
-"refused (clear error)" for edgeinfer and runs normally on llama-cpp-python. A schema whose GBNF
+Validity (first round's outputs): ``json.loads`` succeeds and ``jsonschema.validate`` passes (``uniqueItems``
+included: edgeinfer keeps it while decoding, llama.cpp's GBNF ignores it). A schema that edgeinfer
+refuses (``InvalidRequestError``) counts as "refused (clear error)" for edgeinfer and runs normally on
+llama-cpp-python. A schema whose GBNF
 llama.cpp cannot parse counts as "GBNF rejected" for llama-cpp-python and is not run there (the request
 would segfault). An output cut at ``--tokens`` is invalid (reported as such). edgeinfer writes compact
 JSON (no choice of whitespace), llama-cpp-python's grammar lets the model choose its whitespace.
@@ -42,7 +43,7 @@ request pays when its sampler is built). Median over rounds per schema, then med
 The run records the load average and the hypervisor's steal ticks at its start and end, and the CPU time
 other processes took while it ran; the report warns when the machine was busy.
 
-Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.structured [--rounds 2] [--tokens 128]
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.structured [--rounds 2] [--tokens 256]
       [--models smollm2-135m-instruct gemma-3-270m] [--limit N] [--only NAME ...]
 Writes benchmarks/results/structured.json and structured.md (full per-run data: results/raw/).
 """
@@ -575,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=128, help="max_tokens of every request")
+    parser.add_argument("--tokens", type=int, default=256, help="max_tokens of every request")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="N schemas spread evenly over the set")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these schemas only")
@@ -600,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info["load"] = load.done()
     run = ("EDGEINFER_HOME=/tmp/eihome python -m benchmarks.structured"
            + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
-           + (f" --tokens {args.tokens}" if args.tokens != 128 else "")
+           + (f" --tokens {args.tokens}" if args.tokens != 256 else "")
            + (f" --models {' '.join(args.models)}" if list(args.models) != list(MODELS) else "")
            + (f" --limit {args.limit}" if args.limit else "")
            + (f" --only {' '.join(args.only)}" if args.only else ""))

@@ -10,6 +10,7 @@ Every failure is a ChatTemplateError.
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 import sys
@@ -102,6 +103,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.filters["tojson"] = _tojson
         self.binop_table.update({"*": _multiply, "**": _power, "%": _modulo})
         for name, fn in list(self.filters.items()):
             self.filters[name] = _checked(fn)
@@ -119,6 +121,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
             return refused
         return wrapped
+
+
+def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_keys: bool = False,
+            ensure_ascii: bool = False) -> str:
+    """JSON as Hugging Face renders templates with it (not HTML-escaped, unlike Jinja's own): templates
+    write tool definitions and call arguments this way."""
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
+                      ensure_ascii=ensure_ascii)
 
 
 def _checked(fn: Any) -> Any:
@@ -215,8 +225,10 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: Sequence[dict] | None = None,
 ) -> str:
-    """Render ``messages`` with the model's template; unsafe templates raise ChatTemplateError."""
+    """Render ``messages`` with the model's template (``tools``: the tool definitions a template with its
+    own tool format describes); unsafe templates raise ChatTemplateError."""
     compiled = _compile(template or FALLBACK_CHATML)
     try:
         return _bounded_render(
@@ -225,6 +237,7 @@ def render_chat(
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
+            tools=list(tools) if tools else None,
         )
     except SecurityError as exc:
         raise ChatTemplateError(

@@ -29,10 +29,13 @@ def spells_control_tokens(tokenize: Tokenize, text: str) -> bool:
 
 
 def chat_tokens(tokenize: Tokenize, template: str | None, messages: Sequence[Message], *, bos_token: str = "",
-                eos_token: str = "", add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of ``messages`` rendered with ``template``; message text never becomes control tokens."""
+                eos_token: str = "", add_generation_prompt: bool = True,
+                tools: Sequence[dict] | None = None) -> list[int]:
+    """Token ids of ``messages`` rendered with ``template`` (and the ``tools`` it describes, for a
+    template with its own tool format); message text never becomes control tokens."""
     messages = validate_messages(messages)
-    options = dict(bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt)
+    options = dict(bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt,
+                   tools=tools)
     text = render_chat(template, messages, **options)
     risky = [i for i, m in enumerate(messages) if spells_control_tokens(tokenize, m["content"])]
     if not risky:

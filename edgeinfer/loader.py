@@ -108,6 +108,7 @@ def load(
     kv: KVOptions | None = None,
     max_batch: int | None = None,
     speculation: Speculation = "auto",
+    chat_template: str | None = None,
     **backend_options: object,
 ) -> Model:
     """Load a model by models.lock name (e.g. 'smollm2-135m-instruct') or by path.
@@ -125,6 +126,7 @@ def load(
     Sequences are allocated as they are first needed, up to ``max_sequences``: given, each one keeps a
     prompt's KV for reuse (a conversation, a few-shot block); left out (at most 4), one is added only
     when requests run at once, so a program used by one user at a time holds one.
+    ``chat_template`` (Jinja text) replaces the template in the model file, e.g. for a file without one.
     ``backend_options`` go to the backend (llama.cpp: ``n_batch``, ``flash_attn``, ``kv_unified``,
     ``repack``, ``kv_type``: "f16", "q8_0" or "q4_0").
     """
@@ -168,7 +170,8 @@ def load(
                          max_bytes=kv.disk_bytes)
     cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk, keep_sequences=keep)
     return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
-                 cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation, layout=layout)
+                 cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation, layout=layout,
+                 chat_template=chat_template)
 
 
 def _layout(path: Path, name: str, n_ctx: int | None, max_sequences: int | None, memory: int | str | None,

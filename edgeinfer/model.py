@@ -163,21 +163,23 @@ class Model(Chats):
         return tokens
 
     # --- chat
-    def chat_prompt(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of ``messages`` rendered with the model's chat template."""
+    def chat_prompt(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict] | None = None) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's chat template (``tools``: OpenAI-style
+        tool definitions, for a template that describes tools in its own format)."""
         self._require_generative()
         caps = self.backend.caps
         return chat_tokens(self.tokenize, self.chat_template, messages, bos_token=caps.bos_token,
-                           eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt)
+                           eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt, tools=tools)
 
-    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
-                    **options: Any) -> CompletionStream:
-        tokens = self.chat_prompt(messages)
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
+                    tools: Sequence[dict] | None = None, **options: Any) -> CompletionStream:
+        tokens = self.chat_prompt(messages, tools=tools)
         return self.engine.submit(tokens, self._params(params, options))
 
-    def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
-                      **options: Any) -> Completion:
-        return self.stream_chat(messages, params, **options).result()
+    def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
+                      tools: Sequence[dict] | None = None, **options: Any) -> Completion:
+        return self.stream_chat(messages, params, tools=tools, **options).result()
 
     def chat(self, system: str | None = None, messages: Sequence[Message] | None = None, *,
              id: str | None = None) -> Conversation:  # noqa: A002 - the natural name

@@ -173,7 +173,7 @@ class Verifier:
         # with an output constraint, each row is masked to the tokens the grammar allows at its position
         # (the grammar advances with every token drawn), so a draft token it forbids is never kept
         self._constraint = constraint
-        self._logits = logits if constraint is None else (lambda row: constraint.masked(logits(row)))
+        self._logits = logits
         self._greedy = params.greedy
         self._penalty = params.repeat_penalty != 1.0
         self._dist = NumpySampler(params)
@@ -190,19 +190,21 @@ class Verifier:
     def sample(self, row: int, position: int, drafted: Sequence[int] = ()) -> int:
         """The token at ``position`` (its index in the generated text) from output row ``row``;
         ``drafted``: draft tokens before it in the same check (not yet accepted)."""
-        token = self._draw(row, position, drafted)
-        if self._constraint is not None:
-            self._constraint.accept(token)
+        logits = self._logits(row)
+        if self._constraint is None:
+            return self._draw(logits, position, drafted)
+        token = self._constraint.pick(logits, lambda masked: self._draw(masked, position, drafted))
+        self._constraint.accept(token)
         return token
 
-    def _draw(self, row: int, position: int, drafted: Sequence[int]) -> int:
+    def _draw(self, logits: np.ndarray, position: int, drafted: Sequence[int]) -> int:
         if self._greedy and not self._penalty:
-            return int(self._logits(row).argmax())
+            return int(logits.argmax())
         history = self._dist.history
         if drafted:
             self._dist.history = [*history, *drafted]
         try:
-            ids, probs = self._dist.distribution(self._logits(row))
+            ids, probs = self._dist.distribution(logits)
         finally:
             self._dist.history = history
         if self._greedy:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import unique_items
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ MAX_SCHEMA_BYTES = 256 * 1024
 # keys, braces and separators are forced tokens (appended without a sampling step) and the output is
 # shorter than the indented JSON small models like to write
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# uniqueItems: how many tokens that would complete a duplicate item are set aside before the sampler gives up
+MAX_REFUSED_TOKENS = 64
 
 
 def _llguidance():  # noqa: ANN202 - imported on first use: plain generation never pays for it
@@ -53,6 +56,7 @@ class OutputFormat:
     schema: dict | None = None
     source: str = ""  # the Lark or regex text
     build: Callable[[Any], Any] | None = None  # decoded JSON -> the caller's type
+    unique_items: bool = False  # the schema has uniqueItems: kept at decode time (unique_items.py)
 
     @property
     def is_json(self) -> bool:
@@ -109,11 +113,15 @@ def output_format(*, json_schema: Any = None, grammar: str | None = None, regex:
         text = json.dumps(schema)
         if len(text) > MAX_SCHEMA_BYTES:
             raise InvalidRequestError(f"the JSON schema is {len(text):,} bytes; at most {MAX_SCHEMA_BYTES:,}")
+        unique = unique_items.uses_unique_items(schema)
+        if unique:  # the grammar cannot say it: compiled without, kept by the sampler
+            unique_items.check_supported(schema)
+            text = json.dumps(unique_items.without_unique_items(schema))
         try:
             compiled = llg.LLMatcher.grammar_from_json_schema(text, defaults=JSON_LAYOUT)
         except ValueError as exc:
             raise InvalidRequestError(f"the JSON schema is not valid: {exc}") from None
-        fmt = OutputFormat(compiled, kind, schema, build=build)
+        fmt = OutputFormat(compiled, kind, schema, build=build, unique_items=unique)
     else:
         source = grammar if grammar is not None else regex
         if not isinstance(source, str) or not source.strip():
@@ -169,9 +177,21 @@ _vocabularies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _vocabulary_lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class _Vocabulary:
+    tokenizer: Any  # llguidance.LLTokenizer
+    tokens: list[bytes]  # each token's bytes
+    # per token: does it go on with a number / a string rather than end it? (by its first character)
+    goes_on: dict[str, np.ndarray]
+
+
 def vocabulary_for(backend: Backend) -> Any:
     """llguidance's tokenizer for ``backend``: every token's bytes (control tokens have none, so no
     grammar allows them) and its end tokens; built on first use (~0.2 s for 49k tokens), then kept."""
+    return _vocabulary(backend).tokenizer
+
+
+def _vocabulary(backend: Backend) -> _Vocabulary:
     with _vocabulary_lock:
         known = _vocabularies.get(backend)
         if known is not None:
@@ -194,7 +214,11 @@ def vocabulary_for(backend: Backend) -> Any:
                     text = text.decode("utf-8", errors="replace")
                 return backend.tokenize(text, add_special=False, parse_special=False)
 
-        vocabulary = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapped()), n_vocab=n_vocab, eos_token=ends)
+        tokenizer = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapped()), n_vocab=n_vocab, eos_token=ends)
+        number_chars = frozenset(b"0123456789+-.eE")
+        goes_on = {"number": np.array([bool(t) and t[0] in number_chars for t in tokens], dtype=bool),
+                   "string": np.array([bool(t) and t[0] != ord('"') for t in tokens], dtype=bool)}
+        vocabulary = _Vocabulary(tokenizer, tokens, goes_on)
         _vocabularies[backend] = vocabulary
         return vocabulary
 
@@ -207,9 +231,11 @@ class Constraint:
         llg = _llguidance()
         self.format = fmt
         self._n_vocab = backend.caps.n_vocab
-        self._matcher = llg.LLMatcher(vocabulary_for(backend), fmt.grammar, log_level=0)
+        self._vocabulary = _vocabulary(backend)
+        self._matcher = llg.LLMatcher(self._vocabulary.tokenizer, fmt.grammar, log_level=0)
         self._check()
         self._bits = np.full((self._n_vocab + 31) // 32, -1, dtype=np.int32)
+        self._unique = unique_items.UniqueTracker(fmt.schema) if fmt.unique_items else None
 
     def _check(self) -> None:
         if self._matcher.is_error():
@@ -224,9 +250,48 @@ class Constraint:
         """A copy of ``logits`` with every token the grammar does not allow next at -inf."""
         return np.where(self.allowed(), logits, np.float32(-np.inf)).astype(np.float32, copy=False)
 
+    def pick(self, logits: np.ndarray, draw: Callable[[np.ndarray], int]) -> int:
+        """``draw`` (the sampling chain) on the logits the grammar allows; where the schema wants unique
+        items, a token that would complete a duplicate is taken out and ``draw`` asked again."""
+        masked = self.masked(logits)
+        token = draw(masked)
+        for _ in range(MAX_REFUSED_TOKENS):
+            if not self._completes_duplicate(token):
+                break
+            masked[token] = -np.inf
+            if not np.isfinite(masked).any():  # nothing unique can follow: the duplicate stays
+                break
+            token = draw(masked)
+        return token
+
+    def _completes_duplicate(self, token: int) -> bool:
+        """Would ``token`` (with the tokens the grammar then forces) finish an item of a unique array
+        equal to an earlier one, or leave a string or number that can only end as one (a string at its
+        maxLength, a number at its maximum: the closing token is then a choice among several, so the
+        grammar forces none)?"""
+        if self._unique is None or not self._unique.active():
+            return False
+        matcher = self._matcher
+        if matcher.try_consume_tokens([token]) != 1:
+            return False  # the grammar refuses it anyway
+        forced = matcher.compute_ff_tokens()
+        matcher.consume_tokens(forced)
+        try:
+            trial = self._unique.trial(b"".join(self._vocabulary.tokens[t] for t in (token, *forced)))
+            if trial.duplicate:
+                return True
+            pending = trial.pending_duplicate()
+            if pending is None:
+                return False
+            return not (self.allowed() & self._vocabulary.goes_on[pending]).any()  # it cannot go on
+        finally:
+            matcher.rollback(1 + len(forced))
+
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             self._check()
+        if self._unique is not None:
+            self._unique.feed(self._vocabulary.tokens[token])
 
     def valid_prefix(self, tokens: list[int]) -> int:
         """How many of ``tokens`` (e.g. a speculative draft) the grammar would accept from here."""
@@ -239,6 +304,8 @@ class Constraint:
         tokens = self._matcher.compute_ff_tokens()[:room]
         if tokens and not self._matcher.consume_tokens(tokens):
             self._check()
+        if self._unique is not None:
+            self._unique.feed(b"".join(self._vocabulary.tokens[t] for t in tokens))
         return tokens
 
 
@@ -257,7 +324,7 @@ class ConstrainedSampler:
         self._inner.accept(token)
 
     def sample(self, row: int) -> int:
-        token = self._inner.sample(self.constraint.masked(self._logits(row)))
+        token = self.constraint.pick(self._logits(row), self._inner.sample)
         self._inner.accept(token)
         self.constraint.accept(token)
         return token

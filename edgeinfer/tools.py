@@ -1,17 +1,25 @@
-"""Tool calling (OpenAI ``tools`` and ``tool_choice``) in a generic JSON format, constrained by the tools'
-own schemas, for models whose chat template has no tool format (both bundled models).
+"""Tool calling (OpenAI ``tools`` and ``tool_choice``), constrained by the tools' own schemas, in the
+model's own tool format when its chat template has one, else in a generic JSON format.
 
-The tools are described in a system message. A call is the whole answer, one JSON object:
-``{"name": "<tool>", "arguments": {...}}``. With ``tool_choice`` "required" or a named function, the
-output must be such a call (a JSON schema: one ``anyOf`` branch per tool, the tool's ``parameters`` as
-``arguments``). With "auto", the output is either a call or free text that does not start with "{"
-(a Lark grammar). Earlier calls and tool results in the conversation are written in the same format,
-so any chat template can render them.
+The model's own format (``TOOL_FORMATS``, recognised in the chat template's text): the template gets
+the tools (its ``tools`` variable), earlier calls (``tool_calls``, arguments as objects) and tool
+results (role "tool") and writes them its own way; the model's calls are read in that format, e.g.
+``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`` (Hermes style: Qwen2.5, Qwen3,
+SmolLM3), several in a row when parallel calls are allowed.
+
+The generic format (``GENERIC``: templates without tools, both bundled models): the tools are described
+in a system message, and a call is the whole answer, one JSON object ``{"name": "<tool>", "arguments":
+{...}}``; earlier calls and tool results are written in the same format, so any template renders them.
+
+With ``tool_choice`` "required" or a named function the output must be a call (one ``anyOf`` branch per
+tool, the tool's ``parameters`` as its arguments); with "auto" it is a call or free text that does not
+start like one (a Lark grammar).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +27,7 @@ from typing import Any
 
 from .errors import InvalidRequestError
 from .protocol import Message
-from .structured import OutputFormat, output_format
+from .structured import JSON_LAYOUT, OutputFormat, output_format
 
 MAX_TOOLS = 64
 CHOICES = ("none", "auto", "required")
@@ -45,6 +53,43 @@ class ToolCall:
     def to_openai(self) -> dict:
         return {"id": self.id, "type": "function",
                 "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True)
+class ToolFormat:
+    """How a model writes tool calls: each call is ``open`` + a JSON object + ``close``, the arguments
+    under ``arguments``; ``markers``: text that shows a chat template renders tools this way (all of it
+    must be in the template); ``native``: the template renders tools, calls and results itself."""
+
+    name: str
+    markers: tuple[str, ...] = ()
+    open: str = ""
+    close: str = ""
+    arguments: str = "arguments"
+    native: bool = True
+    parallel: bool = False  # several calls in one answer, one per line
+
+    @property
+    def starts_with(self) -> str:
+        """How a call's text begins: an answer that begins otherwise is text."""
+        return self.open or "{"
+
+
+TOOL_FORMATS = (
+    # Qwen2.5, Qwen3, Hermes 2/3, SmolLM3: calls in <tool_call> tags, results in <tool_response> tags
+    ToolFormat("hermes", ("<tool_call>", "tools"), "<tool_call>\n", "\n</tool_call>", parallel=True),
+    # Llama 3.1/3.2: the answer is one JSON object with "parameters"; results in the "ipython" role
+    ToolFormat("llama3-json", ('"parameters": dictionary of argument name', "tools"), arguments="parameters"),
+)
+GENERIC = ToolFormat("generic", native=False)
+
+
+def tool_format(template: str | None) -> ToolFormat:
+    """The tool format a chat template renders (``GENERIC`` when it has none we know)."""
+    for fmt in TOOL_FORMATS:
+        if template and all(marker in template for marker in fmt.markers):
+            return fmt
+    return GENERIC
 
 
 def parse_tools(tools: Any) -> list[Tool]:
@@ -94,7 +139,7 @@ def parse_choice(choice: Any, tools: Sequence[Tool]) -> str | Tool:
     raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the tools")
 
 
-def call_schema(tools: Sequence[Tool]) -> dict:
+def call_schema(tools: Sequence[Tool], arguments: str = "arguments") -> dict:
     """The JSON schema of one call to any of ``tools``. Each tool's ``$defs`` move to the top, named
     after the tool, so that its ``$ref``s (pydantic writes them for nested models) still resolve."""
     defs: dict[str, Any] = {}
@@ -105,8 +150,8 @@ def call_schema(tools: Sequence[Tool]) -> dict:
         refs = {f"#/{key}/{name}": f"#/$defs/{t.name}.{name}"
                 for key in ("$defs", "definitions") for name in own}
         defs.update({f"{t.name}.{name}": _renamed(value, refs) for name, value in own.items()})
-        branches.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                         "properties": {"name": {"const": t.name}, "arguments": _renamed(parameters, refs)}})
+        branches.append({"type": "object", "additionalProperties": False, "required": ["name", arguments],
+                         "properties": {"name": {"const": t.name}, arguments: _renamed(parameters, refs)}})
     schema = branches[0] if len(branches) == 1 else {"anyOf": branches}
     return {**schema, "$defs": defs} if defs else schema
 
@@ -121,22 +166,33 @@ def _renamed(schema: Any, refs: dict[str, str]) -> Any:
     return schema
 
 
-def tool_output(tools: Sequence[Tool], choice: str | Tool) -> OutputFormat | None:
-    """The constraint for ``choice``: None for "none" (free text), a call for "required" or a named tool,
-    a call or free text (not starting with "{") for "auto"."""
+def tool_output(tools: Sequence[Tool], choice: str | Tool, fmt: ToolFormat = GENERIC, *,
+                parallel: bool = True) -> OutputFormat | None:
+    """The constraint for ``choice`` in ``fmt``: None for "none" (free text), calls for "required" or a
+    named tool, calls or free text (not starting like a call) for "auto". ``parallel``: a format that
+    allows it may write several calls."""
     if choice == "none":
         return None
-    if isinstance(choice, Tool):
-        return output_format(json_schema=call_schema([choice]))
-    if choice == "required":
-        return output_format(json_schema=call_schema(tools))
-    return output_format(grammar="start: call | TEXT\ncall: %json " + json.dumps(call_schema(tools))
-                         + "\nTEXT: /[^{\\s][\\s\\S]*/\n")
+    schema = call_schema([choice] if isinstance(choice, Tool) else tools, fmt.arguments)
+    if not fmt.open and choice != "auto":
+        return output_format(json_schema=schema)
+    inline = json.dumps({**schema, "x-guidance": JSON_LAYOUT})  # compact JSON, as with json_schema=
+    call = (f"call: {json.dumps(fmt.open)} %json {inline} {json.dumps(fmt.close)}" if fmt.open
+            else f"call: %json {inline}")
+    calls = 'call ("\\n" call)*' if fmt.parallel and parallel else "call"
+    if choice != "auto":
+        return output_format(grammar=f"start: {calls}\n{call}\n")
+    first = re.escape(fmt.starts_with[0]).replace("/", "\\/")
+    return output_format(grammar=f"start: {calls} | TEXT\n{call}\nTEXT: /[^{first}\\s][\\s\\S]*/\n")
 
 
-def tool_messages(messages: Sequence[Message], tools: Sequence[Tool], choice: str | Tool) -> list[Message]:
-    """``messages`` for a template without tools: the tools described in the system message, earlier
-    calls as the assistant's JSON, and tool results as user messages that say whose result they are."""
+def tool_messages(messages: Sequence[Message], tools: Sequence[Tool], choice: str | Tool,
+                  fmt: ToolFormat = GENERIC) -> list[Message]:
+    """``messages`` ready for the chat template. A template with its own format (``fmt.native``) gets
+    earlier calls with their arguments as objects and tool results as role "tool" (with the tool's
+    name); the tools go to it separately (``template_tools``). Otherwise the tools are described in the
+    system message, earlier calls are the assistant's JSON, and results are user messages that say
+    whose result they are."""
     names: dict[str, str] = {}  # tool_call_id -> tool name
     out: list[Message] = []
     for i, m in enumerate(messages):
@@ -148,15 +204,25 @@ def tool_messages(messages: Sequence[Message], tools: Sequence[Tool], choice: st
             for call in m["tool_calls"]:
                 function = call.get("function", {}) if isinstance(call, dict) else {}
                 names[str(call.get("id", ""))] = str(function.get("name", ""))
-                calls.append(_call_text(function.get("name"), function.get("arguments")))
-            out.append({"role": "assistant", "content": "\n".join(calls)})
+                calls.append((function.get("name"), _arguments(function.get("arguments"))))
+            if fmt.native:
+                out.append({"role": "assistant", "content": _text(m.get("content")), "tool_calls": [
+                    {"type": "function", "function": {"name": name, "arguments": arguments}}
+                    for name, arguments in calls]})
+            else:
+                out.append({"role": "assistant", "content": "\n".join(
+                    json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+                    for name, arguments in calls)})
         elif role == "tool":
             name = names.get(str(m.get("tool_call_id", "")), m.get("name") or "the tool")
-            out.append({"role": "user", "content": f"Result of {name}: {_text(m.get('content'))}"})
+            if fmt.native:
+                out.append({"role": "tool", "name": name, "content": _text(m.get("content"))})
+            else:
+                out.append({"role": "user", "content": f"Result of {name}: {_text(m.get('content'))}"})
         else:  # plain text content (an assistant message's empty tool_calls list goes too)
             plain = {key: value for key, value in m.items() if key != "tool_calls"}
             out.append({**plain, "content": _text(m.get("content"))})
-    if choice == "none":
+    if choice == "none" or fmt.native:
         return out
     guide = _guide(tools, choice)
     if out and out[0].get("role") == "system":
@@ -164,21 +230,36 @@ def tool_messages(messages: Sequence[Message], tools: Sequence[Tool], choice: st
     return [{"role": "system", "content": guide}, *out]
 
 
-def read_tool_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
-    """The calls in an answer (empty when it is free text): a JSON object naming one of ``tools``."""
+def template_tools(tools: Sequence[Tool]) -> list[dict]:
+    """The tools as a chat template's ``tools`` variable takes them (OpenAI's function form)."""
+    return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.parameters}} for t in tools]
+
+
+def read_tool_calls(text: str, tools: Sequence[Tool], fmt: ToolFormat = GENERIC) -> list[ToolCall]:
+    """The calls in an answer (empty when it is free text, or a call was cut off): JSON objects, in
+    ``fmt``'s tags if it has any, naming one of ``tools`` with an object of arguments."""
     stripped = text.strip()
-    if not stripped.startswith("{"):
+    if not stripped.startswith(fmt.starts_with):
         return []
-    try:
-        value = json.loads(stripped)
-    except ValueError:
-        return []  # cut off (finish_reason "length"): not a call
+    if fmt.open:
+        pattern = re.escape(fmt.open.strip()) + r"\s*(.*?)\s*" + re.escape(fmt.close.strip())
+        bodies = re.findall(pattern, stripped, flags=re.DOTALL)
+    else:
+        bodies = [stripped]
     known = {t.name for t in tools}
-    if not isinstance(value, dict) or value.get("name") not in known or not isinstance(value.get("arguments"),
-                                                                                        dict):
-        return []
-    return [ToolCall(f"call_{secrets.token_hex(12)}", value["name"],
-                     json.dumps(value["arguments"], ensure_ascii=False))]
+    calls = []
+    for body in bodies:
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return []  # cut off (finish_reason "length"): not a call
+        if not isinstance(value, dict) or value.get("name") not in known or not isinstance(
+                value.get(fmt.arguments), dict):
+            return []
+        calls.append(ToolCall(f"call_{secrets.token_hex(12)}", value["name"],
+                              json.dumps(value[fmt.arguments], ensure_ascii=False)))
+    return calls
 
 
 def _guide(tools: Sequence[Tool], choice: str | Tool) -> str:
@@ -194,13 +275,14 @@ def _guide(tools: Sequence[Tool], choice: str | Tool) -> str:
     return f"You have these tools:\n{listed}\n{how} {rule}"
 
 
-def _call_text(name: Any, arguments: Any) -> str:
+def _arguments(arguments: Any) -> Any:
+    """A call's arguments as an object where they are JSON text (OpenAI sends text)."""
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            return json.loads(arguments)
         except ValueError:
             pass
-    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return arguments
 
 
 def _text(content: Any) -> str:

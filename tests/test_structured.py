@@ -114,7 +114,7 @@ def test_speculation_keeps_only_draft_tokens_the_grammar_allows_and_changes_no_o
 @pytest.mark.parametrize(("options", "message"), [
     ({"json_schema": {"type": "object", "not": {"type": "string"}}}, "not"),
     ({"json_schema": {"type": "string", "format": "no-such-format"}}, "no-such-format"),
-    ({"json_schema": {"type": "array", "uniqueItems": True}}, "uniqueItems"),  # llguidance has no such check
+    ({"json_schema": {"type": "array", "uniqueItems": True}}, "uniqueItems"),  # on untyped items
     ({"json_schema": {"type": "object"}, "regex": "a+"}, "one output constraint"),
     ({"json_schema": 42}, "json_schema must be"),
     ({"grammar": "start: undefined_rule"}, "undefined_rule"),

@@ -6,6 +6,8 @@ import base64
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -19,7 +21,16 @@ from ..engine import CompletionStream
 from ..errors import EdgeInferError, InvalidRequestError
 from ..model import Model
 from ..structured import OutputFormat, output_format
-from ..tools import Tool, call_schema, parse_choice, parse_tools, tool_messages, tool_output
+from ..tools import (
+    Tool,
+    call_schema,
+    parse_choice,
+    parse_tools,
+    template_tools,
+    tool_format,
+    tool_messages,
+    tool_output,
+)
 from .errors import APIError, from_edgeinfer, install_handlers
 from .guards import LOOPBACK_ORIGIN, Guard
 from .prometheus import prometheus_registry
@@ -143,9 +154,9 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         messages = body.sdk_messages()
         options = _generation_options(body, served.model, default_limit=served.model.n_ctx)
         tools = None
-        if body.has_tools:  # tools offered, or earlier calls and results: no 'tool' role in templates
-            messages, tools, output = await _tool_options(body, messages)
-            options.update(output)
+        if body.has_tools:  # tools offered, or earlier calls and results
+            messages, tools, tool_options = await _tool_options(body, messages, served.model.chat_template)
+            options.update(tool_options)
         options.update(await _output_option(body))  # tools with a JSON format are a 400 above
         start = lambda: served.model.stream_chat(messages, **options)
         return await _complete(request, served, body, CHAT, start, tools)
@@ -208,12 +219,13 @@ async def _output_option(body: GenerationRequest) -> dict[str, OutputFormat]:
     return {"output": output}
 
 
-async def _tool_options(body: ChatRequest, messages: list[dict]) -> tuple[list[dict], ToolUse | None,
-                                                                        dict[str, OutputFormat]]:
-    """``tools`` and ``tool_choice`` checked (a 400 before admission), the messages with the tools
-    described and earlier calls and results written out (tools.tool_messages), what to read the answer
-    for, and the constraint on the answer (a call with "required" or a named tool, a call or text with
-    "auto", compiled off the event loop)."""
+async def _tool_options(body: ChatRequest, messages: list[dict], template: str | None,
+                        ) -> tuple[list[dict], ToolUse | None, dict[str, Any]]:
+    """``tools`` and ``tool_choice`` checked (a 400 before admission); the messages ready for the chat
+    template (tools.tool_messages: in the template's own tool format when it has one); what to read the
+    answer for; and the generation options: the constraint on the answer (a call with "required" or a
+    named tool, a call or text with "auto", compiled off the event loop) and, for a template with its own
+    format, the tools it renders."""
     if body.tools is not None and body.output_schema() is not None:
         raise APIError(400, "use one of tools and a JSON response_format, not both", param="response_format")
     try:
@@ -229,12 +241,16 @@ async def _tool_options(body: ChatRequest, messages: list[dict]) -> tuple[list[d
             choice = "none"
     except InvalidRequestError as exc:
         raise APIError(400, str(exc), code="invalid_request", param="tool_choice") from None
+    fmt = tool_format(template)
     try:
-        output = await run_in_threadpool(tool_output, tools, choice) if choice != "none" else None
+        output = await run_in_threadpool(partial(tool_output, tools, choice, fmt,
+                                                 parallel=body.parallel_tool_calls is not False))
     except InvalidRequestError as exc:
         raise await run_in_threadpool(_tool_error, tools, exc) from None
-    use = ToolUse(tuple(tools), choice) if output is not None else None
-    return tool_messages(messages, tools, choice), use, {"output": output} if output is not None else {}
+    if output is None:  # "none": no tools in the prompt, and nothing to read
+        return tool_messages(messages, tools, choice, fmt), None, {}
+    options = {"output": output, **({"tools": template_tools(tools)} if fmt.native else {})}
+    return tool_messages(messages, tools, choice, fmt), ToolUse(tuple(tools), choice, fmt), options
 
 
 def _tool_error(tools: list[Tool], error: InvalidRequestError) -> APIError:

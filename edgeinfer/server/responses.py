@@ -14,7 +14,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..engine import Completion
-from ..tools import Tool, ToolCall, read_tool_calls
+from ..tools import GENERIC, Tool, ToolCall, ToolFormat, read_tool_calls
 from .errors import APIError
 from .pump import Pump
 
@@ -49,20 +49,22 @@ TEXT = Shape("cmpl", "text_completion", "text_completion", chat=False, param="pr
 
 @dataclass(frozen=True)
 class ToolUse:
-    """The tools a chat request offers and its ``tool_choice`` ("auto", "required" or a named tool; with
-    "none" there is no call to read): the answer is read for a call (``tools.read_tool_calls``)."""
+    """The tools a chat request offers, its ``tool_choice`` ("auto", "required" or a named tool; with
+    "none" there is no call to read) and the format calls are written in: the answer is read for calls
+    (``tools.read_tool_calls``)."""
 
     tools: tuple[Tool, ...]
     choice: str | Tool
+    format: ToolFormat = GENERIC
 
     def calls(self, text: str) -> list[ToolCall]:
-        return read_tool_calls(text, self.tools)
+        return read_tool_calls(text, self.tools, self.format)
 
 
 class HeldText:
     """A streamed answer that may be a tool call is held back while it may be one: all of it with
-    ``tool_choice`` required or named, and with "auto" once its first non-space character is "{"; an
-    answer that starts otherwise is text, streamed as it comes."""
+    ``tool_choice`` required or named, and with "auto" while it starts like a call ("{", or the format's
+    opening tag); an answer that starts otherwise is text, streamed as it comes."""
 
     def __init__(self, use: ToolUse) -> None:
         self.use = use
@@ -74,8 +76,8 @@ class HeldText:
         if not self.holding:
             return piece
         self.text += piece
-        head = self.text.lstrip()
-        if self.use.choice == "auto" and head and not head.startswith("{"):
+        head, start = self.text.lstrip(), self.use.format.starts_with
+        if self.use.choice == "auto" and head and not (head.startswith(start) or start.startswith(head)):
             self.holding, text, self.text = False, self.text, ""
             return text
         return ""
