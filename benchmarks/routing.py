@@ -393,8 +393,9 @@ def end_to_end(rows: list[dict[str, Any]], kind: str, share: float, count: int, 
         setup = {"labels": str(labels), "threshold": trained.threshold, "summary": trained.summary}
     by_prompt = {prompt_for(items[rows[i]["id"]], "chat"): items[rows[i]["id"]] for i in picked}
     large_tier = FewShotTier(large, by_prompt) if SMALL_STYLE == "chat" else large
-    router = Router([Tier("small", small, LocalCost(RATE)), Tier("large", large_tier, LocalCost(RATE))],
-                    policy)
+    as_given = (lambda prompt: prompt) if SMALL_STYLE == "few_shot" else None  # few-shot text, not chat
+    router = Router([Tier("small", small, LocalCost(RATE), adapt=as_given),
+                     Tier("large", large_tier, LocalCost(RATE))], policy)
     checks = []
     try:
         for i, sim in zip(picked, simulated, strict=True):

@@ -58,7 +58,7 @@ from .metrics import ModelMetrics
 from .model import Model
 from .protocol import LanguageModel, Message, Tokenizer
 from .remote import RemoteModel
-from .routing import Cascade, Learned, LocalCost, Router, Rule, Rules, Tier, TokenPrice, train_router
+from .routing import Always, Cascade, Learned, LocalCost, Router, Rule, Rules, Tier, TokenPrice, train_router
 from .sampling import SamplingParams
 from .stats import Stats
 from .translate import LANGUAGES, Translation, TranslationStats, Translator
@@ -87,6 +87,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Always",
     "BackendError",
     "BackendUnavailableError",
     "Cascade",

@@ -171,7 +171,7 @@ def load(
     cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk, keep_sequences=keep)
     return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
                  cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation, layout=layout,
-                 chat_template=chat_template)
+                 chat_template=chat_template, role=entry.role if entry else None)
 
 
 def _layout(path: Path, name: str, n_ctx: int | None, max_sequences: int | None, memory: int | str | None,

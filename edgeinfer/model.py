@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backends.base import Backend
+from .base_chat import TRANSCRIPT_STOPS, transcript
 from .chat_tokens import chat_tokens
 from .compute import device_queue
 from .conversation import Chats, Conversation
@@ -65,6 +66,7 @@ class Model(Chats):
         max_batch: int | None = None,
         speculation: Speculation = "auto",
         layout: Layout | None = None,
+        role: str | None = None,
     ) -> None:
         self.backend = backend
         self.layout = layout  # the memory layout ei.load sized within the budget (None: not sized)
@@ -74,6 +76,9 @@ class Model(Chats):
         self.sha256 = sha256
         self.choice = choice
         self.chat_template = chat_template or backend.caps.chat_template
+        # "chat" (an instruction model: its template), "base" (chat goes in as a plain transcript) or
+        # "embedding": the lock's role, unless a template was given; by the template for other files
+        self.role = "chat" if chat_template else role or ("chat" if self.chat_template else "base")
         self.engine = Engine(backend, model_name=name, cache=cache, settle=settle, max_batch=max_batch,
                              speculation=speculation)
         self.metrics = self.engine.metrics  # live totals and percentiles: model.metrics.snapshot()
@@ -168,6 +173,8 @@ class Model(Chats):
         """Token ids of ``messages`` rendered with the model's chat template (``tools``: OpenAI-style
         tool definitions, for a template that describes tools in its own format)."""
         self._require_generative()
+        if self.role == "base":  # no template to follow: a question-and-answer transcript
+            return self._prompt_tokens(transcript(messages))
         caps = self.backend.caps
         return chat_tokens(self.tokenize, self.chat_template, messages, bos_token=caps.bos_token,
                            eos_token=caps.eos_token, add_generation_prompt=add_generation_prompt, tools=tools)
@@ -175,7 +182,10 @@ class Model(Chats):
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
                     tools: Sequence[dict] | None = None, **options: Any) -> CompletionStream:
         tokens = self.chat_prompt(messages, tools=tools)
-        return self.engine.submit(tokens, self._params(params, options))
+        params = self._params(params, options)
+        if self.role == "base":  # the answer ends where the transcript's next question would begin
+            params = replace(params, stop=(*params.stop, *TRANSCRIPT_STOPS))
+        return self.engine.submit(tokens, params)
 
     def complete_chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
                       tools: Sequence[dict] | None = None, **options: Any) -> Completion:

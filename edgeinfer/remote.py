@@ -84,6 +84,7 @@ class RemoteModel(Chats):
         self.device = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.model = model
         self.name = name or model
+        self.role = "chat"  # an OpenAI-compatible server: a Router sends it chat messages
         self.timeout, self.retries, self.backoff = timeout, max(0, retries), backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout))

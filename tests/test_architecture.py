@@ -25,7 +25,8 @@ USER_SURFACE = {
     "load", "Model", "KVOptions", "SamplingParams", "Completion", "CompletionStream", "Stats", "ModelMetrics",
     "Conversation", "LanguageModel", "Tokenizer", "Message", "RemoteModel", "ModelLock", "ModelEntry",
     # routing
-    "Router", "Tier", "Rules", "Rule", "Cascade", "Learned", "train_router", "LocalCost", "TokenPrice",
+    "Router", "Tier", "Rules", "Rule", "Always", "Cascade", "Learned", "train_router", "LocalCost",
+    "TokenPrice",
     # translation
     "Translator", "Translation", "TranslationStats", "LANGUAGES",
     "__version__",

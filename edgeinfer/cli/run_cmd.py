@@ -107,7 +107,7 @@ def _escalation_tier(args: argparse.Namespace) -> Any:
 
 def _is_chat_model(model: Model) -> bool:
     """Whether the model has a chat template (else the prompt goes in as plain completion)."""
-    return model.chat_template is not None
+    return model.role == "chat"
 
 
 def _messages(args: argparse.Namespace, text: str) -> list[dict]:

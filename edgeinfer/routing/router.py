@@ -26,7 +26,13 @@ DECISIONS_KEPT = 1000  # recent decisions kept in RouterStats
 
 @dataclass
 class Tier:
-    """One model the router can send to; ``fallback`` is the tier used when this one is unreachable."""
+    """One model the router can send to; ``fallback`` is the tier used when this one is unreachable.
+
+    Each tier gets a request in its own style: a text prompt goes to a chat model (role "chat": an
+    instruction model, a RemoteModel) as one user message through its chat template, and chat
+    messages go to a base model as its plain transcript (``Model.complete_chat`` does that). ``adapt``
+    replaces this with your own conversion (e.g. a few-shot text prompt); it may return text, token
+    ids or chat messages."""
 
     name: str
     model: LanguageModel  # edgeinfer.Model, edgeinfer.RemoteModel, a Router, or your own LanguageModel
@@ -36,10 +42,12 @@ class Tier:
     adapt: Callable[[Any], Any] | None = None
 
     def call(self, streaming: bool, prompt: Any, params: Any, options: dict[str, Any]) -> Any:
-        """Run ``prompt`` on this tier's model, adapted first: chat messages go to the chat methods and
-        a text prompt (or token ids) to the text ones, whatever the request's own kind was."""
+        """Run ``prompt`` on this tier's model in its style (or as ``adapt`` makes it): chat messages go
+        to the chat methods and a text prompt (or token ids) to the text ones."""
         if self.adapt is not None:
             prompt = self.adapt(prompt)
+        elif isinstance(prompt, str) and getattr(self.model, "role", None) == "chat":
+            prompt = [{"role": "user", "content": prompt}]
         model = self.model
         if is_chat(prompt):
             return (model.stream_chat if streaming else model.complete_chat)(prompt, params, **options)
@@ -152,7 +160,8 @@ class Router(Chats):
         escalate = getattr(self.policy, "escalate", None)
         if escalate is not None:  # a cascade: try the small tier, read its confidence, maybe go on
             first = self.tiers[decision.tier].call(False, prompt, params, {**options, "confidence": True})
-            why = escalate(first.confidence)
+            # an empty answer is never a confident one, however sure the model was of its end token
+            why = "empty answer" if not first.text.strip() else escalate(first.confidence)
             self._record(self.tiers[decision.tier], decision.reason + ("; escalated" if why else "; kept"),
                          first.stats)
             if why is None:

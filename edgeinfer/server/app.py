@@ -70,7 +70,7 @@ class Served:
     def card(self) -> dict:
         """The /v1/models entry (OpenAI fields plus what a client may want to know)."""
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "edgeinfer",
-                "n_ctx": self.model.n_ctx, "chat": self.model.chat_template is not None}
+                "n_ctx": self.model.n_ctx, "chat": self.model.role == "chat"}
 
     def health(self) -> dict:
         """Admitted requests against capacity, and the engine's own running / waiting count."""
@@ -148,7 +148,7 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         body = parse(ChatRequest, await _body(request))
         served = registry.get(body.model)
         _refuse_embedding_model(served)
-        if served.model.chat_template is None:
+        if served.model.role != "chat":
             raise APIError(400, f"{served.id} is a base model without a chat template: use /v1/completions",
                            param="model")
         messages = body.sdk_messages()

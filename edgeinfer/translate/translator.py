@@ -331,7 +331,7 @@ def _style_of(model: LanguageModel) -> str:
         entry = None
     if entry is not None:
         return "few_shot" if entry.role == "base" else "chat"
-    return "chat" if isinstance(model, Model) and model.chat_template else "few_shot"
+    return "chat" if isinstance(model, Model) and model.role == "chat" else "few_shot"
 
 
 def _terminal(sentence: str) -> str | None:
