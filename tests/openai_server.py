@@ -14,6 +14,17 @@ import edgeinfer as ei
 from edgeinfer.server import ServerOptions
 
 KEY = "openai-test-key"
+# two tools for the tool-calling tests, and their parameters' schemas by name
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string"}}}}}
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Add two numbers.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["a", "b"],
+                   "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
+TOOLS = [WEATHER, ADD]
+TOOL_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import threading
 import jsonschema
 import pytest
 from pydantic import BaseModel
+from speculation_pairs import with_and_without_speculation
 
 import edgeinfer as ei
 from edgeinfer.backends.testing import FakeBackend
@@ -219,15 +220,8 @@ def test_speculation_on_a_real_model_changes_no_constrained_output(smollm2_path)
     prompt = "People, one JSON object per line:\n" + lines * 2  # prompt lookup drafts from these
     schema = {"type": "object", "additionalProperties": False, "required": ["name", "city"],
               "properties": {"name": {"type": "string"}, "city": {"type": "string"}}}
-    outputs = {}
-    for speculation in ("auto", None):  # with flash attention, "auto" is prompt lookup, checked exactly
-        model = ei.load(smollm2_path, n_ctx=512, n_threads=2, flash_attn=True, speculation=speculation,
-                        kv=ei.KVOptions(settle=False))
-        try:
-            outputs[speculation] = model.generate(prompt, json_schema=schema, max_tokens=40, **GREEDY)
-        finally:
-            model.close()
-    drafted, plain = outputs["auto"], outputs[None]
+    drafted, plain = with_and_without_speculation(smollm2_path, prompt, json_schema=schema, max_tokens=40,
+                                                  **GREEDY)
     assert drafted.tokens == plain.tokens and set(drafted.parsed) == {"name", "city"}
     assert drafted.stats.accepted_tokens > 0 and plain.stats.draft_tokens == 0
 

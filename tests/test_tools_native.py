@@ -13,6 +13,7 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
+from openai_server import TOOL_SCHEMAS, TOOLS  # noqa: E402
 from server_helpers import running  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
@@ -60,16 +61,7 @@ LLAMA3 = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 KEY = "native-tools-key"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The current weather in a city.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
-                   "properties": {"city": {"type": "string"}}}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "description": "Add two numbers.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["a", "b"],
-                   "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+SCHEMAS = TOOL_SCHEMAS
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 HISTORY = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
                {"id": "call_1", "type": "function",

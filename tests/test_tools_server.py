@@ -15,7 +15,7 @@ openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
 import openai_server  # noqa: E402
-from openai_server import KEY  # noqa: E402
+from openai_server import KEY, TOOL_SCHEMAS, TOOLS, WEATHER  # noqa: E402
 
 from edgeinfer.server.responses import HeldText, ToolUse  # noqa: E402
 from edgeinfer.tools import parse_tools  # noqa: E402
@@ -23,16 +23,7 @@ from edgeinfer.tools import parse_tools  # noqa: E402
 # the server fixtures (module-scoped: one server per test module)
 model, base_url, client = openai_server.model, openai_server.base_url, openai_server.client
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The current weather in a city.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
-                   "properties": {"city": {"type": "string"}}}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "description": "Add two numbers.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["a", "b"],
-                   "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+SCHEMAS = TOOL_SCHEMAS
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0, "max_tokens": 60}
 
