@@ -6,10 +6,13 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import Any
 
 from ..errors import EdgeInferError, InvalidRequestError
 from ..kv_options import KVOptions
 from ..memory import Preferred
+from ..routing.learned import TrainedRouter
+from ..routing.spec import SPEC_HELP, check_spec, router_from_spec
 from .options import DEFAULT_CHAT_MODEL, add_load_options, load_model
 
 # 8: the engine's aggregate throughput still grows from 4 to 8 streams here (1.67x -> 1.91x of
@@ -33,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests each model queues beyond those (default 4 x --max-sequences); more get 503")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
+    p.add_argument("--router", default=None, metavar="FILE_OR_SPEC",
+                   help=f"also serve a routed model over MODELS (cheapest first): {SPEC_HELP}")
+    p.add_argument("--router-name", default="router", help="the routed model's id (default 'router')")
     add_load_options(p)
     p.set_defaults(handler=serve)
 
@@ -41,6 +47,7 @@ def serve(args: argparse.Namespace) -> int:
     """Load every model, then serve them over HTTP until Ctrl-C or SIGTERM; the models are closed
     on the way out."""
     _check_serve_args(args)
+    trained = check_spec(args.router) if args.router else None  # a bad spec or file before any load
     try:
         from ..server import ServerOptions
         from ..server import serve as run_server
@@ -57,13 +64,23 @@ def serve(args: argparse.Namespace) -> int:
         sequences, kv = args.max_sequences or Preferred(SERVE_SEQUENCES), KVOptions(keep_sequences=False)
         aliases = {name: stack.enter_context(load_model(args, name, max_sequences=sequences, kv=kv))
                    for name in dict.fromkeys(args.models)}
-        names = ", ".join(m.name for m in aliases.values())
+        served: list = list(aliases.values())
+        if args.router:
+            def embedder(router: TrainedRouter) -> Any:
+                name = router.embedder.get("load") or router.embedder["name"]
+                return stack.enter_context(load_model(args, name))
+
+            kind, _, tier = args.router.partition(":")
+            spec = f"always:{aliases[tier].name}" if kind == "always" and tier in aliases else args.router
+            served.append(router_from_spec(spec, list(aliases.values()), name=args.router_name,
+                                           embedder=embedder if trained is not None else None))
+        names = ", ".join(m.name for m in served)
 
         def ready(url: str) -> None:
             print(f"edgeinfer serve: {url}/v1 ({names}); Ctrl-C stops", flush=True)
 
         try:
-            run_server(list(aliases.values()), options, host=args.host, port=args.port, aliases=aliases,
+            run_server(served, options, host=args.host, port=args.port, aliases=aliases,
                        log_level="info" if args.verbose else "warning", on_ready=ready)
         except OSError as exc:
             raise EdgeInferError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

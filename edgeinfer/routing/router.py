@@ -96,7 +96,11 @@ class Router(Chats):
     """Routes each request to one of ``tiers`` (cheapest first) as ``policy`` decides (default: the
     cheapest tier for everything, i.e. ``Rules([])``). A Router is a LanguageModel itself."""
 
-    def __init__(self, tiers: Sequence[Tier], policy: Policy | None = None) -> None:
+    role = "chat"  # takes chat messages (each tier gets them in its own style)
+    chat_template = None  # tools go to its tiers in the generic JSON format
+
+    def __init__(self, tiers: Sequence[Tier], policy: Policy | None = None, *,
+                 name: str | None = None) -> None:
         if not tiers:
             raise InvalidRequestError("a Router needs at least one tier, e.g. Router([Tier('small', model)])")
         names = [t.name for t in tiers]
@@ -107,10 +111,17 @@ class Router(Chats):
                 raise InvalidRequestError(f"tier {tier.name!r} falls back to unknown tier {tier.fallback!r}")
         self.tiers = {t.name: t for t in tiers}
         self.names = names
-        self.name = "router(" + ", ".join(names) + ")"
+        self.name = name or "router(" + ", ".join(names) + ")"
         self.policy = policy or Rules([])
         self.stats = RouterStats(tiers={n: TierTotals() for n in names})
         self._lock = threading.Lock()
+
+    @property
+    def n_ctx(self) -> int:
+        """The smallest context among the tiers that say theirs (a request must fit any tier it may get);
+        4096 when none does (remote tiers)."""
+        sizes = [getattr(t.model, "n_ctx", None) for t in self.tiers.values()]
+        return min((n for n in sizes if isinstance(n, int)), default=4096)
 
     # --- the Model surface
     def generate(self, prompt: str | Sequence[int], params: Any = None, *, task: str | None = None,

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from ..engine import CompletionStream
 from ..errors import EdgeInferError, InvalidRequestError
 from ..model import Model
+from ..routing import Router
 from ..structured import OutputFormat, output_format
 from ..tools import (
     Tool,
@@ -58,12 +59,13 @@ class ServerOptions:
 
 
 class Served:
-    """A model the server serves, under its id, with its admission counter."""
+    """A model the server serves (a Model, or a Router: a routed virtual model over served models),
+    under its id, with its admission counter."""
 
-    def __init__(self, model: Model, max_queue: int | None) -> None:
+    def __init__(self, model: Model | Router, max_queue: int | None) -> None:
         self.model = model
         self.id = model.name
-        running = model.backend.caps.max_sequences
+        running = _sequences(model)
         self.admission = Admission(running + (4 * running if max_queue is None else max_queue))
         self.created = int(time.time())
 
@@ -74,15 +76,33 @@ class Served:
 
     def health(self) -> dict:
         """Admitted requests against capacity, and the engine's own running / waiting count."""
-        running, waiting = self.model.engine.occupancy()
+        running, waiting = _occupancy(self.model)
         return {"admitted": self.admission.admitted, "capacity": self.admission.capacity,
                 "running": running, "waiting": waiting}
+
+
+def _sequences(model: Any) -> int:
+    """Requests a served model runs at once: its sequences; a Router's tiers', together."""
+    if isinstance(model, Router):
+        return sum(_sequences(tier.model) for tier in model.tiers.values())
+    caps = getattr(getattr(model, "backend", None), "caps", None)
+    return caps.max_sequences if caps is not None else 1
+
+
+def _occupancy(model: Any) -> tuple[int, int]:
+    """(running, waiting) requests in a model's engine; a Router's tiers', together."""
+    if isinstance(model, Router):
+        counts = [_occupancy(tier.model) for tier in model.tiers.values()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    engine = getattr(model, "engine", None)
+    return engine.occupancy() if engine is not None else (0, 0)
 
 
 class Registry:
     """The served models by id (and by the aliases they were asked for); picks one per request."""
 
-    def __init__(self, models: Sequence[Model], aliases: Mapping[str, Model], max_queue: int | None) -> None:
+    def __init__(self, models: Sequence[Model | Router], aliases: Mapping[str, Model], max_queue: int | None,
+                 ) -> None:
         self.served = {m.name: Served(m, max_queue) for m in models}
         if len(self.served) != len(models):
             raise ValueError("two of the models have the same name; serve each model once")
@@ -102,9 +122,10 @@ class Registry:
         return served
 
 
-def create_app(models: Sequence[Model], options: ServerOptions | None = None, *,
+def create_app(models: Sequence[Model | Router], options: ServerOptions | None = None, *,
                aliases: Mapping[str, Model] | None = None) -> FastAPI:
-    """An OpenAI-compatible app serving ``models`` (the caller loads and closes them)."""
+    """An OpenAI-compatible app serving ``models`` (the caller loads and closes them). A Router among
+    them is a routed virtual model: a request that names it goes to the tier its policy picks."""
     options = options or ServerOptions()
     registry = Registry(models, aliases or {}, options.max_queue)
     app = FastAPI(title="edgeinfer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -125,6 +146,8 @@ def _add_routes(app: FastAPI, registry: Registry) -> None:
         return {"status": "ok", "models": {s.id: s.health() for s in registry.served.values()}}
 
     metrics = prometheus_registry({s.id: s.model for s in registry.served.values()},
+                                  routers={s.id: s.model for s in registry.served.values()
+                                           if isinstance(s.model, Router)},
                                   gauges=lambda: {s.id: s.health() for s in registry.served.values()})
 
     @app.get("/metrics")
