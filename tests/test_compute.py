@@ -176,6 +176,7 @@ def test_unsteady_repeats_make_the_bench_table_say_the_machine_was_busy():
     data = {"results": [], "settings": {"repeats": 1, "prompt_tokens": 8, "gen_tokens": 2, "threads": None},
             "bandwidth_bytes_s": 1e10, "machine": {"cpu": "x", "cpus_usable": 2}, "load": report}
     assert markdown(data).startswith("**Warning: the machine was busy")
+    assert "of 1 repeat, alternating" in markdown(data)  # not "1 repeats"
 
 
 def test_other_processes_count_and_our_own_work_does_not():

@@ -274,9 +274,12 @@ def test_config_disagreeing_with_weights(tmp_path: Path) -> None:
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     out = tmp_path / "out.gguf"
     out.write_bytes(b"keep me")
-    with pytest.raises(ei.OutputExistsError, match="--force"):
+    with pytest.raises(ei.OutputExistsError, match="pass force=True"):  # Python's keyword in Python
         convert(tiny_checkpoint("llama"), out, quant="F32")
     assert out.read_bytes() == b"keep me"
+    proc = run_cli(["convert", str(tiny_checkpoint("llama")), "-o", str(out), "--quant", "F32"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "add --force to overwrite it" in err and "force=True" not in err
     convert(tiny_checkpoint("llama"), out, quant="F32", force=True)
     assert out.read_bytes()[:4] == b"GGUF"
 

@@ -8,6 +8,7 @@ from edgeinfer.backends import ArtifactFormat, BackendSpec, registered
 from edgeinfer.device import (
     GIB,
     GPU,
+    QUANT_SPEED_RULES,
     Artifact,
     Probe,
     choose,
@@ -104,6 +105,8 @@ def test_missing_llama_cpp_is_reported_with_the_install_command():
 
 def test_fastest_quants_follow_cpu_features():
     assert fastest_cpu_quants(probe())[0][0] == "Q4_0"
+    # repacking is off by default (batch-invariant numerics): the reason says how to turn it on
+    assert all("can be repacked" in why and "repack=True" in why for _, _, why in QUANT_SPEED_RULES)
     assert fastest_cpu_quants(probe(cpu_features=frozenset()))[0][0] == "Q8_0"
 
 

@@ -93,6 +93,18 @@ def test_the_routed_model_is_listed_and_measured(served):
     assert 'edgeinfer_requests_capacity{model="router"}' in metrics
 
 
+@pytest.mark.slow
+def test_the_server_takes_the_lock_aliases_the_cli_takes(served):
+    url, _, _ = served
+    headers = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(f"{url}/v1/chat/completions", headers=headers, timeout=120,
+                   json={"model": "smollm2", "messages": ASK, "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["model"] == "smollm2-135m-instruct"
+    r = httpx.post(f"{url}/v1/completions", headers=headers, timeout=120,
+                   json={"model": "gemma3-270m", "prompt": "Paris is", "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "gemma-3-270m"
+
+
 def test_the_cli_refuses_a_bad_router_before_loading():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "edgeinfer", "serve", "--router", "cascade:loud"],

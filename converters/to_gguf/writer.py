@@ -72,8 +72,9 @@ def write_tensor(
 
 
 def write_gguf(ckpt: Checkpoint, out: Path, out_type: str, *, progress: bool = False,
-               family: Family | None = None) -> None:
-    """Write ``ckpt`` as a GGUF of ``out_type`` (F32, F16, BF16 or Q8_0) at ``out``, atomically."""
+               family: Family | None = None, label: str | None = None) -> None:
+    """Write ``ckpt`` as a GGUF of ``out_type`` (F32, F16, BF16 or Q8_0) at ``out``, atomically;
+    ``label`` names it on the progress bar (default: the file's name)."""
     if out_type not in DIRECT_TYPES:
         raise ConversionError(f"cannot write {out_type} directly; direct types: {', '.join(DIRECT_TYPES)}")
     family = family or family_for(ckpt)
@@ -94,7 +95,7 @@ def write_gguf(ckpt: Checkpoint, out: Path, out_type: str, *, progress: bool = F
     total = sum(nbytes(p.shape, t) for p, t in zip(plans, types, strict=True))
     try:
         with atomic_path(out) as tmp, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
-                                           desc=f"{out.name}") as bar:
+                                           desc=label or out.name) as bar:
             try:
                 writer.write_header_to_file(tmp)
                 writer.write_kv_data_to_file()

@@ -77,6 +77,6 @@ def staged_folder(out_dir: Path, *, force: bool) -> Iterator[Path]:
     """A hidden folder that becomes ``out_dir`` when the block completes; a non-empty ``out_dir`` is
     refused unless ``force``."""
     if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
-        raise OutputExistsError(f"{out_dir} already exists and is not empty; pass force=True to replace it")
+        raise OutputExistsError(out_dir, "already exists and is not empty")
     with atomic_folder(out_dir) as staging:
         yield staging

@@ -7,6 +7,8 @@ import json
 
 from edgeinfer_converters.options import DEFAULT_MAX_KL, FORMATS
 
+from ..errors import OutputExistsError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `convert`: the source, output, format, quantization and quality flags."""
@@ -34,10 +36,14 @@ def run(args: argparse.Namespace) -> int:
     """Convert the checkpoint and print where the artifact and its report went (or JSON)."""
     from edgeinfer_converters import convert
 
-    result = convert(
-        args.source, args.output, format=args.format, quant=args.quant, max_kl=args.max_kl,
-        force=args.force, quality=not args.no_quality, progress=not args.json, n_threads=args.threads,
-    )
+    try:
+        result = convert(
+            args.source, args.output, format=args.format, quant=args.quant, max_kl=args.max_kl,
+            force=args.force, quality=not args.no_quality, progress=not args.json, n_threads=args.threads,
+        )
+    except OutputExistsError as exc:  # the flag, not Python's keyword
+        exc.args = (f"{exc.path} {exc.state}; add --force to overwrite it",)
+        raise
     if args.json:
         print(json.dumps({"artifact": str(result.artifact), "report": str(result.report),
                           "quant": result.quant, "quality": result.quality,

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from ..engine import CompletionStream
 from ..errors import EdgeInferError, InvalidRequestError
+from ..lock import ModelLock
 from ..model import Model
 from ..routing import Router
 from ..structured import OutputFormat, output_format
@@ -81,6 +82,20 @@ class Served:
                 "running": running, "waiting": waiting}
 
 
+def _lock_aliases(served: Mapping[str, Served]) -> dict[str, Served]:
+    """The models.lock aliases of the served models, by alias (none when the lock cannot be read)."""
+    try:
+        lock = ModelLock.load()
+    except EdgeInferError:
+        return {}
+    out = {}
+    for name, s in served.items():
+        entry = lock.entries.get(name)
+        for alias in entry.aliases if entry is not None else ():
+            out[alias] = s
+    return out
+
+
 def _sequences(model: Any) -> int:
     """Requests a served model runs at once: its sequences; a Router's tiers', together."""
     if isinstance(model, Router):
@@ -108,6 +123,8 @@ class Registry:
             raise ValueError("two of the models have the same name; serve each model once")
         by_model = {id(s.model): s for s in self.served.values()}
         self.aliases = {alias: by_model[id(m)] for alias, m in aliases.items() if id(m) in by_model}
+        for alias, served in _lock_aliases(self.served).items():  # "smollm2", as the CLI takes it
+            self.aliases.setdefault(alias, served)
 
     def get(self, name: str | None) -> Served:
         """The model a request names; without a name, the only one served."""
