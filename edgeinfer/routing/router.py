@@ -72,10 +72,13 @@ class RouterStats:
     cost: float = 0.0
     largest_tier_cost: float = 0.0  # what the same requests would have cost on the largest tier
     unestimated: int = 0  # requests whose largest-tier cost could not be estimated yet
+    estimated_cost: float = 0.0  # the cost of the requests that have a largest-tier estimate
 
     @property
     def saved(self) -> float:
-        return self.largest_tier_cost - self.cost
+        """Saved against the largest tier, over the requests where both costs are known (a request served
+        before the largest tier has a measured speed is left out, never counted as a loss)."""
+        return self.largest_tier_cost - self.estimated_cost
 
     def shares(self) -> dict[str, float]:
         """Share of requests each tier served."""
@@ -237,6 +240,7 @@ class Router(Chats):
                 self.stats.unestimated += 1
             else:
                 self.stats.largest_tier_cost += largest
+                self.stats.estimated_cost += cost
             self.stats.decisions.append((tier.name, reason))
             del self.stats.decisions[:-DECISIONS_KEPT]
 
