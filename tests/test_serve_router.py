@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from prompt_spy import CHAT_MARKUP, record_chat_prompts  # noqa: E402
 from server_helpers import running  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
@@ -22,7 +23,7 @@ from edgeinfer.server import ServerOptions  # noqa: E402
 
 KEY = "router-key"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
-MARKUP = ("<|im_start|>", "<|im_end|>", "<start_of_turn>")
+MARKUP = CHAT_MARKUP
 
 
 @pytest.mark.parametrize(("spec", "says"), [
@@ -39,15 +40,7 @@ def test_a_bad_spec_is_refused_before_any_model_loads(spec, says):
 def served():
     small = ei.load("smollm2-135m-instruct", n_ctx=1024, n_threads=1, max_sequences=2)
     large = ei.load("gemma-3-270m", n_ctx=1024, n_threads=1, max_sequences=2)
-    prompts: list[str] = []
-    real = large.chat_prompt
-
-    def spy(messages, **kw):  # noqa: ANN001, ANN003, ANN202 - what the base tier was asked, as text
-        tokens = real(messages, **kw)
-        prompts.append(large.detokenize(tokens))
-        return tokens
-
-    large.chat_prompt = spy
+    prompts = record_chat_prompts(large)  # what the base tier was asked, as text
     with pytest.raises(ei.InvalidRequestError, match="not served"):
         router_from_spec("always:nope", [small, large])
     router = router_from_spec("cascade:0", [small, large])  # log-probs are below 0: always escalated

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from prompt_spy import CHAT_MARKUP, record_chat_prompts
 
 import edgeinfer as ei
 from edgeinfer.backends.testing import FakeBackend
@@ -17,7 +18,7 @@ from edgeinfer.base_chat import transcript
 from edgeinfer.model import Model
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
-MARKUP = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "user\n")
+MARKUP = (*CHAT_MARKUP, "user\n")
 
 
 def test_a_transcript_has_the_system_text_the_turns_and_ends_with_an_open_answer():
@@ -33,15 +34,7 @@ def test_a_transcript_has_the_system_text_the_turns_and_ends_with_an_open_answer
 def tiers(smollm2_path):
     small = ei.load("smollm2-135m-instruct", n_ctx=512, n_threads=2)
     large = ei.load("gemma-3-270m", n_ctx=512, n_threads=2)
-    seen: list[str] = []
-    real = large.chat_prompt
-
-    def spy(messages, **kw):  # noqa: ANN001, ANN003, ANN202 - what the large tier was asked, as text
-        tokens = real(messages, **kw)
-        seen.append(large.detokenize(tokens))
-        return tokens
-
-    large.chat_prompt = spy
+    seen = record_chat_prompts(large)  # what the large tier was asked, as text
     yield small, large, seen
     small.close()
     large.close()
