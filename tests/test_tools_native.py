@@ -83,6 +83,7 @@ def test_calls_are_read_in_the_format_and_anything_else_is_not_a_call():
     assert [(c.name, json.loads(c.arguments)) for c in read_tool_calls(two, tools, HERMES_FORMAT)] == [
         ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})]
     assert read_tool_calls(two[:40], tools, HERMES_FORMAT) == []  # cut off
+    assert read_tool_calls(two[:-3], tools, HERMES_FORMAT) == []  # the second call cut off: none is read
     assert read_tool_calls('{"name": "add", "arguments": {"a": 1, "b": 2}}', tools, HERMES_FORMAT) == []
     llama = read_tool_calls('{"name": "add", "parameters": {"a": 1, "b": 2}}', tools, LLAMA3_FORMAT)
     assert [(c.name, json.loads(c.arguments)) for c in llama] == [("add", {"a": 1, "b": 2})]
