@@ -244,8 +244,6 @@ def read_tool_calls(text: str, tools: Sequence[Tool], fmt: ToolFormat = GENERIC)
         return []
     if fmt.open:
         pattern = re.escape(fmt.open.strip()) + r"\s*(.*?)\s*" + re.escape(fmt.close.strip())
-        if re.sub(pattern, "", stripped, flags=re.DOTALL).strip():
-            return []  # text beside the calls, or a last call cut off: not calls
         bodies = re.findall(pattern, stripped, flags=re.DOTALL)
     else:
         bodies = [stripped]
