@@ -174,3 +174,22 @@ def run_in_tree(tree: Path, code: str, *args: str, timeout: float = 900) -> dict
     if done.returncode != 0:
         raise RuntimeError(f"worker {' '.join(args)} in {tree} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def without_weight_repacking() -> None:
+    """Make llama-cpp-python's ``Llama`` load without llama.cpp's extra buffer types (the same patch as
+    tests/conftest.py): with them, weights are repacked for AMX, and on this VM (which reports AMX without
+    granting it) the process dies with SIGILL. edgeinfer loads without them as well."""
+    import llama_cpp.llama_cpp as native
+
+    original = native.llama_model_default_params
+    if getattr(original, "without_repacking", False):
+        return
+
+    def params():  # noqa: ANN202 - llama_cpp's own struct
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    params.without_repacking = True  # type: ignore[attr-defined]
+    native.llama_model_default_params = params

@@ -69,6 +69,7 @@ from benchmarks.common import (
     median_summary,
     quiet_logging,
     steal_ticks,
+    without_weight_repacking,
     write_report,
 )
 
@@ -77,26 +78,6 @@ MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 BASE_MODELS = {"gemma-3-270m"}  # no chat template: a plain prompt, ``generate`` / ``create_completion``
 VARIANTS = ("ei-json", "ei-free", "llama-json", "llama-free")
 EXCERPT = 300  # characters of an invalid output kept in the report
-
-
-# ------------------------------------------------------------------------------------ reference setup
-def without_weight_repacking() -> None:
-    """Make llama-cpp-python's ``Llama`` load without llama.cpp's extra buffer types (the same patch as
-    tests/conftest.py): with them, weights are repacked for AMX, and on this VM (which reports AMX without
-    granting it) the process dies with SIGILL. edgeinfer loads without them as well."""
-    import llama_cpp.llama_cpp as native
-
-    original = native.llama_model_default_params
-    if getattr(original, "without_repacking", False):
-        return
-
-    def params():  # noqa: ANN202 - llama_cpp's own struct
-        value = original()
-        value.use_extra_bufts = False
-        return value
-
-    params.without_repacking = True  # type: ignore[attr-defined]
-    native.llama_model_default_params = params
 
 
 class SampleClock:

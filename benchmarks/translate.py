@@ -4,19 +4,28 @@ Variants, all on Gemma 3 270M Q4_K_M, greedy, stopped at the first newline, 2 th
   (a) llama-cpp-python, plain 2-shot prompt, no reuse (``Llama.reset()`` before every sentence);
   (a') llama-cpp-python, the same prompt with its automatic prefix reuse;
   (b) ``ei.Translator()`` as shipped: the vocabulary shortlisted to the six languages, its 8-shot
-      block kept in the prompt cache, stopping on the sentence's final mark, translation memory off
-      (every sentence is generated);
-  (b') ``ei.Translator(shortlist=False)``: the same without the shortlist (what the shortlist buys).
+      block kept in the prompt cache (and each pair's block on disk when requests switch pairs), stopping
+      on the sentence's final mark; a translation memory that starts empty (no sentence repeats);
+  (b-ram) ``ei.Translator(memory=False)``: the same, but nothing on disk: a pair's block is recomputed
+      when requests switching among more pairs than sequences have evicted it;
+  (b-similar) (b) with the 2 bank sentences most like the request (BM25) added for every sentence, not
+      only for inputs of up to 4 words as shipped (``prompts.SIMILAR_MAX_WORDS`` raised);
+  (b-full) ``ei.Translator(shortlist=False)``: (b) without the shortlist (what the shortlist buys).
 Each variant lives in its own worker process (two llama.cpp models in one process slow each other
 down); the driver hands every sentence to each worker in turn, in an order that rotates, so machine
-drift hits all variants alike. Only one worker computes at a time.
+drift hits all variants alike. Only one worker computes at a time; every worker starts with an empty
+disk cache of its own.
 
-Quality: chrF (sacrebleu, corpus level) against the references of the project's own set
-(edgeinfer/data/translation_eval.jsonl, 72 sentences in six languages). Latency: wall seconds per
-sentence, median; ratio to (a).
+Slices (``--slice``):
+  tuning   the project's 72-sentence set (edgeinfer/data/translation_eval.jsonl), each pair its own
+           slice, pairs one after the other (what the settings were chosen on);
+  heldout  the first 20 of 36 sentences nobody tuned on (translation_heldout.jsonl), each translated
+           en->fr/es/de and back, the six pairs interleaved (every request switches pair).
+Quality: chrF (sacrebleu, corpus level) against the references. Latency: wall seconds per sentence,
+median, and the median of per-sentence ratios to (a).
 
-Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate [--per-pair 24] [--pairs en-fr,fr-en,...]
-Writes benchmarks/results/translate.json and translate.md.
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate [--slice heldout] [--variants a,b,...]
+Writes benchmarks/results/translate[-heldout].json and .md.
 """
 
 from __future__ import annotations
@@ -29,17 +38,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
+from benchmarks.common import (
+    fmt,
+    machine_info,
+    markdown_table,
+    paired_ratios,
+    quiet_logging,
+    steal_ticks,
+    without_weight_repacking,
+    write_report,
+)
 
 MODEL = "gemma-3-270m"
-PAIRS = ["en-fr", "en-es", "en-de", "en-it", "en-pt", "fr-en", "es-en", "de-en"]
+PAIRS = {"tuning": ["en-fr", "en-es", "en-de", "en-it", "en-pt", "fr-en", "es-en", "de-en"],
+         "heldout": ["en-fr", "fr-en", "en-es", "es-en", "en-de", "de-en"]}
+DATA = Path(__file__).resolve().parent.parent / "edgeinfer" / "data"
+SLICES = {"tuning": "translation_eval.jsonl", "heldout": "translation_heldout.jsonl"}
 BASELINE_SHOTS = 2
 VARIANTS = {
     "llama_no_reuse": "(a) llama-cpp-python, 2-shot, no reuse",
     "llama_reuse": "(a') llama-cpp-python, 2-shot, automatic prefix reuse",
     "translator": "(b) ei.Translator (shortlist + cached few-shot prefix)",
-    "translator_full_vocab": "(b') ei.Translator(shortlist=False)",
+    "translator_ram": "(b-ram) ei.Translator(memory=False): no disk cache",
+    "translator_similar": "(b-similar) similar examples for every sentence",
+    "translator_full_vocab": "(b-full) ei.Translator(shortlist=False)",
 }
+DEFAULT_VARIANTS = ["llama_no_reuse", "llama_reuse", "translator", "translator_ram", "translator_similar"]
 
 
 def plain_prompt(text: str, source: str, target: str) -> str:
@@ -56,6 +80,7 @@ def worker(variant: str, threads: int, conn: Any) -> None:
 
         from edgeinfer.loader import locate_model
 
+        without_weight_repacking()
         llm = Llama(model_path=str(locate_model(MODEL).path), n_ctx=2048, n_threads=threads, n_batch=512,
                     verbose=False)
 
@@ -66,13 +91,27 @@ def worker(variant: str, threads: int, conn: Any) -> None:
                                         stop=["\n"])
             return out["choices"][0]["text"].strip()
     else:
+        import tempfile
+
         from edgeinfer_converters import prepare
 
         import edgeinfer as ei
+        from edgeinfer.translate.translator import KV_DISK_BYTES
 
         prepare(MODEL)  # the shortlisted GGUF, built once (what `edgeinfer pull` does)
-        translator = ei.Translator(MODEL, memory=False, n_threads=threads,
-                                   shortlist=variant == "translator")
+        if variant == "translator_similar":
+            from edgeinfer.translate import prompts
+
+            prompts.SIMILAR_MAX_WORDS = 10**6
+        scratch = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
+        options: dict[str, Any] = {"memory": scratch / "memory.sqlite3", "n_threads": threads,
+                                   "shortlist": variant != "translator_full_vocab"}
+        if variant == "translator_ram":
+            options["memory"] = False
+        else:  # the shipped KV settings, with an empty disk cache of this worker's own
+            options["kv"] = ei.KVOptions(settle=False, keep_sequences=True, disk=scratch / "kv",
+                                         disk_bytes=KV_DISK_BYTES)
+        translator = ei.Translator(MODEL, **options)
 
         def translate(text: str, source: str, target: str) -> str:
             return translator.translate(text, to=target, source=source).text
@@ -86,24 +125,29 @@ def worker(variant: str, threads: int, conn: Any) -> None:
         conn.send((text, time.perf_counter() - start))
 
 
-def jobs_for(pairs: list[str], per_pair: int) -> list[dict[str, Any]]:
-    from edgeinfer.translate.prompts import examples
+def jobs_for(slice_name: str, pairs: list[str], per_pair: int) -> list[dict[str, Any]]:
+    """The requests of a slice, in the order they are sent."""
+    from edgeinfer.translate.prompts import example_bank, examples
 
-    rows = [json.loads(line) for line in (Path(__file__).resolve().parent.parent / "edgeinfer" / "data" /
-                                          "translation_eval.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in (DATA / SLICES[slice_name]).read_text(encoding="utf-8").splitlines()
             if line.strip()]
-    assert not {ex["en"] for ex in examples()} & {r["en"] for r in rows}, "examples overlap the eval set"
-    step = max(1, len(rows) // per_pair)
-    out = []
-    for k, pair in enumerate(pairs):
+    shown = {ex["en"] for ex in examples()} | {ex["en"] for ex in example_bank()}
+    assert not shown & {r["en"] for r in rows}, "the prompt examples overlap the evaluation sentences"
+
+    def job(r: dict[str, str], pair: str) -> dict[str, Any]:
         source, target = pair.split("-")
-        for r in rows[k % step::step][:per_pair]:  # each pair its own slice of the set
-            out.append({"id": r["id"], "pair": pair, "source": source, "target": target,
-                        "text": r[source], "reference": r[target]})
-    return out
+        return {"id": r["id"], "pair": pair, "source": source, "target": target, "text": r[source],
+                "reference": r[target]}
+
+    if slice_name == "heldout":  # every sentence in every pair, pairs interleaved
+        return [job(r, pair) for r in rows[:per_pair] for pair in pairs]
+    step = max(1, len(rows) // per_pair)
+    return [job(r, pair) for k, pair in enumerate(pairs)
+            for r in rows[k % step::step][:per_pair]]  # each pair its own slice of the set
 
 
-def run(pairs: list[str], per_pair: int, threads: int, variants: list[str]) -> dict[str, Any]:
+def run(slice_name: str, pairs: list[str], per_pair: int, threads: int,
+        variants: list[str]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     workers = {}
     for v in variants:
@@ -113,7 +157,7 @@ def run(pairs: list[str], per_pair: int, threads: int, variants: list[str]) -> d
         workers[v] = (proc, parent)
     for v, (_, conn) in workers.items():
         assert conn.recv()[0] == "ready", v
-    jobs = jobs_for(pairs, per_pair)
+    jobs = jobs_for(slice_name, pairs, per_pair)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     try:
         for i, job in enumerate(jobs):
@@ -173,53 +217,61 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, n: int, info: di
     b, a = v.get("translator"), v.get("llama_no_reuse")
     head = ""
     if a and b:
-        head = (f"**Headline:** ei.Translator scores chrF **{b['chrf']:.1f}** (plain 2-shot: "
-                f"{a['chrf']:.1f}) at a "
-                f"median of **{b['median_s']:.3f} s** per sentence = **{b['latency_vs_no_reuse']:.2f}x** the "
-                f"no-reuse latency ({a['median_s']:.3f} s; per-sentence paired ratio "
-                f"{b['paired_latency_ratio_median']:.2f}x).")
+        head = (f"**Headline ({args.slice} slice):** ei.Translator scores chrF **{b['chrf']:.1f}** (plain "
+                f"2-shot: {a['chrf']:.1f}) at a median of **{b['median_s']:.3f} s** per sentence; the median "
+                f"of per-sentence ratios to the plain 2-shot prompt without reuse is "
+                f"**{b['paired_latency_ratio_median']:.2f}x** (ratio of medians "
+                f"{b['latency_vs_no_reuse']:.2f}x, {a['median_s']:.3f} s).")
     same = summary["same_output_as_full_vocab"]
+    where = (f"the {args.per_pair} held-out sentences of `edgeinfer/data/translation_heldout.jsonl` (no "
+             "setting was chosen on them), each in every pair, the pairs interleaved so that every request "
+             "switches pair" if args.slice == "heldout" else
+             f"{args.per_pair} per pair, each pair its own slice of the project's 72-sentence six-language "
+             "set (`edgeinfer/data/translation_eval.jsonl`), pairs one after the other")
     return "\n".join([
-        "# Translation: plain few-shot prompt vs ei.Translator", "", head, "",
+        f"# Translation: plain few-shot prompt vs ei.Translator ({args.slice} slice)", "", head, "",
         markdown_table(["variant", "chrF", "median s/sentence", "vs (a) (medians)", "vs (a) (paired median)"],
                        rows), "",
         "## Per pair (chrF / median seconds)", "",
         markdown_table(["pair"] + [VARIANTS[k].split(" ", 1)[0] for k in v], per_pair), "",
-        (f"Output identical to the full-vocabulary Translator (b') on {same.get('translator', '-')}/{n} "
-         "sentences (the shortlist changes the output only where the full model picks a dropped token, or "
-         "where input words outside the shortlist are split differently).") if same else "",
+        (f"Output identical to the full-vocabulary Translator (b-full) on {same.get('translator', '-')}/{n} "
+         "sentences.") if same else "",
         "",
         "## How it was measured", "",
-        f"- {n} sentences: pairs {', '.join(args.pairs)}, {args.per_pair} per pair, each pair its own slice "
-        "of the project's 72-sentence six-language set (`edgeinfer/data/translation_eval.jsonl`); few-shot "
-        "examples come from a separate file (`translation_examples.jsonl`).",
+        f"- {n} requests: pairs {', '.join(args.pairs)}; {where}. Few-shot examples come from separate "
+        "files (`translation_examples.jsonl`, `translation_bank.jsonl`), checked not to overlap.",
         "- Every variant in its own process; sentences handed to the variants in rotating order, one "
         "computing at a time; wall seconds per sentence measured in the worker around the call.",
         f"- Greedy, stop at newline, {args.threads} threads. (a) resets llama-cpp-python before each "
-        "sentence; "
-        "(b) is `ei.Translator(memory=False)` with its defaults (8-shot prompt, shortlisted vocabulary).",
-        "",
-        f"Machine: {info['cpu_model']}, {info['cpu_affinity']} CPUs usable, load {info['loadavg']}.", "",
-        "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate`",
+        "sentence; (b) is `ei.Translator()` with its defaults (8-shot block, shortlisted vocabulary, pair "
+        "blocks kept on disk) and an empty translation memory.",
+        f"- Machine: {info['cpu_model']}, {info['cpu_affinity']} CPUs usable; load {summary['load_before']} "
+        f"before, {info['loadavg']} after; {summary['steal_ticks']} steal ticks during the run.", "",
+        f"Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.translate --slice {args.slice}`",
     ]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--per-pair", type=int, default=24)
-    parser.add_argument("--pairs", type=lambda s: s.split(","), default=PAIRS)
+    parser.add_argument("--slice", choices=list(SLICES), default="tuning")
+    parser.add_argument("--per-pair", type=int, default=None, help="default: 24 (tuning), 20 (heldout)")
+    parser.add_argument("--pairs", type=lambda s: s.split(","), default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=DEFAULT_VARIANTS)
     args = parser.parse_args(argv)
+    args.pairs = args.pairs or PAIRS[args.slice]
+    args.per_pair = args.per_pair or (20 if args.slice == "heldout" else 24)
     quiet_logging()
-    started = time.perf_counter()
-    raw = run(args.pairs, args.per_pair, args.threads, args.variants)
-    summary = summarize(raw["jobs"], raw["results"])
+    started, load_before, steal = time.perf_counter(), machine_info()["loadavg"], steal_ticks()
+    raw = run(args.slice, args.pairs, args.per_pair, args.threads, args.variants)
+    summary = {**summarize(raw["jobs"], raw["results"]), "load_before": load_before,
+               "steal_ticks": steal_ticks() - steal}
     info = machine_info()
-    data = {"machine": info, "model": MODEL, "pairs": args.pairs, "per_pair": args.per_pair,
-            "threads": args.threads, **summary, **raw, "total_s": time.perf_counter() - started}
+    data = {"machine": info, "model": MODEL, "slice": args.slice, "pairs": args.pairs,
+            "per_pair": args.per_pair, "threads": args.threads, **summary, **raw,
+            "total_s": time.perf_counter() - started}
     md = markdown(summary, args, len(raw["jobs"]), info)
-    paths = write_report("translate", data, md)
+    paths = write_report("translate" if args.slice == "tuning" else f"translate-{args.slice}", data, md)
     print(md)
     print(f"wrote {paths[0]} and {paths[1]}")
     return data

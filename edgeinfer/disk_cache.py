@@ -115,6 +115,10 @@ class DiskCache:
             total -= size
 
     # --- reading
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether a state of exactly ``tokens`` is stored (it is then not written again)."""
+        return (self.folder / f"{tokens_key(tokens)}.kv").is_file()
+
     def entries(self) -> list[DiskEntry]:
         """Every readable state in the folder (headers are read once per file version)."""
         out = []

@@ -544,7 +544,8 @@ class Engine:
         if request in self._active:
             self._active.remove(request)
         if request.seq_id >= 0:
-            self.cache.release(request.seq_id, request.evaluated, request.prefill)
+            self.cache.release(request.seq_id, request.evaluated, request.prefill,
+                               keep=request.params.keep_kv)
             self._settle_pending = self.settle_idle
         if request.sampler is not None:
             request.sampler.close()

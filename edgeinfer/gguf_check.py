@@ -36,7 +36,7 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 
 
-class _Cursor:
+class ByteCursor:
     """Little-endian reader over a file's bytes that raises EOFError past the end."""
 
     def __init__(self, data: bytes | mmap.mmap) -> None:
@@ -104,10 +104,10 @@ def _alignment(value: object) -> int:
 def gguf_data_end(path: Path) -> int:
     """Bytes a GGUF file must have to hold every tensor its header lists."""
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _data_end(_Cursor(data))
+        return _data_end(ByteCursor(data))
 
 
-def _data_end(cur: _Cursor) -> int:
+def _data_end(cur: ByteCursor) -> int:
     import gguf
 
     if cur.take("4s") != GGUF_MAGIC:
@@ -184,7 +184,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
 
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            cur = _Cursor(data)
+            cur = ByteCursor(data)
             if cur.take("4s") != GGUF_MAGIC:
                 raise ValueError("no GGUF magic")
             cur.take("I")  # version

@@ -236,10 +236,15 @@ class PromptCache:
         return victim
 
     # --- after a request
-    def release(self, seq_id: int, held: list[int], prefill: tuple[int, int] | None) -> None:
-        """Record what ``seq_id`` holds now and which part ``prefill`` (start, end) computed;
-        then keep the cache within its RAM budget."""
+    def release(self, seq_id: int, held: list[int], prefill: tuple[int, int] | None, *,
+                keep: int | None = None) -> None:
+        """Record what ``seq_id`` holds now and which part ``prefill`` (start, end) computed (only its
+        first ``keep`` tokens, when given: the rest is dropped); then keep the cache within its RAM
+        budget."""
         slot = self.slots[seq_id]
+        if keep is not None and keep < len(held):
+            self.backend.kv_truncate(seq_id, keep)
+            held = held[:keep]
         if prefill is not None:
             start, end = prefill
             exact = start % self.align == 0 and start <= slot.exact_end and end - start >= self.min_batch
@@ -278,7 +283,8 @@ class PromptCache:
 
     def persist(self, slot: Slot) -> None:
         """Write ``slot``'s state to the disk cache (if configured and not already there)."""
-        if self.disk is None or slot.on_disk or len(slot.tokens) < MIN_TOKENS_TO_PERSIST:
+        if (self.disk is None or slot.on_disk or len(slot.tokens) < MIN_TOKENS_TO_PERSIST
+                or self.disk.holds(slot.tokens)):
             return
         try:
             state = self.backend.state_save(slot.seq_id)

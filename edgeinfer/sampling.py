@@ -35,6 +35,11 @@ class SamplingParams:
     # what the output must match (a JSON schema, Lark grammar or regex; see edgeinfer.structured): give
     # json_schema= / grammar= / regex= to make_params and the generation methods
     output: OutputFormat | None = None
+    # how many leading tokens of the request's sequence stay cached when it ends (None: all it computed).
+    # For a one-off request after a shared block (a translator's examples): the sequence goes back to the
+    # block, so the next request of the block runs in place instead of copying it, and nothing else is
+    # kept or written to disk
+    keep_kv: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -46,6 +51,8 @@ class SamplingParams:
             (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
             (self.max_tokens >= 1, "max_tokens must be >= 1"),
             (self.seed is None or self.seed >= 0, "seed must be a non-negative integer"),
+            (self.keep_kv is None or (isinstance(self.keep_kv, int) and self.keep_kv >= 0),
+             "keep_kv must be None or a number of tokens >= 0"),
         ]
         for ok, message in checks:
             if not ok:

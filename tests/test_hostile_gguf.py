@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.gguf_check import _SCALAR, _Cursor, check_gguf_metadata, gguf_data_end
+from edgeinfer.gguf_check import _SCALAR, ByteCursor, check_gguf_metadata, gguf_data_end
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ except ei.EdgeInferError as exc:
 def value_offsets(path: Path) -> dict[str, tuple[int, int]]:
     """Metadata key -> (byte offset of its value, value type), for scalar values."""
     data = path.read_bytes()
-    cur = _Cursor(data)
+    cur = ByteCursor(data)
     cur.take("4s"), cur.take("I")
     _, n_kv = cur.take("Q"), cur.take("Q")
     out = {}

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+import edgeinfer as ei
 from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.disk_cache import DiskCache
 from edgeinfer.model import Model
@@ -46,6 +47,29 @@ def test_one_sequence_shared_by_different_prompts_is_truncated_in_place():
     assert out.text == cold(SYSTEM + "question two, asked at some length")
     held = m.engine.backend.seqs[0]
     assert bytes(held).decode() == SYSTEM + "question two, asked at some length" + out.text[:-1]
+
+
+def test_keep_kv_leaves_only_the_shared_block_and_the_next_request_runs_in_place(tmp_path):
+    """A one-off request after a shared block (``keep_kv``): its sequence goes back to the block when it
+    ends, so the next request of the block runs in place (no copy), with the same output as a cold
+    run, and an evicted block is written to disk once, not once per request."""
+    disk = DiskCache(tmp_path, binding=BINDING)
+    m = make(max_sequences=2, disk=disk)
+    first = m.generate(SYSTEM + "question one, asked at some length", keep_kv=40, **GREEDY)
+    held = m.engine.backend.seqs
+    assert [bytes(t).decode() for t in held.values() if t] == [SYSTEM]
+    second = m.generate(SYSTEM + "question two, asked at some length", keep_kv=40, **GREEDY)
+    assert second.stats.cache_source == "ram" and second.stats.cached_tokens == 32  # aligned to tiles
+    assert second.text == cold(SYSTEM + "question two, asked at some length") and first.text
+    for _ in range(3):  # two other prompts take both sequences: the block is evicted, then restored
+        m.generate("X" * 40, **GREEDY)
+        m.generate("Y" * 40, **GREEDY)
+        again = m.generate(SYSTEM + "and a third one", keep_kv=40, **GREEDY)
+        assert again.stats.cache_source == "disk" and again.stats.cached_tokens == 32
+    blocks = [e for e in disk.entries() if bytes(e.tokens[:40]).decode() == SYSTEM]
+    assert len(blocks) == 1 and bytes(blocks[0].tokens).decode() == SYSTEM  # the block, saved once
+    with pytest.raises(ei.InvalidRequestError, match="keep_kv"):
+        m.generate("x", keep_kv=-1)
 
 
 def test_interleaved_conversations_each_keep_their_own_sequence():

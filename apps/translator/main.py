@@ -6,7 +6,8 @@ what the worker hands back through `Clock.schedule_once`; a job that has been su
 pressed again, Clear, a history item restored) is recognised by its number and its results dropped.
 """
 
-# ruff: noqa: E402  (the environment and Kivy's config must be set before the imports that read them)
+# ruff: noqa: E402  (the environment, the launch check and Kivy's config come before the imports that
+# need them)
 from __future__ import annotations
 
 import os
@@ -15,12 +16,81 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fully offline: models come from 
 os.environ.setdefault("KIVY_NO_ARGS", "1")  # the command line is ours (see run()), not Kivy's
 
 import argparse
+import contextlib
+import importlib.util
 import logging
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+PROG = "edgeinfer-translator"
+KIVY_MISSING = f'{PROG}: Kivy is not installed: pip install "edgeinfer[app]"'
+NO_DISPLAY = (f"{PROG}: no display to open a window on ({{why}}): run it in a desktop session, or on a "
+              f"virtual display: xvfb-run {PROG} (to translate on the command line: edgeinfer translate)")
+
+
+def launch_check(environ: Mapping[str, str] = os.environ, system: str = sys.platform) -> str | None:
+    """Why the app cannot start here, as the one line to print instead; None when nothing is missing.
+
+    Checked before Kivy is imported: Kivy must be installed, and on Linux (Android aside) there must be a
+    display, DISPLAY or WAYLAND_DISPLAY. Without one, SDL2 quietly opens an invisible "offscreen" window
+    and the app would run unseen. SDL_VIDEODRIVER or KIVY_WINDOW, set on purpose (the tests' offscreen
+    window, kmsdrm on a console), choose the window themselves: then this leaves it to `window_check`."""
+    try:
+        kivy = importlib.util.find_spec("kivy")
+    except ImportError:  # a parent or an import hook refused it: not importable either
+        kivy = None
+    if kivy is None:
+        return KIVY_MISSING
+    if _linux_desktop(environ, system) and not any(
+            environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER", "KIVY_WINDOW")):
+        return NO_DISPLAY.format(why="DISPLAY and WAYLAND_DISPLAY are not set")
+    return None
+
+
+def window_check(environ: Mapping[str, str] = os.environ, system: str = sys.platform) -> str | None:
+    """After `launch_check`: creates Kivy's window and returns the no-display line if it cannot be seen.
+
+    When no window provider starts, Kivy logs "Unable to find any valuable Window provider" and leaves
+    Window None (App.run would then exit with status 1). When SDL2 cannot open the display it was given
+    (DISPLAY naming no X server, a Wayland session SDL was built without), it falls back to its offscreen
+    driver without a word; Kivy's get_window_info() is then None, where a window on X11 or Wayland gives
+    its handles. SDL_VIDEODRIVER set on purpose may choose offscreen: that is not checked."""
+    from kivy.core.window import Window
+
+    if Window is None:
+        return NO_DISPLAY.format(why="Kivy could not create a window")
+    window_info = getattr(Window, "get_window_info", None)  # the SDL2 window's; other providers lack it
+    if (_linux_desktop(environ, system) and not environ.get("SDL_VIDEODRIVER") and window_info is not None
+            and window_info() is None):
+        shown = [f"{name}={environ[name]}" for name in ("DISPLAY", "WAYLAND_DISPLAY") if environ.get(name)]
+        return NO_DISPLAY.format(why=f"{' or '.join(shown) or 'the display'} could not be opened")
+    return None
+
+
+def _linux_desktop(environ: Mapping[str, str], system: str) -> bool:
+    """Linux (or FreeBSD) but not Android: what Kivy calls the 'linux' platform (see kivy.utils)."""
+    android = environ.get("KIVY_BUILD") in ("android", "ios") or "P4A_BOOTSTRAP" in environ \
+        or "ANDROID_ARGUMENT" in environ
+    return system.startswith(("linux", "freebsd")) and not android
+
+
+def _refuse(message: str) -> int:
+    """Prints `message` as the one line on the console (not through Kivy's log, which holds sys.stderr
+    once Kivy is imported) and returns the exit status."""
+    print(message, file=sys.__stderr__ or sys.stderr, flush=True)
+    return 2
+
+
+_problem = launch_check()
+if _problem == KIVY_MISSING:  # nothing below exists without Kivy; both entry points import this module
+    raise SystemExit(_refuse(_problem))
+if _problem is not None:  # run() will refuse to start: Kivy's import stays off the console and out of files
+    os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")  # no console or file handlers, sys.stderr left alone
+    logging.getLogger("kivy").addHandler(logging.NullHandler())  # and not Python's last-resort handler
 
 from kivy.config import Config
 from kivy.utils import platform
@@ -384,14 +454,18 @@ def _sentence(message: str, end: str = ".") -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """Entry point of `edgeinfer-translator` and `python -m edgeinfer_apps.translator`."""
-    parser = argparse.ArgumentParser(prog="edgeinfer-translator", description="Offline translation app.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Offline translation app.")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name or .gguf path (default: %(default)s)")
     parser.add_argument("--memory", default=None,
                         help="translation memory (SQLite) path; 'off' disables it (default: the user's own)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the model (default: all physical cores but one)")
-    args = parser.parse_args(argv)
+    with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):  # usage errors: plain, not Kivy's log
+        args = parser.parse_args(argv)
+    problem = launch_check() or window_check()  # no display: one line instead of an invisible window
+    if problem is not None:
+        return _refuse(problem)
     options: dict[str, Any] = {"model": args.model, "n_threads": args.threads}
     if args.memory is not None:
         options["memory"] = False if args.memory == "off" else args.memory

@@ -40,10 +40,15 @@ def run(args: argparse.Namespace) -> int:
     text = args.text
     if text is None or text == "-":
         text = sys.stdin.read()
-    prepare_for_use(args.model or DEFAULT_MODEL, offline=args.offline)  # e.g. the shortlist, built once
+    # e.g. the vocabulary shortlist, built once (about a second): said on stderr, never a silent wait
+    prepare_for_use(args.model or DEFAULT_MODEL, offline=args.offline,
+                    on_progress=lambda message: print(f"{message}…", file=sys.stderr, flush=True))
     with Translator(args.model or DEFAULT_MODEL, memory=not args.no_memory, n_threads=args.threads,
                     offline=args.offline, memory_budget=args.memory) as translator:
         stream = translator.stream(text, args.to, args.source)  # bad input is refused here, before output
+        if args.source is None and not args.json:  # a detected source is said, never silently assumed
+            print(f"(from {LANGUAGES[stream.source]}, detected; --from to choose)", file=sys.stderr,
+                  flush=True)
         if args.json:
             done = stream.result()
             print(json.dumps({"text": done.text, "source": done.source, "target": done.target,

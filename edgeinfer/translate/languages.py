@@ -1,13 +1,21 @@
-"""The languages the translator knows, and a small detector for them (function words + letters).
+"""The languages the translator knows, and a detector for them.
 
-The detector only has to tell these six apart, to catch a text in the wrong source language and to pick
-the source when none is given; it abstains when the evidence is thin (a name, a number, two words).
+The detector has to tell these six apart, to pick the source when none is given and to catch a text in
+the wrong source language, and it must never guess silently wrong: it abstains when the evidence is thin
+("taxi", "Maria") and the translator then asks for the source language. With wordfreq installed (the
+``translate`` extra, part of ``models``) it is a naive Bayes over words: each word's frequency in each
+language (wordfreq's "small" lists, ~30k words per language, ~35 MB of RAM), which reads even one word
+("Hello", "Danke"); without it (e.g. on a phone) it votes by function words and distinctive letters,
+which needs a few words of evidence.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 LANGUAGES: dict[str, str] = {
     "en": "English",
@@ -46,7 +54,7 @@ FUNCTION_WORDS: dict[str, frozenset[str]] = {
 }
 # letters that only some of the languages use (each occurrence is a vote)
 LETTER_HINTS: dict[str, str] = {
-    "fr": "çœêîûëùâ",
+    "fr": "çœîûëù",  # not ê â ô: Portuguese has them too
     "es": "ñ¿¡",
     "de": "ßäöü",
     "it": "ìò",
@@ -54,27 +62,84 @@ LETTER_HINTS: dict[str, str] = {
 }
 MIN_EVIDENCE = 2  # fewer votes than this: no opinion
 MIN_LEAD = 2  # votes by which another language must lead the declared one to call it wrong
+# word frequencies: the top language's probability, and its lead over the runner-up, needed to name it
+SURE_MIN, SURE_LEAD = 0.6, 0.2
+# a declared source is called wrong only when it gets at most this probability and another at least that
+CONTRADICT_MAX, CONTRADICT_MIN = 0.001, 0.99
+# a word missing from a language's list counts as this rare there (Zipf scale: log10 of uses per 10^9
+# words; the "small" lists stop near 3)
+ZIPF_FLOOR = 2.0
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+MAX_WORDS = 200  # plenty to tell six languages apart; bounds the work for a long text
 
 
 @dataclass(frozen=True)
 class Detection:
-    """The likeliest language (None when the text gives too little evidence) and the votes per language."""
+    """The likeliest language (None when the evidence is too thin to name one), the function-word votes per
+    language, and the word-frequency probability per language (empty without wordfreq)."""
 
     language: str | None
     votes: dict[str, float]
+    confidence: dict[str, float] = field(default_factory=dict)
+
+    def candidates(self, n: int = 2) -> list[str]:
+        """The ``n`` likeliest languages, for a message that asks the user to choose."""
+        ranked = self.confidence or self.votes
+        return [c for c in sorted(ranked, key=lambda c: -ranked[c]) if ranked[c] > 0][:n]
 
     def contradicts(self, declared: str) -> bool:
-        """The text is clearly not in ``declared``: another language leads by MIN_LEAD votes and has at
-        least twice as many (shared function words make close calls common: those are let through)."""
+        """The text is clearly not in ``declared``. By word frequencies: another language takes nearly all
+        the probability and ``declared`` next to none; by votes: another leads by MIN_LEAD votes and has at
+        least twice as many. Close calls are let through: refusing a correct request is worse than a bad
+        translation from the source the user chose."""
+        if self.confidence:
+            top = max(self.confidence, key=lambda c: self.confidence[c])
+            return (top != declared and self.confidence[top] >= CONTRADICT_MIN
+                    and self.confidence.get(declared, 0.0) <= CONTRADICT_MAX)
         if self.language is None or self.language == declared:
             return False
         mine, theirs = self.votes[self.language], self.votes.get(declared, 0.0)
         return mine - theirs >= MIN_LEAD and theirs <= mine / 2
 
 
-def detect_language(text: str) -> Detection:
-    """Vote by function words and distinctive letters among LANGUAGES."""
+@lru_cache(maxsize=1)
+def _zipf() -> Any:
+    """wordfreq's ``zipf_frequency``, or None when wordfreq is not installed."""
+    try:
+        from wordfreq import zipf_frequency
+    except ImportError:
+        return None
+    return zipf_frequency
+
+
+def has_word_lists() -> bool:
+    """Whether wordfreq is installed (without it, a text needs a few function words to be told)."""
+    return _zipf() is not None
+
+
+def word_probabilities(text: str) -> dict[str, float]:
+    """P(language | words) for a uniform prior, from each word's frequency per language (naive Bayes);
+    {} without wordfreq or when no word of ``text`` is in any list ("Zzzz", "42")."""
+    zipf = _zipf()
+    if zipf is None:
+        return {}
+    scores, known = dict.fromkeys(LANGUAGES, 0.0), False
+    for word in _WORD.findall(text.lower())[:MAX_WORDS]:
+        found = {code: zipf(word, code, wordlist="small") for code in LANGUAGES}
+        if max(found.values()) > 0:
+            known = True
+            for code, value in found.items():
+                scores[code] += max(value, ZIPF_FLOOR) * math.log(10)
+    if not known:
+        return {}
+    top = max(scores.values())
+    weights = {code: math.exp(value - top) for code, value in scores.items()}
+    total = sum(weights.values())
+    return {code: w / total for code, w in weights.items()}
+
+
+def function_word_votes(text: str) -> dict[str, float]:
+    """One vote per function word of a language, and per letter only some of the languages use."""
     votes = dict.fromkeys(LANGUAGES, 0.0)
     for word in _WORD.findall(text.lower()):
         for part in word.split("'"):
@@ -84,8 +149,22 @@ def detect_language(text: str) -> Detection:
     lowered = text.lower()
     for code, letters in LETTER_HINTS.items():
         votes[code] += sum(lowered.count(c) for c in letters)
+    return votes
+
+
+def detect_language(text: str, *, word_lists: bool = True) -> Detection:
+    """The language of ``text`` among LANGUAGES, or None when it cannot be told with confidence
+    (``word_lists=False``: by function words only, as without wordfreq)."""
+    votes = function_word_votes(text)
+    confidence = word_probabilities(text) if word_lists else {}
+    if confidence:
+        ranked = sorted(confidence.items(), key=lambda kv: -kv[1])
+        (best, top), (_, second) = ranked[0], ranked[1]
+        return Detection(best if top >= SURE_MIN and top - second >= SURE_LEAD else None, votes, confidence)
+    if word_lists and _zipf() is not None:  # not one known word: nothing to go on
+        return Detection(None, votes)
     best = max(votes, key=lambda c: votes[c])
-    ranked = sorted(votes.values(), reverse=True)
-    if ranked[0] < MIN_EVIDENCE or ranked[0] == ranked[1]:
+    ranked_votes = sorted(votes.values(), reverse=True)
+    if ranked_votes[0] < MIN_EVIDENCE or ranked_votes[0] == ranked_votes[1]:
         return Detection(None, votes)
     return Detection(best, votes)

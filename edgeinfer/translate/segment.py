@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# passed through as they are: tags, entities, emoji/pictographs (with joiners and variation selectors),
-# and line breaks with the spaces around them
+# passed through as they are: HTML/XML tags, BBCode tags ([b], [/b], [url=...]), entities,
+# emoji/pictographs (with joiners and variation selectors), and line breaks with the spaces around them
 _KEEP = re.compile(
-    r"(<[^<>\n]{1,200}>|&[a-zA-Z]{2,8};|&#\d{1,6};"
+    r"(<[^<>\n]{1,200}>|\[/?[a-zA-Z][a-zA-Z0-9*]{0,15}(?:=[^\[\]\n]{0,200})?\]|&[a-zA-Z]{2,8};|&#\d{1,6};"
     r"|[\U0001F000-\U0001FAFF\U00002600-\U000027BF\U0001F1E6-\U0001F1FF\u200d\ufe0f]+"
     r"|[ \t]*\n\s*)"
 )

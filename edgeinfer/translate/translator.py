@@ -25,14 +25,18 @@ from ..errors import (
 )
 from ..model import Model
 from ..paths import data_root
+from ..prompt_cache import common_prefix
 from ..protocol import LanguageModel, Tokenizer, count_tokens
-from .languages import LANGUAGES, detect_language
+from .languages import LANGUAGES, Detection, detect_language, has_word_lists
 from .memory import HistoryEntry, TranslationMemory
-from .prompts import DEFAULT_SHOTS, chat_messages, few_shot_prefix, few_shot_prompt
+from .prompts import DEFAULT_SHOTS, DEFAULT_SIMILAR, chat_messages, few_shot_prefix, few_shot_prompt
 from .segment import Segment, segments
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_MAX_CHARS = 10_000
+# KV states kept on disk by a translator with a memory: each language pair's few-shot block, so switching
+# pairs (or restarting) restores it in milliseconds instead of recomputing ~200 tokens; about 40 states
+KV_DISK_BYTES = 256 << 20
 WARM_END = "~"
 Progress = Callable[[float, str], None]
 log = logging.getLogger(__name__)
@@ -76,7 +80,11 @@ class Translation:
 
 class TranslationStream(CompletionStream):
     """Text pieces in order as they are generated; ``result()`` gives the Translation. Reading and
-    cancelling work as for every CompletionStream (a cancelled translation keeps its text so far)."""
+    cancelling work as for every CompletionStream (a cancelled translation keeps its text so far).
+    ``source`` and ``target`` are known from the start (``source`` detected when it was not given)."""
+
+    source: str = ""
+    target: str = ""
 
     @property
     def translation(self) -> Translation | None:
@@ -96,7 +104,8 @@ class Translator:
 
     def __init__(self, model: LanguageModel | str | Path = DEFAULT_MODEL, *, memory: bool | str | Path = True,
                  style: str = "auto",
-                 shots: int = DEFAULT_SHOTS, max_chars: int = DEFAULT_MAX_CHARS, shortlist: bool = True,
+                 shots: int = DEFAULT_SHOTS, similar: int = DEFAULT_SIMILAR,
+                 max_chars: int = DEFAULT_MAX_CHARS, shortlist: bool = True,
                  n_threads: int | None = None, offline: bool | None = None,
                  on_progress: Progress | None = None, memory_budget: int | str | None = None,
                  **load_options: Any) -> None:
@@ -106,13 +115,18 @@ class Translator:
         self._owned = isinstance(model, (str, Path))
         if self._owned:
             model = _load_model(model, shortlist=shortlist, n_threads=n_threads, offline=offline,
-                                report=report, memory=memory_budget, **load_options)
+                                report=report, kv_disk=memory is not False, memory=memory_budget,
+                                **load_options)
         self.model = model
         self.style = _style_of(model) if style == "auto" else style
-        self.shots, self.max_chars = shots, max_chars
+        if not (isinstance(similar, int) and 0 <= similar <= 8):
+            raise InvalidRequestError(f"similar must be a number of examples from 0 to 8, got {similar!r}")
+        self.shots, self.similar, self.max_chars = shots, similar, max_chars
+        self._blocks: dict[tuple[str, str], list[int]] = {}
         # memory entries are per model and prompt: another prompt may translate differently
         name = model.sha256 if isinstance(model, Model) and model.sha256 else model.name
-        self._model_key = f"{name}|{self.style}|{shots if self.style == 'few_shot' else ''}"
+        prompt = f"{shots}+{similar}" if similar else str(shots)
+        self._model_key = f"{name}|{self.style}|{prompt if self.style == 'few_shot' else ''}"
         if memory is False:
             self.memory: TranslationMemory | None = None
         else:
@@ -190,7 +204,9 @@ class Translator:
                 self.memory.add_history(stats.model, source, target, text, result.text)
             return result
 
-        return TranslationStream(run(), on_cancel=cancel)
+        stream = TranslationStream(run(), on_cancel=cancel)
+        stream.source, stream.target = source, target
+        return stream
 
     def warm(self, source: str, target: str) -> None:
         """Compute a pair's few-shot block now (e.g. while the app shows its window), so the first
@@ -241,8 +257,7 @@ class Translator:
         detected = detect_language(text)
         if source is None:
             if detected.language is None:
-                raise WrongSourceLanguageError("could not tell which language the text is in: choose the "
-                                               "source language")
+                raise WrongSourceLanguageError(_undetected(text, detected))
             source = detected.language
         elif detected.contradicts(source):
             raise WrongSourceLanguageError(
@@ -270,9 +285,22 @@ class Translator:
                                           temperature=0), None
         # one sentence in, one out: stop at its final mark instead of generating the newline after it
         end = _terminal(sentence) if isinstance(self.model, Tokenizer) else None
-        stream = self.model.stream(few_shot_prompt(sentence, source, target, self.shots), max_tokens=budget,
-                                   temperature=0, stop=["\n", end] if end else ["\n"])
-        return stream, end
+        prompt = few_shot_prompt(sentence, source, target, self.shots, self.similar)
+        stop = ["\n", end] if end else ["\n"]
+        options: dict[str, Any] = {"max_tokens": budget, "temperature": 0, "stop": stop}
+        if isinstance(self.model, Model):  # afterwards the sequence keeps the pair's block, nothing more
+            tokens = self.model.tokenize(prompt)
+            block = self._block_tokens(source, target)
+            options["keep_kv"] = common_prefix(tokens, block)
+            return self.model.stream(tokens, **options), end
+        return self.model.stream(prompt, **options), end
+
+    def _block_tokens(self, source: str, target: str) -> list[int]:
+        """The token ids of a pair's example block (what its requests share), computed once per pair."""
+        key = (source, target)
+        if key not in self._blocks:
+            self._blocks[key] = self.model.tokenize(few_shot_prefix(source, target, self.shots))
+        return self._blocks[key]
 
     def _stopped_at(self, done: Any, end: str) -> bool:
         """Whether generation stopped on the sentence's final mark (rather than a newline)."""
@@ -294,7 +322,7 @@ class _Remembered:
 
 
 def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, offline: bool | None,
-                report: Progress, **load_options: Any) -> Model:
+                report: Progress, kv_disk: bool, **load_options: Any) -> Model:
     from ..kv_options import KVOptions
     from ..loader import load, locate_model
     from ..memory import Preferred
@@ -313,8 +341,10 @@ def _load_model(name: str | Path, *, shortlist: bool, n_threads: int | None, off
     # four sentences decode together; no idle-time settling: a translation is never continued, and a
     # sequence being settled is busy just when the next batch wants the cached examples it holds
     # (keep_sequences: the warmed examples stay in their own sequence for every batch to copy, instead of
-    # the first sentence continuing them in place)
-    kv = KVOptions(settle=False, keep_sequences=True)
+    # the first sentence continuing them in place). kv_disk: sequences evicted when requests switch language
+    # pairs are saved to disk, so a pair's examples come back from there (a translator told to keep no
+    # memory keeps no text on disk either, and recomputes them)
+    kv = KVOptions(settle=False, keep_sequences=True, disk=kv_disk, disk_bytes=KV_DISK_BYTES)
     options = {"n_ctx": 2048, "max_sequences": Preferred(4), "kv": kv, **load_options}
     model = load(path, n_threads=n_threads, offline=offline, **options)
     model.name = model.engine.model_name = located.name  # the pinned name, not the cached file's
@@ -332,6 +362,17 @@ def _style_of(model: LanguageModel) -> str:
     if entry is not None:
         return "few_shot" if entry.role == "base" else "chat"
     return "chat" if isinstance(model, Model) and model.role == "chat" else "few_shot"
+
+
+def _undetected(text: str, detected: Detection) -> str:
+    """What to say when the source language cannot be told: the likeliest ones, and how to name it."""
+    shown = text.strip() if len(text.strip()) <= 40 else text.strip()[:37] + "..."
+    maybe = " or ".join(LANGUAGES[c] for c in detected.candidates())
+    hint = "" if has_word_lists() else (
+        '; pip install "edgeinfer[translate]" adds a detector that reads even a word or two')
+    return (f"could not tell which language {shown!r} is in{f' (perhaps {maybe})' if maybe else ''}: give "
+            f"the source language: --from LANG on the command line, source='LANG' in Python (LANG one of "
+            f"{', '.join(LANGUAGES)}){hint}")
 
 
 def _terminal(sentence: str) -> str | None:
