@@ -18,8 +18,9 @@ from .languages import LANGUAGES
 DEFAULT_SHOTS = 8
 # bank examples chosen per request (see similar_examples), for inputs of at most SIMILAR_MAX_WORDS words:
 # a greeting or a fragment ("Good night!", "there") is where a block of whole sentences misleads a small
-# model most, and where two short examples cost least. For longer sentences the measured gain (+0.3 chrF)
-# did not pay for the prefill they add (0.51x -> 0.76x of the plain prompt's latency).
+# model most, and where two short examples cost least. For longer sentences the measured gain (+0.5 chrF
+# on the project's set, -0.1 on held-out text) did not pay for the prefill they add (0.47x -> 0.72x of the
+# plain prompt's latency; benchmarks/translate.py).
 DEFAULT_SIMILAR = 2
 SIMILAR_MAX_WORDS = 4
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
