@@ -1,4 +1,10 @@
-"""models.lock: the pinned list of models edgeinfer knows (TOML, data only)."""
+"""models.lock: the pinned list of models edgeinfer knows (TOML, data only).
+
+Two layers: the packaged models.lock (the project's, tracked, never written by a command) and the user's
+own (``models.lock`` in the config folder, $EDGEINFER_CONFIG), where ``edgeinfer lock add`` pins their
+models; its entries come after the packaged ones and may not take a packaged name. $EDGEINFER_LOCK names
+one file to use instead of both (and to write to).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SOURCE_TYPES = tuple(SOURCE_NEEDS)
-LOCK_ENV = "EDGEINFER_LOCK"  # another models.lock to use instead of the bundled one
+LOCK_ENV = "EDGEINFER_LOCK"  # another models.lock to use instead of the packaged and user ones
+PACKAGED, USER = "packaged", "user"  # where an entry comes from (or the path of a $EDGEINFER_LOCK file)
 FORMATS = ("gguf", "onnx", "hf")
 
 
@@ -61,13 +68,11 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # for folder formats: the files the checksum covers
     sampling: dict[str, Any] = field(default_factory=dict)  # the model's recommended defaults
+    origin: str = PACKAGED  # which lock it comes from: PACKAGED, USER, or the path of another file
 
 
-def default_lock_path() -> Path:
-    """$EDGEINFER_LOCK if set, else models.lock beside the package (checkout) or inside it (wheel)."""
-    env = os.environ.get(LOCK_ENV)
-    if env:
-        return Path(env).expanduser()
+def packaged_lock_path() -> Path:
+    """The models.lock shipped with edgeinfer: beside the package (checkout) or inside it (wheel)."""
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "models.lock", here / "models.lock"):
         if candidate.is_file():
@@ -75,7 +80,20 @@ def default_lock_path() -> Path:
     raise LockFileError(f"models.lock not found next to {here}; reinstall edgeinfer")
 
 
-def _entry(name: str, raw: Any, origin: Path) -> ModelEntry:
+def user_lock_path() -> Path:
+    """The user's own models.lock (it need not exist yet)."""
+    from .paths import config_root
+
+    return config_root() / "models.lock"
+
+
+def default_lock_path() -> Path:
+    """Where commands pin models: $EDGEINFER_LOCK if set, else the user's own models.lock."""
+    env = os.environ.get(LOCK_ENV)
+    return Path(env).expanduser() if env else user_lock_path()
+
+
+def _entry(name: str, raw: Any, origin: Path, layer: str = PACKAGED) -> ModelEntry:
     """One validated entry (see lock_schema: every key known and typed, every path inside its root)."""
     where = f"{origin}: model {model_name(name, origin)!r}"
     raw = check_table(raw, ENTRY_KEYS, where)
@@ -113,47 +131,79 @@ def _entry(name: str, raw: Any, origin: Path) -> ModelEntry:
         aliases=tuple(raw.get("aliases", ())),
         files=tuple(raw.get("files", ())),
         sampling=dict(sampling),
+        origin=layer,
     )
 
 
 @dataclass(frozen=True)
 class ModelLock:
-    """All entries of one models.lock file."""
+    """The entries of the packaged models.lock and the user's own (or of one given file)."""
 
     path: Path
     entries: dict[str, ModelEntry]
+    user_path: Path | None = None  # the user's models.lock, when it is layered over ``path``
 
     @classmethod
     def load(cls, path: Path | None = None) -> ModelLock:
-        path = Path(path) if path else default_lock_path()
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise LockFileError(f"cannot read {path}: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise LockFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise LockFileError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = sorted(set(data) - {"version", "models"})
-        if unknown:
-            raise LockFileError(f"{path} has unknown top-level key(s) {', '.join(unknown)}")
-        models = data.get("models", {})
-        if not isinstance(models, dict):
-            raise LockFileError(f"{path}: [models] must be a table of model entries")
-        return cls(path, {name: _entry(name, raw, path) for name, raw in models.items()})
+        """``path`` (or $EDGEINFER_LOCK) alone; else the packaged lock with the user's over it."""
+        if path is not None or os.environ.get(LOCK_ENV):
+            one = Path(path) if path is not None else default_lock_path()
+            return cls(one, _read_entries(one, str(one)))
+        packaged, user = packaged_lock_path(), user_lock_path()
+        entries = _read_entries(packaged, PACKAGED)
+        if user.is_file():
+            mine = _read_entries(user, USER)
+            for name, entry in mine.items():
+                taken = _name_taken(entries, name) or next(
+                    (a for a in entry.aliases if _name_taken(entries, a)), None)
+                if taken:
+                    raise LockFileError(f"{user}: {name!r} uses the name {taken!r} of a packaged model; "
+                                        "rename it in that file")
+            entries.update(mine)
+        return cls(packaged, entries, user)
 
     def get(self, name: str) -> ModelEntry:
         key = name.lower()
         for entry in self.entries.values():
             if key == entry.name.lower() or key in (a.lower() for a in entry.aliases):
                 return entry
+        where = self.path.name if self.user_path is None else f"{self.path.name} or {self.user_path}"
         raise UnknownModelError(
-            f"unknown model {name!r}: it is not in {self.path.name} and is not a path to a file. "
+            f"unknown model {name!r}: it is not in {where} and is not a path to a file. "
             f"Known models: {', '.join(sorted(self.entries))} (see `edgeinfer list`)"
         )
 
     def by_role(self, role: str) -> list[ModelEntry]:
         return [e for e in self.entries.values() if e.role == role]
+
+
+def _read_entries(path: Path, layer: str) -> dict[str, ModelEntry]:
+    """Every entry of one lock file, validated."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LockFileError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise LockFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise LockFileError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {"version", "models"})
+    if unknown:
+        raise LockFileError(f"{path} has unknown top-level key(s) {', '.join(unknown)}")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise LockFileError(f"{path}: [models] must be a table of model entries")
+    return {name: _entry(name, raw, path, layer) for name, raw in models.items()}
+
+
+def _name_taken(entries: dict[str, ModelEntry], name: str) -> str | None:
+    """The entry name or alias in ``entries`` equal to ``name`` (case aside), if any."""
+    key = name.lower()
+    for entry in entries.values():
+        for taken in (entry.name, *entry.aliases):
+            if taken.lower() == key:
+                return taken
+    return None
 
 
 # --- adding entries (`edgeinfer lock add`) -------------------------------------------------------
@@ -256,7 +306,8 @@ def add_entry(
     lock_path: Path | None = None,
     force: bool = False,
 ) -> ModelEntry:
-    """Pin a local artifact in models.lock under ``name`` (a "path" source), keeping the other entries.
+    """Pin a local artifact under ``name`` (a "path" source) in the user's models.lock (or ``lock_path``,
+    never the packaged one), keeping the other entries.
 
     ``license`` defaults to the GGUF's general.license, else "unknown". An existing name is refused
     unless ``force``. A new entry is appended to the file as text (its comments survive); a replaced
@@ -271,14 +322,11 @@ def add_entry(
         raise LockFileError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
     if tier and tier not in TIERS:
         raise LockFileError(f"invalid tier {tier!r}: choose one of {', '.join(TIERS)}")
-    lock_path = Path(lock_path).expanduser() if lock_path else default_lock_path()
-    try:
-        text = lock_path.read_text(encoding="utf-8") if lock_path.exists() else ""
-        data = tomllib.loads(text) if text else {}
-    except OSError as exc:
-        raise LockFileError(f"cannot read {lock_path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise LockFileError(f"{lock_path} is not valid TOML: {exc}; fix it before adding models") from exc
+    lock_path = _writable(lock_path)
+    if lock_path == user_lock_path().resolve() and (taken := _name_taken(
+            _read_entries(packaged_lock_path(), PACKAGED), key)):
+        raise LockFileError(f"{name!r} is the name of a packaged model ({taken}); choose another name")
+    text, data = _read_for_update(lock_path)
     models: dict[str, Any] = data.setdefault("models", {})
     existing = next((k for k in models if k.lower() == key), None)
     for other, raw in models.items():
@@ -326,3 +374,54 @@ def add_entry(
     with atomic_write(lock_path, "w") as handle:
         handle.write(new_text)
     return entry
+
+
+def _writable(lock_path: Path | None) -> Path:
+    """The lock file a command may change: ``lock_path`` or the default, never the packaged one."""
+    target = (Path(lock_path).expanduser() if lock_path else default_lock_path()).resolve()
+    if target == packaged_lock_path().resolve():
+        raise LockFileError(f"{target} is edgeinfer's packaged models.lock, which commands never change: pin "
+                            f"models in your own ({user_lock_path()}, the default) or another --lock file")
+    return target
+
+
+def _read_for_update(lock_path: Path) -> tuple[str, dict[str, Any]]:
+    """A lock file's text and data before a change (empty when it does not exist yet)."""
+    try:
+        text = lock_path.read_text(encoding="utf-8") if lock_path.exists() else ""
+        return text, (tomllib.loads(text) if text else {})
+    except OSError as exc:
+        raise LockFileError(f"cannot read {lock_path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise LockFileError(f"{lock_path} is not valid TOML: {exc}; fix it before changing it") from exc
+
+
+def remove_entry(name: str, *, lock_path: Path | None = None) -> tuple[ModelEntry, list[Path]]:
+    """Remove ``name`` from the user's models.lock (or ``lock_path``) and its files from the cache; the
+    entry and the paths removed. A "path" source is the user's own file: it stays where it is."""
+    import shutil
+
+    import tomli_w
+
+    from .paths import atomic_write, cache_root, inside
+
+    lock_path = _writable(lock_path)
+    text, data = _read_for_update(lock_path)
+    models: dict[str, Any] = data.get("models", {})
+    key = next((k for k in models if k.lower() == name.strip().lower()), None)
+    if key is None:
+        packaged = _name_taken(_read_entries(packaged_lock_path(), PACKAGED), name)
+        if packaged:
+            raise LockFileError(f"{packaged!r} is one of edgeinfer's packaged models; it cannot be removed")
+        raise UnknownModelError(f"{name!r} is not in {lock_path}; `edgeinfer list` shows where each model "
+                                "comes from")
+    entry = _entry(key, models.pop(key), lock_path, str(lock_path))
+    body = tomli_w.dumps({"version": data.pop("version", 1), **data})
+    with atomic_write(lock_path, "w") as handle:
+        handle.write((_header_comments(text) or _NEW_LOCK_HEADER) + body)
+    removed = []
+    cached = inside(cache_root() / "models", entry.name)
+    if cached is not None and cached.is_dir():
+        shutil.rmtree(cached)
+        removed.append(cached)
+    return entry, removed

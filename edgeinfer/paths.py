@@ -1,5 +1,6 @@
-"""Where edgeinfer keeps its files: a cache root (EDGEINFER_HOME) for what can be rebuilt, and a data
-root (EDGEINFER_DATA) for what the user made (translation memory and history)."""
+"""Where edgeinfer keeps its files: a cache root (EDGEINFER_HOME) for what can be rebuilt, a data root
+(EDGEINFER_DATA) for what the user made (translation memory and history), and a config root
+(EDGEINFER_CONFIG) for the user's settings (their own models.lock)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def data_root() -> Path:
     """Root of the user's own edgeinfer data (kept when the cache is cleared)."""
     env = os.environ.get("EDGEINFER_DATA")
     return private_folder(Path(env) if env else Path(platformdirs.user_data_dir("edgeinfer")))
+
+
+def config_root() -> Path:
+    """Root of the user's edgeinfer settings (not created here: reading needs no folder)."""
+    env = os.environ.get("EDGEINFER_CONFIG")
+    return Path(env) if env else Path(platformdirs.user_config_dir("edgeinfer"))
 
 
 def inside(root: Path, *parts: str) -> Path | None:

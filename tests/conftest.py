@@ -20,6 +20,7 @@ def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEINFER_HOME", str(home))
         patch.setenv("EDGEINFER_DATA", str(home / "data"))  # the user's translation memory stays untouched
+        patch.setenv("EDGEINFER_CONFIG", str(home / "config"))  # and so does their own models.lock
         yield home
 
 

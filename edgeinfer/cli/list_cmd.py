@@ -1,4 +1,4 @@
-"""`edgeinfer list`: the models in models.lock and where each is available on this machine."""
+"""`edgeinfer list`: the models pinned (packaged, and the user's own), and where each is available here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..sources import locate
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `list` and its --json."""
-    p = sub.add_parser("list", help="models in models.lock and where they are available")
+    p = sub.add_parser("list", help="pinned models, where each comes from and where it is available")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=list_models)
 
@@ -24,13 +24,16 @@ def list_models(args: argparse.Namespace) -> int:
         where = locate(e)
         rows.append({"name": e.name, "role": e.role, "tier": e.tier, "format": e.format,
                      "quantization": e.quantization, "size_mb": round(e.size / 1e6, 1),
-                     "license": e.license, "available": where[1] if where else None})
+                     "license": e.license, "lock": e.origin, "available": where[1] if where else None})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("name", "role", "format", "quantization", "size_mb", "available")
+    header = ("name", "role", "format", "quantization", "size_mb", "lock", "available")
     table = [{h: h for h in header}, *rows]
     widths = {h: max(len(str(r[h] or "-")) for r in table) for h in header}
     for r in table:
         print("  ".join(str(r[h] or "-").ljust(widths[h]) for h in header))
+    if lock.user_path is not None:
+        print(f"\n(packaged: edgeinfer's own models.lock; user: {lock.user_path}, where `edgeinfer lock add` "
+              "pins yours)")
     return 0

@@ -1,4 +1,5 @@
-"""`edgeinfer lock verify|add`: check the models on disk against models.lock, or pin a new artifact in it."""
+"""`edgeinfer lock verify|add`: check the models on disk against the locks, or pin a new artifact in the
+user's own models.lock."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v = lock_sub.add_parser("verify", help="re-hash every model on disk against models.lock")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=lock_verify)
-    a = lock_sub.add_parser("add", help="pin a local artifact (.gguf file, model folder) in models.lock")
+    a = lock_sub.add_parser("add", help="pin a local artifact (.gguf file, model folder) in your models.lock")
     a.add_argument("artifact", help="the .gguf file (or ONNX / Hugging Face folder) to pin")
     a.add_argument("--name", required=True, help="the name to load it by, e.g. my-model-q4_k_m")
     a.add_argument("--role", choices=("chat", "base", "embedding"), default="chat")
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--description", default="")
     a.add_argument("--license", default=None, help="license id (default: the GGUF's, else 'unknown')")
     a.add_argument("--lock", default=None,
-                   help="the models.lock to write (default: $EDGEINFER_LOCK or the bundled one)")
+                   help="the models.lock to write (default: $EDGEINFER_LOCK or your own, in the config "
+                        "folder; never the packaged one)")
     a.add_argument("--force", action="store_true", help="replace an entry of the same name")
     a.add_argument("--json", action="store_true", help="print the new entry as JSON")
     a.set_defaults(handler=lock_add)
@@ -58,7 +60,7 @@ def lock_verify(args: argparse.Namespace) -> int:
 
 def lock_add(args: argparse.Namespace) -> int:
     """Pin the artifact under --name in the chosen models.lock and print the new entry."""
-    lock_path = Path(args.lock) if args.lock else default_lock_path()
+    lock_path = (Path(args.lock) if args.lock else default_lock_path()).expanduser().resolve()
     e = add_entry(Path(args.artifact), name=args.name, role=args.role, tier=args.tier,
                   description=args.description, license=args.license, lock_path=lock_path, force=args.force)
     if args.json:

@@ -18,6 +18,7 @@ from . import (
     list_cmd,
     lock_cmd,
     pull_cmd,
+    rm_cmd,
     router_cmd,
     run_cmd,
     serve_cmd,
@@ -26,8 +27,8 @@ from . import (
 
 # every command, in the order `edgeinfer --help` lists them; each module's add_parser(sub) registers its
 # arguments and its handler (set_defaults(handler=...): Namespace -> exit code)
-COMMANDS = (run_cmd, chat_cmd, serve_cmd, env_cmd, list_cmd, pull_cmd, convert_cmd, router_cmd, translate_cmd,
-            bench_cmd, lock_cmd)
+COMMANDS = (run_cmd, chat_cmd, serve_cmd, env_cmd, list_cmd, pull_cmd, rm_cmd, convert_cmd, router_cmd,
+            translate_cmd, bench_cmd, lock_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
