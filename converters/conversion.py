@@ -22,6 +22,7 @@ from edgeinfer.paths import scratch_dir, scratch_path
 
 from .checkpoint import Checkpoint
 from .options import DEFAULT_MAX_KL, FORMATS
+from .self_check import check_gguf
 from .to_gguf.families import family_for
 from .to_gguf.writer import DIRECT_TYPES, write_gguf
 
@@ -98,14 +99,18 @@ def convert(
         quality = False
     ref_type = reference_type(ckpt)
     metrics = None
-    if quant == ref_type or (quant in DIRECT_TYPES and not quality):
-        write_gguf(ckpt, output, quant, progress=progress, family=family)
-        chosen = quant
-    else:
-        with scratch_path(output, "reference") as reference:
-            write_gguf(ckpt, reference, ref_type, progress=progress, family=family,
-                       label=f"{output.name} ({ref_type} reference)")
-            chosen, metrics = _make_from_reference(ckpt, reference, output, quant, max_kl, quality, n_threads)
+    with scratch_path(output, "candidate") as candidate:  # renamed into place once it passes its check
+        if quant == ref_type or (quant in DIRECT_TYPES and not quality):
+            write_gguf(ckpt, candidate, quant, progress=progress, family=family, label=output.name)
+            chosen = quant
+        else:
+            with scratch_path(output, "reference") as reference:
+                write_gguf(ckpt, reference, ref_type, progress=progress, family=family,
+                           label=f"{output.name} ({ref_type} reference)")
+                chosen, metrics = _make_from_reference(ckpt, reference, candidate, quant, max_kl, quality,
+                                                       n_threads)
+        check_gguf(candidate, ckpt.root, causal=not getattr(family, "is_encoder", False))
+        os.replace(candidate, output)
     try:
         from .report import write_report
 

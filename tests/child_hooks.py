@@ -42,8 +42,13 @@ def pause_gguf_output(output: str, ready_fd: int, after_blocks: int = 3) -> None
 
     real_write, real_encode = conversion.write_gguf, writer.encode
 
+    def is_output(out: Path) -> bool:  # the output, or the candidate written beside it before its check
+        target = Path(output)
+        return out == target or (out.parent == target.parent and out.name.startswith(f".{target.name}.")
+                                 and ".candidate." in out.name)
+
     def write_gguf(ckpt, out, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if Path(out) != Path(output):
+        if not is_output(Path(out)):
             return real_write(ckpt, out, *args, **kwargs)
         encoded = 0
 

@@ -192,6 +192,41 @@ def assert_nothing_written(folder: Path) -> None:
     assert leftovers == []
 
 
+@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+def test_an_output_that_reads_text_differently_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             quant: str) -> None:
+    """The converter checks its output before it is renamed into place. Here the vocabulary writer swaps
+    two tokens (a bug of the kind a new tokenizer layout brings): llama.cpp loads the file but reads the
+    check text into other ids than the checkpoint's tokenizer.json, so the conversion fails naming the
+    first difference, and leaves nothing behind."""
+    from edgeinfer_converters.self_check import hf_token_ids
+    from edgeinfer_converters.to_gguf import vocab
+
+    src = tiny_checkpoint("llama")
+    first, second = hf_token_ids(src)[:2]
+    real = vocab.base_vocab
+
+    def swapped(tok, n_vocab):  # noqa: ANN001, ANN202
+        tokens, types = real(tok, n_vocab)
+        tokens[first], tokens[second] = tokens[second], tokens[first]
+        return tokens, types
+
+    monkeypatch.setattr(vocab, "base_vocab", swapped)
+    with pytest.raises(ei.ConversionError, match=r"tokenizes text differently .*\(from token 0: llama.cpp "
+                                                 rf"\[{second}, {first}"):
+        convert(src, tmp_path / "out.gguf", quant=quant, quality=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_an_output_llama_cpp_refuses_is_not_written(tmp_path: Path) -> None:
+    from edgeinfer_converters.self_check import check_gguf
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\0\0\0" + b"\xff" * 64)
+    with pytest.raises(ei.ConversionError, match="does not load in llama.cpp"):
+        check_gguf(bad, tiny_checkpoint("llama"))
+
+
 def test_missing_config(tmp_path: Path) -> None:
     src = copy_of("llama", tmp_path / "ck")
     (src / "config.json").unlink()
