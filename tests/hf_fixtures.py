@@ -167,9 +167,9 @@ def tiny_checkpoint(arch: str) -> Path:
         for item in tokenizer.iterdir():
             shutil.copy(item, out / item.name)
 
-    # the folder name becomes general.name, and llama.cpp gives any model named "*phi3*" Phi-3's own
-    # special-token rules (it looks up "</s>", which SmolLM2's vocabulary lacks): avoid that name
-    return _cached(f"tiny-{arch.replace('phi3', 'phi')}", _key("tiny", arch, spec, tokenizer.name), build)
+    # the folder name becomes general.name: "tiny-phi3" with SmolLM2's byte-level BPE vocabulary is the
+    # Phi-4-mini layout (llama.cpp's Phi-3 rules for such a name look up "</s>", which it lacks)
+    return _cached(f"tiny-{arch}", _key("tiny", arch, spec, tokenizer.name), build)
 
 
 def minilm_dir() -> Path:

@@ -218,6 +218,19 @@ def test_an_output_that_reads_text_differently_is_not_written(tmp_path: Path, mo
     assert_nothing_written(tmp_path)
 
 
+def test_a_phi3_name_is_kept_only_where_llama_cpp_can_apply_its_rules() -> None:
+    """llama.cpp's Phi-3 rules (for a general.name with "phi3" or "phi-3") look up "</s>", "<unk>", "<s>"
+    and "<|endoftext|>": Phi-3.5's vocabulary has them, Phi-4-mini's byte-level BPE does not."""
+    from edgeinfer_converters.to_gguf.writer import general_name
+
+    phi35 = {"model": {"vocab": {"</s>": 2, "<unk>": 0, "<s>": 1}},
+             "added_tokens": [{"content": "<|endoftext|>"}]}
+    assert general_name("Phi-3.5-mini-instruct", phi35) == "Phi-3.5-mini-instruct"
+    assert general_name("my-phi3-finetune", {"model": {"vocab": {"a": 0}}}) == "my-phi 3-finetune"
+    assert general_name("Phi-4-mini-instruct", {"model": {"vocab": {"a": 0}}}) == "Phi-4-mini-instruct"
+    assert general_name("PHI-3", {"model": {"vocab": [["<unk>", 0.0]]}}) == "PHI 3"  # a Unigram vocabulary
+
+
 def test_an_output_llama_cpp_refuses_is_not_written(tmp_path: Path) -> None:
     from edgeinfer_converters.self_check import check_gguf
 

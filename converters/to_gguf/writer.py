@@ -9,6 +9,7 @@ model. The file appears under its final name only when complete.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,23 @@ def write_tensor(
     writer.write_padding(fout, written)
 
 
+PHI3_NAME = re.compile(r"(?i)(phi)-?(3)")
+PHI3_RULE_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def general_name(name: str, tok: dict | None) -> str:
+    """The model's name for general.name. llama.cpp gives a model whose name contains "phi3" or "phi-3"
+    Phi-3's special-token rules, which look up "</s>", "<unk>", "<s>" and "<|endoftext|>" by text: on a
+    vocabulary without them (Phi-4-mini's byte-level BPE) the load fails ("unordered_map::at"). Such a
+    name is written with the digit apart ("Phi 3"), so the rules apply only where they can."""
+    if tok is None or not PHI3_NAME.search(name):
+        return name
+    vocab = (tok.get("model") or {}).get("vocab") or {}
+    known = {v[0] if isinstance(v, list) and v else v for v in vocab} | {  # BPE: a dict; Unigram: pairs
+        t.get("content") for t in tok.get("added_tokens") or [] if isinstance(t, dict)}
+    return name if all(t in known for t in PHI3_RULE_TOKENS) else PHI3_NAME.sub(r"\1 \2", name)
+
+
 def write_gguf(ckpt: Checkpoint, out: Path, out_type: str, *, progress: bool = False,
                family: Family | None = None, label: str | None = None) -> None:
     """Write ``ckpt`` as a GGUF of ``out_type`` (F32, F16, BF16 or Q8_0) at ``out``, atomically;
@@ -80,7 +98,8 @@ def write_gguf(ckpt: Checkpoint, out: Path, out_type: str, *, progress: bool = F
     family = family or family_for(ckpt)
     writer = gguf.GGUFWriter(path=None, arch=family.arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(str(ckpt.config.get("_name_or_path") or ckpt.root.name))
+    name = str(ckpt.config.get("_name_or_path") or ckpt.root.name)
+    writer.add_name(general_name(name, ckpt.tokenizer_json))
     writer.add_file_type(FILE_TYPES[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     family.add_metadata(writer)
