@@ -41,7 +41,7 @@ def test_sha256_mismatch_in_the_lock(tmp_path, smollm2_path, monkeypatch):
     text = shipped.path.read_text().replace(shipped.get("smollm2").sha256, "f" * 64)
     lock_path = tmp_path / "models.lock"
     lock_path.write_text(text)
-    monkeypatch.setattr("edgeinfer.lock.default_lock_path", lambda: lock_path)
+    monkeypatch.setenv("EDGEINFER_LOCK", str(lock_path))
     with pytest.raises(ei.ChecksumMismatchError, match="sha256"):
         ei.load("smollm2-135m-instruct")
 
