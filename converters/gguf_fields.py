@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ConversionError
-from edgeinfer.gguf_check import ByteCursor
+from edgeinfer.gguf_check import ARRAY_TYPE, GGUF_MAGIC, SCALAR_FORMATS, STRING_TYPE, ByteCursor
 
-MAGIC = b"GGUF"
 MAX_ITEMS = 1 << 26  # more array items than any vocabulary has: the file is damaged
-# gguf value types: struct format of each scalar
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
+_BOOL = 7
 # tensor types GGUFReader reads as typed arrays; every other (quantized) type is read as bytes
 _TYPED = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "I16": np.int16,
           "I32": np.int32, "I64": np.int64}
@@ -53,20 +50,19 @@ class _Fields(ByteCursor):
         return bytes(self.string()).decode("utf-8", errors="replace")
 
     def field(self, kind: int) -> tuple[Any, int | None]:
-        if kind == _STRING:
+        """A value and, for an array, its item type."""
+        if kind == STRING_TYPE:
             return self.text(), None
-        if kind in _SCALARS:
-            return self.take(_SCALARS[kind]), None
-        if kind != _ARRAY:
-            raise ConversionError(f"unknown GGUF value type {kind}")
+        if kind != ARRAY_TYPE:
+            return self.value(kind), None  # a scalar (ValueError for an unknown type)
         sub, count = self.take("I"), self.take("Q")
         if count > MAX_ITEMS:
             raise ConversionError(f"a GGUF array claims {count} items")
-        if sub == _STRING:
+        if sub == STRING_TYPE:
             return [self.text() for _ in range(count)], sub
-        if sub not in _SCALARS:
+        if sub not in SCALAR_FORMATS:
             raise ConversionError(f"unsupported GGUF array item type {sub}")
-        dtype = np.dtype("<" + _SCALARS[sub]) if sub != 7 else np.dtype(np.bool_)
+        dtype = np.dtype("<" + SCALAR_FORMATS[sub]) if sub != _BOOL else np.dtype(np.bool_)
         end = self.pos + count * dtype.itemsize
         if end > len(self.data):
             raise EOFError(f"array runs past the end at byte {self.pos}")
@@ -82,12 +78,14 @@ def read_gguf(path: str | Path) -> tuple[list[Field], list[Tensor]]:
         return _read(path, data, _Fields(memoryview(data)))
     except EOFError as exc:
         raise ConversionError(f"{path}: {exc} (a truncated file?)") from exc
+    except ValueError as exc:
+        raise ConversionError(f"{path} is not a readable GGUF file: {exc}") from exc
 
 
 def _read(path: str | Path, data: np.ndarray, cur: _Fields) -> tuple[list[Field], list[Tensor]]:
     import gguf
 
-    if bytes(cur.data[:4]) != MAGIC:
+    if bytes(cur.data[:4]) != GGUF_MAGIC:
         raise ConversionError(f"{path} is not a GGUF file")
     cur.pos = 4
     version = cur.take("I")

@@ -31,8 +31,9 @@ def require_gguf_magic(path: Path) -> None:
         )
 
 
-_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
+# GGUF metadata value types: the struct format of each scalar, and the string and array type ids
+SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+STRING_TYPE, ARRAY_TYPE = 8, 9
 _U64 = struct.Struct("<Q")
 
 
@@ -59,18 +60,18 @@ class ByteCursor:
 
     def value(self, vtype: int):  # noqa: ANN201
         """A scalar or string; for an array, an ``ArrayInfo`` (its items are skipped, not kept)."""
-        if vtype == _STRING:
+        if vtype == STRING_TYPE:
             return self.string()
-        if vtype == _ARRAY:
+        if vtype == ARRAY_TYPE:
             item_type, count = self.take("I"), self.take("Q")
-            if item_type == _ARRAY:  # llama.cpp reads no nested arrays either; recursion is unbounded
+            if item_type == ARRAY_TYPE:  # llama.cpp reads no nested arrays either; recursion is unbounded
                 raise ValueError("nested metadata arrays are not supported")
-            if item_type in _SCALAR:
-                end = self.pos + count * struct.calcsize(_SCALAR[item_type])
+            if item_type in SCALAR_FORMATS:
+                end = self.pos + count * struct.calcsize(SCALAR_FORMATS[item_type])
                 if end > len(self.data):
                     raise EOFError(f"array runs past the end at byte {self.pos}")
                 self.pos = end
-            elif item_type == _STRING:  # a vocabulary: 10^5 strings, skipped in a tight loop
+            elif item_type == STRING_TYPE:  # a vocabulary: 10^5 strings, skipped in a tight loop
                 pos, size, unpack = self.pos, len(self.data), _U64.unpack_from
                 for _ in range(count):
                     if pos + 8 > size:
@@ -82,9 +83,9 @@ class ByteCursor:
             else:
                 raise ValueError(f"unknown metadata array type {item_type}")
             return ArrayInfo(item_type, count)
-        if vtype not in _SCALAR:
+        if vtype not in SCALAR_FORMATS:
             raise ValueError(f"unknown metadata value type {vtype}")
-        return self.take(_SCALAR[vtype])
+        return self.take(SCALAR_FORMATS[vtype])
 
 
 @dataclass(frozen=True)

@@ -323,8 +323,8 @@ def add_entry(
     if tier and tier not in TIERS:
         raise LockFileError(f"invalid tier {tier!r}: choose one of {', '.join(TIERS)}")
     lock_path = _writable(lock_path)
-    if lock_path == user_lock_path().resolve() and (taken := _name_taken(
-            _read_entries(packaged_lock_path(), PACKAGED), key)):
+    if _layer_of(lock_path) == USER and (taken := _name_taken(_read_entries(packaged_lock_path(), PACKAGED),
+                                                               key)):
         raise LockFileError(f"{name!r} is the name of a packaged model ({taken}); choose another name")
     text, data = _read_for_update(lock_path)
     models: dict[str, Any] = data.setdefault("models", {})
@@ -364,11 +364,9 @@ def add_entry(
     else:
         models.pop(existing, None)
         models[name] = raw_entry
-        data.setdefault("version", 1)
-        body = tomli_w.dumps({"version": data.pop("version"), **data})
-        new_text = (_header_comments(text) or _NEW_LOCK_HEADER) + body
+        new_text = _rewritten(text, data)
     try:  # never write a lock file that would not load back
-        entry = _entry(name, tomllib.loads(new_text)["models"][name], lock_path)
+        entry = _entry(name, tomllib.loads(new_text)["models"][name], lock_path, _layer_of(lock_path))
     except (tomllib.TOMLDecodeError, KeyError) as exc:  # pragma: no cover - tomli_w output is valid
         raise LockFileError(f"could not add {name!r} to {lock_path}: {exc}") from exc
     with atomic_write(lock_path, "w") as handle:
@@ -401,9 +399,8 @@ def remove_entry(name: str, *, lock_path: Path | None = None) -> tuple[ModelEntr
     entry and the paths removed. A "path" source is the user's own file: it stays where it is."""
     import shutil
 
-    import tomli_w
-
-    from .paths import atomic_write, cache_root, inside
+    from .paths import atomic_write
+    from .sources import cache_folder
 
     lock_path = _writable(lock_path)
     text, data = _read_for_update(lock_path)
@@ -415,13 +412,25 @@ def remove_entry(name: str, *, lock_path: Path | None = None) -> tuple[ModelEntr
             raise LockFileError(f"{packaged!r} is one of edgeinfer's packaged models; it cannot be removed")
         raise UnknownModelError(f"{name!r} is not in {lock_path}; `edgeinfer list` shows where each model "
                                 "comes from")
-    entry = _entry(key, models.pop(key), lock_path, str(lock_path))
-    body = tomli_w.dumps({"version": data.pop("version", 1), **data})
+    entry = _entry(key, models.pop(key), lock_path, _layer_of(lock_path))
     with atomic_write(lock_path, "w") as handle:
-        handle.write((_header_comments(text) or _NEW_LOCK_HEADER) + body)
-    removed = []
-    cached = inside(cache_root() / "models", entry.name)
-    if cached is not None and cached.is_dir():
-        shutil.rmtree(cached)
-        removed.append(cached)
-    return entry, removed
+        handle.write(_rewritten(text, data))
+    cached = cache_folder(entry)
+    if not cached.is_dir():
+        return entry, []
+    shutil.rmtree(cached)
+    return entry, [cached]
+
+
+def _rewritten(text: str, data: dict[str, Any]) -> str:
+    """A lock file's new text from its data (tomli_w drops comments: the header block is put back)."""
+    import tomli_w
+
+    body = tomli_w.dumps({"version": data.pop("version", 1), **data})
+    return (_header_comments(text) or _NEW_LOCK_HEADER) + body
+
+
+def _layer_of(lock_path: Path) -> str:
+    """The ``origin`` of entries in the (resolved) lock file a command writes."""
+    user = lock_path == user_lock_path().resolve() and not os.environ.get(LOCK_ENV)
+    return USER if user else str(lock_path)

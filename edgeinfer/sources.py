@@ -43,7 +43,16 @@ def is_offline(offline: bool | None = None) -> bool:
 def cache_path(entry: ModelEntry) -> Path:
     """Where the cache keeps ``entry`` (written, and on a checksum mismatch deleted, so it must stay
     inside the cache folder even if a folder on the way is a symlink)."""
-    path = inside(cache_root() / "models", entry.name, entry.sha256[:16], entry.file)
+    return _inside_models(entry, entry.name, entry.sha256[:16], entry.file)
+
+
+def cache_folder(entry: ModelEntry) -> Path:
+    """The cache's folder for every version of ``entry`` (what `edgeinfer rm` deletes)."""
+    return _inside_models(entry, entry.name)
+
+
+def _inside_models(entry: ModelEntry, *parts: str) -> Path:
+    path = inside(cache_root() / "models", *parts)
     if path is None:
         raise LockFileError(f"{entry.name}: its cache path ({entry.name}/{entry.file}) leads outside "
                             f"{cache_root() / 'models'}; refusing to use it")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.gguf_check import _SCALAR, ByteCursor, check_gguf_metadata, gguf_data_end
+from edgeinfer.gguf_check import SCALAR_FORMATS, ByteCursor, check_gguf_metadata, gguf_data_end
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def patched(source: Path, dest: Path, **values: int) -> Path:
         for key, value in values.items():
             offset, vtype = offsets[key.replace("__", ".")]
             handle.seek(offset)
-            handle.write(struct.pack("<" + _SCALAR[vtype], value))
+            handle.write(struct.pack("<" + SCALAR_FORMATS[vtype], value))
     return dest
 
 

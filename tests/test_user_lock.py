@@ -73,7 +73,7 @@ def test_nothing_writes_the_packaged_lock_or_takes_its_names(config: Path, smoll
 
 def test_rm_forgets_the_entry_and_its_cache_but_keeps_the_users_file(
         config: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]):
-    add_entry(smollm2_path, name="mine")
+    assert add_entry(smollm2_path, name="mine").origin == "user"
     cached = cache_root() / "models" / "mine" / "0123456789abcdef"
     cached.mkdir(parents=True)
     (cached / "copy.gguf").write_bytes(b"GGUF")
