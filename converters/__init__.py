@@ -15,6 +15,7 @@ _LAZY = {
     "ConversionResult": "conversion",
     "convert": "conversion",
     "prepare": "preparation",
+    "pull": "hub_pull",
     "quant_names": "conversion",
 }
 
@@ -25,4 +26,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_MAX_KL", "FORMATS", "Checkpoint", "ConversionResult", "convert", "prepare", "quant_names"]
+__all__ = ["DEFAULT_MAX_KL", "FORMATS", "Checkpoint", "ConversionResult", "convert", "prepare", "pull",
+           "quant_names"]

@@ -75,6 +75,11 @@ class Checkpoint:
     root: Path
     config: dict[str, Any]
     tensors: dict[str, TensorRecord] = field(repr=False)
+    name: str = ""  # the model's name (general.name); default: config's _name_or_path, else the folder's
+
+    @property
+    def model_name(self) -> str:
+        return self.name or str(self.config.get("_name_or_path") or self.root.name)
 
     @classmethod
     def open(cls, root: str | Path) -> Checkpoint:

@@ -71,8 +71,10 @@ def convert(
     quality: bool = True,
     progress: bool = False,
     n_threads: int | None = None,
+    name: str = "",
 ) -> ConversionResult:
-    """Convert an HF checkpoint folder to a GGUF file (or an ONNX folder) with its report.json.
+    """Convert an HF checkpoint folder to a GGUF file (or an ONNX folder) with its report.json; ``name``
+    is the model's name in the GGUF (default: the folder's, which for a hub snapshot is a commit id).
 
     Raises a ConversionError subclass (nothing left behind) for bad input; see ``quant_names()``.
     """
@@ -85,6 +87,7 @@ def convert(
                              quality=quality, n_threads=n_threads, started=started)
     quant = normalize_quant(quant or "F16")
     ckpt = Checkpoint.open(source)
+    ckpt.name = name
     family = family_for(ckpt)  # refuses unknown architectures before anything is written
     if output.is_dir():
         raise ConversionError(f"{output} is a folder; name the output file, e.g. {output / 'model.gguf'}")

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from edgeinfer.errors import EdgeInferError, OutputExistsError
 from edgeinfer.loader import locate_model
-from edgeinfer.prepared import EMBEDDING_GGUF, KINDS, SHORTLIST, Located, Preparation, preparations
+from edgeinfer.prepared import CHECKPOINT_GGUF, KINDS, SHORTLIST, Located, Preparation, preparations
 
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
 
 
-def _embedding_gguf(preparation: Preparation) -> None:
+def _checkpoint_gguf(preparation: Preparation) -> None:
     from .conversion import convert
 
-    convert(preparation.source, preparation.target, format="gguf", quant="F16", quality=False)
+    convert(preparation.source, preparation.target, format="gguf", quant=preparation.quant or "F16",
+            quality=False, name=preparation.model_name)
 
 
 def _shortlist(preparation: Preparation) -> None:
@@ -33,7 +34,8 @@ def _shortlist(preparation: Preparation) -> None:
     write_shortlisted_gguf(preparation.source, preparation.target, keep)
 
 
-RECIPES: dict[str, Callable[[Preparation], None]] = {EMBEDDING_GGUF: _embedding_gguf, SHORTLIST: _shortlist}
+RECIPES: dict[str, Callable[[Preparation], None]] = {CHECKPOINT_GGUF: _checkpoint_gguf,
+                                                         SHORTLIST: _shortlist}
 
 
 def run_preparation(preparation: Preparation) -> Path:

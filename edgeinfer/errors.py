@@ -25,6 +25,10 @@ class ModelNotPreparedError(ModelNotAvailableError):
     run ``edgeinfer pull NAME``."""
 
 
+class GatedModelError(ModelNotAvailableError):
+    """A hub repo that needs a token with access (HF_TOKEN) after its terms were accepted on the hub."""
+
+
 class ChecksumMismatchError(ModelError):
     """A file's sha256 differs from the one pinned in models.lock."""
 

@@ -31,7 +31,7 @@ from .memory import (
 )
 from .model import Model
 from .paths import cache_root
-from .prepared import EMBEDDING_GGUF, Located, prepared
+from .prepared import CHECKPOINT_GGUF, Located, prepared
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .sources import resolve
@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 
 def _prepared_checkpoint(located: Located) -> Path:
-    """The GGUF prepared from a Hugging Face checkpoint at pull time; a checkpoint is never converted
-    at load time (that is the converters' work, and can take long)."""
-    preparation = prepared(located, EMBEDDING_GGUF)
+    """The GGUF prepared from a pinned Hugging Face checkpoint at pull time; a checkpoint is never converted
+    at load time (that is the converters' work, and can take minutes)."""
+    preparation = prepared(located, CHECKPOINT_GGUF)
     if preparation is None:
         raise BackendUnavailableError(
             f"{located.name} is a Hugging Face checkpoint; convert it first: "
@@ -75,7 +75,14 @@ def _gguf_layers(path: Path) -> int | None:
 
 def locate_model(name_or_path: str | Path, *, offline: bool | None = None,
                  lock: ModelLock | None = None, progress: bool = False) -> Located:
-    """The verified file (or folder) for a models.lock name, or the given path as it is."""
+    """The verified file (or folder) for a models.lock name, an ``hf:ORG/REPO`` spec (pinned, or pulled
+    now when it is a GGUF repo and edgeinfer is online), or the given path as it is."""
+    from .hub import find_pinned, is_hub_spec, parse_spec, pull
+
+    if is_hub_spec(name_or_path):
+        spec = parse_spec(str(name_or_path))
+        entry = find_pinned(spec, lock) or pull(spec, offline=offline, progress=progress).entry
+        return Located(resolve(entry, offline=offline, progress=progress).path, entry.name, entry)
     candidate = Path(name_or_path).expanduser()
     if candidate.exists():
         return Located(candidate, candidate.stem if candidate.is_file() else candidate.name)

@@ -41,6 +41,7 @@ class Source:
     repo: str = ""
     revision: str = ""
     filename: str = ""
+    checksums: tuple[tuple[str, str], ...] = ()  # (file, sha256) of the hub files a conversion read
 
     def describe(self) -> str:
         if self.type == "hub":
@@ -115,7 +116,8 @@ def _entry(name: str, raw: Any, origin: Path, layer: str = PACKAGED) -> ModelEnt
         src = check_source(src, f"{where}: sources[{i}]")
         if src["type"] == "path":  # relative to the lock file's folder
             src = {**src, "path": str((origin.parent / Path(src["path"]).expanduser()).resolve())}
-        sources.append(Source(**{**src, "chunks": tuple(src.get("chunks", ()))}))
+        sources.append(Source(**{**src, "chunks": tuple(src.get("chunks", ())),
+                                 "checksums": tuple(sorted(src.get("checksums", {}).items()))}))
     return ModelEntry(
         name=name,
         role=raw["role"],
@@ -210,7 +212,7 @@ def _name_taken(entries: dict[str, ModelEntry], name: str) -> str | None:
 ROLES = ("chat", "base", "embedding")
 TIERS = ("small", "large")
 _NEW_LOCK_HEADER = (
-    "# models.lock: models pinned by sha256 (written by `edgeinfer lock add`).\n"
+    "# models.lock: models pinned by sha256 (written by `edgeinfer lock add` and `edgeinfer pull hf:...`).\n"
     "# A file is used only after its sha256 matches. \"path\" sources are relative to this file.\n"
 )
 
@@ -226,20 +228,30 @@ def _header_comments(text: str) -> str:
     return block + "\n" if block else ""
 
 
-def _gguf_meta(path: Path) -> dict[str, Any]:
-    """general.file_type (as a name) and general.license of a GGUF, where present and readable."""
+EMBEDDING_ARCHITECTURES = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "t5encoder")
+
+
+def gguf_record(path: Path) -> dict[str, Any]:
+    """quantization (general.file_type's name), license and role ("chat" with a chat template, "embedding"
+    for an encoder, else "base") of a GGUF, where its header is readable."""
     from .errors import CorruptModelError
     from .gguf_check import file_type_name, read_gguf_header
 
     try:
         metadata = read_gguf_header(path).metadata
     except CorruptModelError:
-        return {}
+        return {"role": "chat"}
     out: dict[str, Any] = {}
     if isinstance(metadata.get("general.file_type"), int):
         out["quantization"] = file_type_name(metadata["general.file_type"])
     if metadata.get("general.license"):
         out["license"] = str(metadata["general.license"])
+    if metadata.get("tokenizer.chat_template"):
+        out["role"] = "chat"
+    elif metadata.get("general.architecture") in EMBEDDING_ARCHITECTURES:
+        out["role"] = "embedding"
+    else:
+        out["role"] = "base"
     return out
 
 
@@ -289,7 +301,7 @@ def artifact_record(artifact: Path) -> dict[str, Any]:
         require_gguf_magic(artifact)
         record["size"] = artifact.stat().st_size
         record["sha256"] = cached_digest(artifact, [artifact], sha256_file, trust_stamp=False)
-        meta = _gguf_meta(artifact)
+        meta = gguf_record(artifact)
     record["quantization"] = _report_quant(artifact) or meta.get("quantization", "")
     record["license"] = meta.get("license", "")
     return record
@@ -310,40 +322,17 @@ def add_entry(
     never the packaged one), keeping the other entries.
 
     ``license`` defaults to the GGUF's general.license, else "unknown". An existing name is refused
-    unless ``force``. A new entry is appended to the file as text (its comments survive); a replaced
-    one rewrites the file with tomli_w and re-emits the header comment block.
+    unless ``force``.
     """
-    import tomli_w
-
-    from .paths import atomic_write
-
-    key = model_name(name.strip(), "edgeinfer lock add").lower()
-    if role not in ROLES:
-        raise LockFileError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
-    if tier and tier not in TIERS:
-        raise LockFileError(f"invalid tier {tier!r}: choose one of {', '.join(TIERS)}")
+    _checked_key(name, role, tier)  # before the artifact is read: a bad name is the first thing said
     lock_path = _writable(lock_path)
-    if _layer_of(lock_path) == USER and (taken := _name_taken(_read_entries(packaged_lock_path(), PACKAGED),
-                                                               key)):
-        raise LockFileError(f"{name!r} is the name of a packaged model ({taken}); choose another name")
-    text, data = _read_for_update(lock_path)
-    models: dict[str, Any] = data.setdefault("models", {})
-    existing = next((k for k in models if k.lower() == key), None)
-    for other, raw in models.items():
-        if other != existing and key in (str(a).lower() for a in raw.get("aliases", ())):
-            raise LockFileError(f"{name!r} is an alias of {other!r} in {lock_path}; choose another name")
-    if existing is not None and not force:
-        raise LockFileError(f"{name!r} is already in {lock_path}; pass --force to replace it")
-
     record = artifact_record(artifact)
     where = Path(artifact).expanduser().resolve()
     try:  # inside the lock's folder: store it relative, so the folder can move as a whole
         source_path = where.relative_to(lock_path.resolve().parent).as_posix()
     except ValueError:
         source_path = str(where)
-    raw_entry: dict[str, Any] = {}
-    if description:
-        raw_entry["description"] = description
+    raw_entry: dict[str, Any] = {"description": description} if description else {}
     raw_entry["role"] = role
     if tier:
         raw_entry["tier"] = tier
@@ -358,7 +347,47 @@ def add_entry(
     if "files" in record:
         raw_entry["files"] = record["files"]
     raw_entry["sources"] = [{"type": "path", "path": source_path}]
+    return pin_entry(name, raw_entry, lock_path=lock_path, force=force)
 
+
+def _checked_key(name: str, role: object, tier: object) -> str:
+    """The lower-case key of a new entry's name, after checking the name, role and tier."""
+    key = model_name(name.strip(), "models.lock entry").lower()
+    if role not in ROLES:
+        raise LockFileError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
+    if tier and tier not in TIERS:
+        raise LockFileError(f"invalid tier {tier!r}: choose one of {', '.join(TIERS)}")
+    return key
+
+
+def entry_from_raw(name: str, raw: dict[str, Any], lock_path: Path) -> ModelEntry:
+    """The entry ``raw`` would be once written to ``lock_path`` (validated as any lock entry is)."""
+    return _entry(name, raw, lock_path, _layer_of(Path(lock_path).resolve()))
+
+
+def pin_entry(name: str, raw_entry: dict[str, Any], *, lock_path: Path | None = None,
+              force: bool = False) -> ModelEntry:
+    """Write one entry (a models.lock table) under ``name`` in the user's models.lock (or ``lock_path``,
+    never the packaged one), keeping the others. An existing name is refused unless ``force``. A new entry
+    is appended as text (the file's comments survive); a replaced one rewrites the file with tomli_w and
+    re-emits the header comment block. Nothing is written that would not load back."""
+    import tomli_w
+
+    from .paths import atomic_write
+
+    key = _checked_key(name, raw_entry.get("role"), raw_entry.get("tier", ""))
+    lock_path = _writable(lock_path)
+    if _layer_of(lock_path) == USER and (taken := _name_taken(_read_entries(packaged_lock_path(), PACKAGED),
+                                                               key)):
+        raise LockFileError(f"{name!r} is the name of a packaged model ({taken}); choose another name")
+    text, data = _read_for_update(lock_path)
+    models: dict[str, Any] = data.setdefault("models", {})
+    existing = next((k for k in models if k.lower() == key), None)
+    for other, raw in models.items():
+        if other != existing and key in (str(a).lower() for a in raw.get("aliases", ())):
+            raise LockFileError(f"{name!r} is an alias of {other!r} in {lock_path}; choose another name")
+    if existing is not None and not force:
+        raise LockFileError(f"{name!r} is already in {lock_path}; pass --force to replace it")
     if existing is None and text:
         new_text = text.rstrip("\n") + "\n\n" + tomli_w.dumps({"models": {name: raw_entry}})
     else:
@@ -395,12 +424,10 @@ def _read_for_update(lock_path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def remove_entry(name: str, *, lock_path: Path | None = None) -> tuple[ModelEntry, list[Path]]:
-    """Remove ``name`` from the user's models.lock (or ``lock_path``) and its files from the cache; the
+    """Remove ``name`` from the user's models.lock (or ``lock_path``) and its files from the caches; the
     entry and the paths removed. A "path" source is the user's own file: it stays where it is."""
-    import shutil
-
     from .paths import atomic_write
-    from .sources import cache_folder
+    from .sources import forget_files
 
     lock_path = _writable(lock_path)
     text, data = _read_for_update(lock_path)
@@ -413,13 +440,10 @@ def remove_entry(name: str, *, lock_path: Path | None = None) -> tuple[ModelEntr
         raise UnknownModelError(f"{name!r} is not in {lock_path}; `edgeinfer list` shows where each model "
                                 "comes from")
     entry = _entry(key, models.pop(key), lock_path, _layer_of(lock_path))
+    others = [_entry(k, raw, lock_path, _layer_of(lock_path)) for k, raw in models.items()]
     with atomic_write(lock_path, "w") as handle:
         handle.write(_rewritten(text, data))
-    cached = cache_folder(entry)
-    if not cached.is_dir():
-        return entry, []
-    shutil.rmtree(cached)
-    return entry, [cached]
+    return entry, forget_files(entry, others)
 
 
 def _rewritten(text: str, data: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ SOURCE_KEYS: dict[str, tuple[str, bool]] = {
     "repo": ("repo", False),
     "revision": ("str", False),
     "filename": ("relative", False),
+    "checksums": ("checksum table", False),  # hub files -> sha256, as downloaded for a conversion
 }
 # source type -> the keys it needs
 SOURCE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -47,6 +48,7 @@ SOURCE_NEEDS: dict[str, tuple[str, ...]] = {
 }
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -66,6 +68,10 @@ def _valid(kind: str, value: Any) -> bool:
         return is_count(value)
     if kind == "table":
         return isinstance(value, dict)
+    if kind == "checksum table":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and relative_path(k) and isinstance(v, str) and bool(_SHA256.fullmatch(v))
+            for k, v in value.items())
     if kind == "name":
         return isinstance(value, str) and relative_path(value) and "/" not in value
     if kind == "relative":
@@ -97,6 +103,7 @@ _EXPECTED = {
     "relative list": "a list of relative paths inside the model folder (no '..', no absolute path)",
     "module": "a Python module name", "repo": "a hub repository id like 'org/name'",
     "chunk list": "a list of 'module/relative/path' chunks inside that package",
+    "checksum table": "a table of relative file paths to sha256 hex digests",
 }
 
 

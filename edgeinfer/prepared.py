@@ -1,8 +1,9 @@
 """Artifacts prepared before load: the plan (which transform a pinned model gets, and where its output
 lives in the cache), never the work.
 
-Two transforms exist: a Hugging Face embedding checkpoint becomes an F16 GGUF (llama.cpp runs it), and a
-GGUF with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages. The
+Two transforms exist: a pinned Hugging Face checkpoint becomes a GGUF (llama.cpp runs it): an embedding
+model in F16, a language model in the type its entry pins (``edgeinfer pull hf:…`` chose it); and a GGUF
+with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages. The
 converters package does the work at pull time (``edgeinfer pull NAME``, or
 ``edgeinfer_converters.prepare(NAME)``); the runtime only looks for the results, so ``ei.load`` only loads.
 """
@@ -20,9 +21,10 @@ from .hashing import cached_digest, sha256_file
 from .lock import ModelEntry
 from .paths import cache_root
 
-EMBEDDING_GGUF = "embedding-gguf"  # an HF embedding checkpoint converted to an F16 GGUF
+CHECKPOINT_GGUF = "checkpoint-gguf"  # a pinned HF checkpoint converted to a GGUF
+CHECKPOINT_DEFAULT_QUANT = "Q8_0"  # for a checkpoint pinned without a type (`edgeinfer lock add FOLDER`)
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
-KINDS = (EMBEDDING_GGUF, SHORTLIST)
+KINDS = (CHECKPOINT_GGUF, SHORTLIST)
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,13 @@ class Located:
 class Preparation:
     """One transform of ``source`` into ``target`` (in the cache), done once before load."""
 
-    kind: str  # EMBEDDING_GGUF or SHORTLIST
+    kind: str  # CHECKPOINT_GGUF or SHORTLIST
     source: Path
     target: Path
     recipe: Path | None = None  # the shipped shortlist file, for SHORTLIST
     description: str = ""
+    quant: str = ""  # the GGUF type, for CHECKPOINT_GGUF
+    model_name: str = ""  # its name inside the GGUF, for CHECKPOINT_GGUF (the repo's, not a commit id)
 
     @property
     def done(self) -> bool:
@@ -71,9 +75,11 @@ def preparations(located: Located, kinds: Collection[str] = KINDS) -> list[Prepa
     what is asked is looked at: finding a shortlist may hash an unpinned file."""
     path, entry = located.path, located.entry
     fmt = format_of(path)
-    if fmt == "hf" and entry is not None and entry.role == "embedding" and EMBEDDING_GGUF in kinds:
-        target = prepared_dir() / f"{located.name}-{entry.sha256[:16]}-F16.gguf"
-        return [Preparation(EMBEDDING_GGUF, path, target, description="converting the checkpoint to GGUF")]
+    if fmt == "hf" and entry is not None and CHECKPOINT_GGUF in kinds:
+        quant = checkpoint_quant(entry)
+        return [Preparation(CHECKPOINT_GGUF, path, checkpoint_target(entry, quant), quant=quant,
+                            model_name=entry.file,
+                            description=f"converting the checkpoint to GGUF ({quant})")]
     if fmt != "gguf" or SHORTLIST not in kinds:
         return []
     sha = entry.sha256 if entry else cached_digest(path, [path], sha256_file)
@@ -85,6 +91,20 @@ def preparations(located: Located, kinds: Collection[str] = KINDS) -> list[Prepa
     target = prepared_dir() / f"{path.stem}-{sha[:16]}-{name}.gguf"
     description = f"cutting the vocabulary to {data.get('description') or name}"
     return [Preparation(SHORTLIST, path, target, recipe=recipe, description=description)]
+
+
+def checkpoint_quant(entry: ModelEntry) -> str:
+    """The GGUF type a pinned checkpoint is converted to: F16 for an embedding model (no next-token quality
+    to trade), else the type its entry pins."""
+    if entry.role == "embedding":
+        return "F16"
+    quant = entry.quantization.strip().upper()
+    return quant if quant and quant != "AUTO" else CHECKPOINT_DEFAULT_QUANT
+
+
+def checkpoint_target(entry: ModelEntry, quant: str) -> Path:
+    """Where the cache keeps the GGUF made from a pinned checkpoint."""
+    return prepared_dir() / f"{entry.name}-{entry.sha256[:16]}-{quant}.gguf"
 
 
 def prepared(located: Located, kind: str) -> Preparation | None:

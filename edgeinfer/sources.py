@@ -131,15 +131,19 @@ def _assemble(entry: ModelEntry, chunks: list[Path], target: Path, progress: boo
                     bar.update(len(block))
 
 
-def _from_hub(entry: ModelEntry, src: Source) -> Path:
-    try:
-        import huggingface_hub as hub
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise ModelNotAvailableError("huggingface_hub is not installed") from exc
-    if entry.format == "hf":
-        folder = hub.snapshot_download(src.repo, revision=src.revision, allow_patterns=list(entry.files))
-        return Path(folder)
-    return Path(hub.hf_hub_download(src.repo, src.filename or entry.file, revision=src.revision))
+def _from_hub(entry: ModelEntry, src: Source, offline: bool) -> Path:
+    """The pinned file (or checkpoint folder) from the hub cache, downloaded when online; a file whose
+    sha256 differs from the one pinned for it is deleted from the hub cache (a retry fetches it again)."""
+    from .hub import download, pinned_listing
+
+    listing = pinned_listing(entry, src)
+    if entry.format != "hf":
+        return download(listing, src.filename or entry.file, progress=False, offline=offline)[0]
+    paths = {name: download(listing, name, progress=False, offline=offline)[0] for name in entry.files}
+    top = next((name for name in paths if "/" not in name), None)
+    if top is None:
+        raise LockFileError(f"{entry.name}: a hub checkpoint must list a file at the top of the repo")
+    return paths[top].parent
 
 
 def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = False) -> ResolvedModel:
@@ -185,10 +189,7 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
                        f"intended, run `edgeinfer lock add {path} --name {entry.name} --force`.")
                 return ResolvedModel(entry, path, where)
             if src.type == "hub":
-                if offline:
-                    tried.append(f"{where}: skipped, offline (HF_HUB_OFFLINE/--offline)")
-                    continue
-                path = _from_hub(entry, src)
+                path = _from_hub(entry, src, offline)
                 _check(entry, path, where)
                 return ResolvedModel(entry, path, where)
         except ChecksumMismatchError as exc:
@@ -210,6 +211,54 @@ def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = 
     )
 
 
+def forget_files(entry: ModelEntry, others: list[ModelEntry]) -> list[Path]:
+    """Delete what the caches hold for ``entry`` (its cache folder, the GGUFs prepared from it, its hub
+    downloads no entry of ``others`` pins too); the paths deleted."""
+    from .prepared import prepared_dir
+
+    removed = []
+    folder = cache_folder(entry)
+    if folder.is_dir():
+        shutil.rmtree(folder)
+        removed.append(folder)
+    for made in sorted(prepared_dir().glob(f"{entry.name}-{entry.sha256[:16]}-*")):
+        made.unlink(missing_ok=True)
+        removed.append(made)
+    still_pinned = {(repo.lower(), rev, name) for other in others for repo, rev, name in _hub_files(other)}
+    for repo, revision, name in _hub_files(entry):
+        if (repo.lower(), revision, name) not in still_pinned:
+            removed.extend(_forget_hub_file(repo, revision, name))
+    return removed
+
+
+def _hub_files(entry: ModelEntry) -> list[tuple[str, str, str]]:
+    """(repo, commit, file) of every hub file ``entry`` pins."""
+    out = []
+    for src in entry.sources:
+        if src.type == "hub":
+            names = entry.files if entry.format == "hf" else (src.filename or entry.file,)
+            out.extend((src.repo, src.revision, name) for name in names)
+    return out
+
+
+def _forget_hub_file(repo: str, revision: str, name: str) -> list[Path]:
+    """Delete one file of the hub cache (its snapshot link and its blob); the paths deleted."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo, name, revision=revision)
+    except ValueError:  # a malformed repo id or revision: nothing of it can be cached
+        return []
+    if not isinstance(found, str):
+        return []
+    link = Path(found)
+    blob = link.resolve()
+    gone = [p for p in dict.fromkeys((link, blob)) if p.exists() or p.is_symlink()]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
 def locate(entry: ModelEntry) -> tuple[Path, str] | None:
     """Where the model is already on disk (cache or package), without fetching or hashing."""
     cached = cache_path(entry)
@@ -224,7 +273,28 @@ def locate(entry: ModelEntry) -> tuple[Path, str] | None:
             return Path(src.path), src.describe()
         elif src.type == "package-chunks" and _chunk_paths(src) is not None:
             return cached, src.describe() + " (chunks, assembled on first use)"
+        elif src.type == "hub" and (path := _in_hub_cache(entry, src)) is not None:
+            return path, f"hub cache {src.repo}@{src.revision[:12]}"
     return None
+
+
+def _in_hub_cache(entry: ModelEntry, src: Source) -> Path | None:
+    """The pinned file (or checkpoint folder) where huggingface_hub's cache has it, without a hub call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    names = entry.files if entry.format == "hf" else (src.filename or entry.file,)
+    paths = []
+    for name in names:
+        try:
+            found = try_to_load_from_cache(src.repo, name, revision=src.revision)
+        except ValueError:  # not a repo id or revision huggingface_hub accepts: nothing of it is cached
+            return None
+        if not isinstance(found, str):
+            return None
+        paths.append((name, Path(found)))
+    if entry.format != "hf":
+        return paths[0][1] if paths else None
+    return next((path.parent for name, path in paths if "/" not in name), None)
 
 
 def _extra_of(package: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# nor the user's hub cache: huggingface_hub reads HF_HOME once, at import (tests that run a local hub
+# give their child processes a hub cache of their own)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="edgeinfer-tests-hf-")
 
 
 @pytest.fixture(scope="session", autouse=True)

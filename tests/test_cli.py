@@ -96,10 +96,10 @@ def test_pull_prepares_a_checkpoint_once_and_load_then_only_loads(tmp_path, monk
     monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path))
     first = cli("pull", "all-minilm-l6-v2")
     assert first.returncode == 0, first.stderr
-    assert "converting the checkpoint to GGUF (once)" in first.stdout
-    assert "prepared: embedding-gguf" in first.stdout
+    assert "converting the checkpoint to GGUF (F16) (once)" in first.stdout
+    assert "prepared: checkpoint-gguf" in first.stdout
     again = cli("pull", "all-minilm-l6-v2")
-    assert "(once)" not in again.stdout and "prepared: embedding-gguf" in again.stdout
+    assert "(once)" not in again.stdout and "prepared: checkpoint-gguf" in again.stdout
     converted = list((tmp_path / "converted").glob("all-minilm-l6-v2-*-F16.gguf"))
     assert len(converted) == 1 and not list((tmp_path / "converted").glob("*.tmp*"))
 

@@ -133,6 +133,7 @@ class Plan:
     check: Check | None = None
     lines: dict[str, Line] = field(default_factory=dict)  # shell: command prefix -> how it runs
     xfail: str | None = None  # a known failure, until it is fixed
+    hub: Callable[[], dict[str, dict[str, Any]]] | None = None  # repos a local hub serves to a shell block
 
 
 def _json_of(stdout: str) -> Any:
@@ -190,6 +191,17 @@ def _labels(folder: Path) -> None:
     (folder / "labels.jsonl").write_text("".join(lines), encoding="utf-8")
 
 
+def _hub_repos() -> dict[str, dict[str, Any]]:
+    """The Hub repos the README pulls, as a local hub serves them: SmolLM2's GGUF (Q4_1, the bundled file)
+    and its safetensors checkpoint (rebuilt from that GGUF by tests/hf_fixtures.py)."""
+    from hf_fixtures import gguf_source, rebuilt_checkpoint
+
+    checkpoint = rebuilt_checkpoint("smollm2")
+    gguf = {"SmolLM2-135M-Instruct-Q4_1.gguf": gguf_source("smollm2")[0]}
+    return {"bartowski/SmolLM2-135M-Instruct-GGUF": gguf,
+            "HuggingFaceTB/SmolLM2-135M-Instruct": {p.name: p for p in checkpoint.iterdir() if p.is_file()}}
+
+
 PYTHON: Key = ("Python", "import edgeinfer as ei")
 ROUTER: Key = ("Routing", "import edgeinfer as ei")
 ROUTER_TRAIN: Key = ("Routing", "# {\"prompt\"")
@@ -226,6 +238,12 @@ PLANS: dict[Key, Plan] = {
     ("Memory budget", "import edgeinfer as ei"): Plan(expect=("fits at most", "4096 1")),
     ("KV-cache reuse", "import edgeinfer as ei"): Plan(
         epilogue='print(chat.messages[-1]["role"], chat.messages[-1]["content"])', expect=("assistant",)),
+    ("Your own models from the Hugging Face Hub", "edgeinfer pull hf:"): Plan(hub=_hub_repos, lines={
+        "edgeinfer pull hf:bartowski/": Line(expect=("smollm2-135m-instruct-q4_1", "pinned")),
+        "edgeinfer pull hf:HuggingFaceTB/": Line(expect=("smol-mine: pinned", "mean kl")),
+        "edgeinfer run smol-mine": Line(expect=("paris",)),
+        "edgeinfer list": Line(expect=("smol-mine", "user")),
+        "edgeinfer rm smol-mine": Line(expect=("removed smol-mine",))}),
     ("Converting Hugging Face models", "pip install -e \".[convert]\""): Plan(
         skip="pip-installs the convert extra, then converts checkpoint folders (./SmolLM2-135M-Instruct, "
              "./my-model, ./all-MiniLM-L6-v2) downloaded from the Hugging Face hub, not in a clone "
@@ -309,10 +327,11 @@ def _text(output: bytes | str | None) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
-def _run(argv: list[str], cwd: Path, what: str, stdin: str | None = None) -> Ran:
+def _run(argv: list[str], cwd: Path, what: str, stdin: str | None = None,
+         env: dict[str, str] | None = None) -> Ran:
     try:
-        done = subprocess.run(argv, cwd=cwd, env=_env(), input=stdin or "", capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(argv, cwd=cwd, env={**_env(), **(env or {})}, input=stdin or "",
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:  # its output is bytes, whatever text= said
         out, err = (_text(x) for x in (exc.stdout, exc.stderr))
         return Ran(what, -1, out, f"timed out after {COMMAND_TIMEOUT_S} s\n{err}")
@@ -340,12 +359,25 @@ class Reader:
         return self.results[block.at]
 
     def _shell(self, block: Block, plan: Plan) -> list[Ran]:
+        if plan.hub is None:
+            return self._commands(block, plan)
+        from local_hub import LocalHub
+
+        with LocalHub() as hub:  # the Hub the block pulls from, on 127.0.0.1, with a lock of its own
+            for repo, files in plan.hub().items():
+                hub.add_repo(repo, files)
+            env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+                   "EDGEINFER_CONFIG": str(self.folder / "config")}
+            return self._commands(block, plan, env)
+
+    def _commands(self, block: Block, plan: Plan, env: dict[str, str] | None = None) -> list[Ran]:
         ran = []
         for command in _commands(block):
             rule = _line_rule(plan, command)
             if rule.skip is None:
                 command = _without_optional(command) if rule.usage else command
-                ran.append(_run(["bash", "-o", "pipefail", "-c", command], self.folder, command, rule.stdin))
+                ran.append(_run(["bash", "-o", "pipefail", "-c", command], self.folder, command, rule.stdin,
+                                env))
         return ran
 
     def _python_group(self, block: Block) -> None:

@@ -9,10 +9,13 @@ Three tokenizer kinds, told apart by tokenizer.json alone (no sentencepiece, no 
   minus the rank of the first merge that makes it;
 - WordPiece (BERT) -> model "bert" with llama.cpp's phantom-space spelling ("##x" -> "x", "x" -> "▁x").
 
-Gaps llama.cpp cannot close (tests/test_convert_vocab.py pins them): it applies no NFC normalizer
-(Qwen2/3 declare one), it prepends "▁" to every text fragment where HF's Metaspace prepends only to
-the first one not starting with a space, its WordPiece NFD/accent stripping differs from HF's on
-Hangul and Indic vowel signs, and added tokens' lstrip/rstrip flags have no GGUF key.
+Gaps llama.cpp cannot close (tests/test_convert_vocab.py and tests/test_real_layouts.py pin them): it
+applies no NFC normalizer (Qwen2/3 declare one), it prepends "▁" to every text fragment where HF's
+Metaspace prepends only to the first one not starting with a space, its WordPiece NFD/accent stripping
+differs from HF's on Hangul and Indic vowel signs, its "gpt-4o" pre-tokenizer (Phi-4-mini's o200k
+regex) ends a word before a combining mark (Devanagari vowel signs, decomposed accents) that
+the regex keeps inside it, and added tokens' lstrip/rstrip flags have no GGUF key (llama.cpp sets
+rstrip itself for a model named Phi-3, whose chat tokens have it).
 """
 
 from __future__ import annotations
@@ -135,12 +138,21 @@ def tokenizer_kind(tok: dict[str, Any]) -> str:
 
 
 def base_vocab(tok: dict[str, Any], n_vocab: int) -> tuple[list[str], list[int]]:
-    """Token texts and types by id (added tokens as HF matches them), padded to ``n_vocab`` rows."""
+    """Token texts and types by id (added tokens as HF matches them), padded to ``n_vocab`` rows.
+
+    Added tokens past the embedding rows are left out, as llama.cpp's converter does: the model cannot
+    read or emit them (Gemma 3 1B's tokenizer has ``<image_soft_token>`` one past its 262144 rows).
+    """
     vocab = tok["model"].get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise CheckpointError("tokenizer.json's model has no vocab; the file is incomplete, save it again")
+    check_added_ids(tok)
     by_id: dict[int, tuple[str, int]] = {i: (t, T.NORMAL) for t, i in vocab.items()}
     for added in tok.get("added_tokens") or []:
+        if added["id"] >= n_vocab:
+            if by_id.get(added["id"], (added["content"],))[0] == added["content"]:
+                by_id.pop(added["id"], None)  # a model vocab entry of another text there is still refused
+            continue
         by_id[added["id"]] = (added["content"], T.CONTROL if added.get("special") else T.USER_DEFINED)
     size = max(by_id, default=-1) + 1
     if size > n_vocab:
@@ -150,6 +162,34 @@ def base_vocab(tok: dict[str, Any], n_vocab: int) -> tuple[list[str], list[int]]
         )
     rows = [by_id.get(i, (f"[PAD{i}]", T.UNUSED)) for i in range(n_vocab)]
     return [r[0] for r in rows], [int(r[1]) for r in rows]
+
+
+def check_added_ids(tok: dict[str, Any]) -> None:
+    """Refuse added tokens whose listed id is not the one the ``tokenizers`` library gives them.
+
+    It ignores the listed ids: an added token that is not in the model's vocabulary gets the next id
+    after the vocabulary (and the added tokens before it), in file order. So ids with gaps between
+    them are read as other ids, and a GGUF written from the listed ones would not match the model.
+    """
+    vocab = tok["model"]["vocab"]
+    if max(vocab.values()) + 1 != len(vocab):
+        return  # a vocabulary with holes: tokenizers versions number added tokens differently there
+    given: dict[str, int] = {}
+    next_id = len(vocab)
+    for added in tok.get("added_tokens") or []:
+        text = added.get("content")
+        if not text or text in given:
+            continue
+        if text in vocab:
+            given[text] = vocab[text]
+        else:
+            given[text], next_id = next_id, next_id + 1
+        if added.get("id") != given[text]:
+            raise ConversionError(
+                f"tokenizer.json lists added token {text!r} as id {added.get('id')}, but the tokenizers "
+                f"library reads it as {given[text]} (added tokens outside the model's vocabulary are "
+                "numbered on from its end, in file order, so listed ids with gaps are not kept); fill the "
+                "gaps or fix the ids")
 
 
 def pre_tokenizer_name(tok: dict[str, Any]) -> str:

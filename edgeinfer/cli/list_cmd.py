@@ -34,6 +34,6 @@ def list_models(args: argparse.Namespace) -> int:
     for r in table:
         print("  ".join(str(r[h] or "-").ljust(widths[h]) for h in header))
     if lock.user_path is not None:
-        print(f"\n(packaged: edgeinfer's own models.lock; user: {lock.user_path}, where `edgeinfer lock add` "
-              "pins yours)")
+        print(f"\n(packaged: edgeinfer's own models.lock; user: {lock.user_path}, where "
+              "`edgeinfer pull hf:…` and `edgeinfer lock add` pin yours)")
     return 0

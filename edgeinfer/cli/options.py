@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import InvalidRequestError
 from ..loader import load
 from ..model import Model, make_params
-from ..prepared import EMBEDDING_GGUF
+from ..prepared import CHECKPOINT_GGUF
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -59,7 +59,7 @@ def prepare_to_load(model: str, *, offline: bool | None) -> None:
     once, as `edgeinfer pull` would: the command line does for the user what the runtime never does."""
     from edgeinfer_converters.preparation import prepare_for_use
 
-    prepare_for_use(model, offline=offline, kinds=(EMBEDDING_GGUF,),
+    prepare_for_use(model, offline=offline, kinds=(CHECKPOINT_GGUF,),
                     on_progress=lambda message: print(message, file=sys.stderr))
 
 

