@@ -494,7 +494,17 @@ def pull(spec: HubSpec | str, *, name: str | None = None, quant: str | None = No
         if pinned is None:
             raise ModelNotAvailableError(_offline_advice(spec))
         return PullResult(pinned, lock_path, why="pinned before (offline)", already=True)
-    listing = list_repo(spec)
+    try:
+        listing = list_repo(spec)
+    except ModelNotAvailableError as exc:  # the hub unreachable: what is pinned (and cached) still serves
+        if pinned is None or isinstance(exc, GatedModelError):
+            raise
+        from .sources import resolve
+
+        resolve(pinned, offline=True)
+        say(f"{exc}\n{spec}: kept the pinned commit")
+        return PullResult(pinned, lock_path, why="the hub is unreachable: kept the pinned commit",
+                          already=True)
     say(f"{spec.repo}: commit {listing.commit[:12]}")
     if listing.kind == "gguf":
         return _pull_gguf(listing, name, quant, role, force, progress, say, ram_available, lock_path)

@@ -100,6 +100,10 @@ def test_a_gguf_repo_is_picked_verified_pinned_and_then_used_offline(hub: LocalH
     again = cli(hub, tmp_path, "pull", f"hf:{GGUF_REPO}")
     assert again.returncode == 0 and "already pinned" in again.stdout
     assert not gets(hub, GGUF_FILE)  # the commit and file were pinned and are in the cache
+    unreachable = subprocess.run([sys.executable, "-m", "edgeinfer", "pull", f"hf:{GGUF_REPO}"],
+                                 env=env_for("http://127.0.0.1:9", tmp_path), capture_output=True, text=True)
+    assert unreachable.returncode == 0 and "already pinned" in unreachable.stdout, unreachable.stderr
+    assert "kept the pinned commit" in unreachable.stderr
 
     answer = cli(hub, tmp_path, "run", data["name"], "What is the capital of France? One word.",
                  "--max-tokens", "8", "--temperature", "0", offline=True)
