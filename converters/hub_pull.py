@@ -1,4 +1,4 @@
-"""The conversion half of ``edgeinfer pull hf:ORG/REPO`` for a safetensors repo: ``edgeinfer.hub`` downloads
+"""The conversion half of ``edgeinfer pull hf:ORG/REPO`` for a safetensors repo: ``edgeinfer.pull`` downloads
 and pins, this converts the checkpoint into the cache with ``--quant auto`` and its quality report.
 
     from edgeinfer_converters import pull
@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.hub import HubSpec, PullResult
-from edgeinfer.hub import pull as hub_pull
+from edgeinfer.hub import HubSpec
 from edgeinfer.lock import ModelEntry
 from edgeinfer.paths import atomic_write, scratch_dir
 from edgeinfer.prepared import checkpoint_target
+from edgeinfer.pull import PullResult
+from edgeinfer.pull import pull as hub_pull
 
 from .options import DEFAULT_MAX_KL
 from .report import report_path
@@ -29,7 +30,7 @@ ENCODERS = ("BertModel", "BertForMaskedLM")  # no next-token logits: converted t
 
 @dataclass
 class CheckpointConverter:
-    """Converts a pulled checkpoint into the cache (``edgeinfer.hub.Converter``)."""
+    """Converts a pulled checkpoint into the cache (``edgeinfer.pull.Converter``)."""
 
     max_kl: float = DEFAULT_MAX_KL
     progress: bool = True
@@ -74,7 +75,7 @@ class CheckpointConverter:
 
 def pull(spec: HubSpec | str, *, max_kl: float = DEFAULT_MAX_KL, progress: bool = True,
          n_threads: int | None = None, quality: bool = True, **options: Any) -> PullResult:
-    """``edgeinfer.hub.pull`` with the converters: a safetensors repo is converted (``quant`` "auto" by
+    """``edgeinfer.pull.pull`` with the converters: a safetensors repo is converted (``quant`` "auto" by
     default: the smallest type within ``max_kl``) and pinned; a GGUF repo is downloaded and pinned.
     ``quality=False`` skips the quality report of a named type (about half the time of a small model)."""
     converter = CheckpointConverter(max_kl=max_kl, progress=progress, n_threads=n_threads, quality=quality)

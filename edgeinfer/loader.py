@@ -77,7 +77,8 @@ def locate_model(name_or_path: str | Path, *, offline: bool | None = None,
                  lock: ModelLock | None = None, progress: bool = False) -> Located:
     """The verified file (or folder) for a models.lock name, an ``hf:ORG/REPO`` spec (pinned, or pulled
     now when it is a GGUF repo and edgeinfer is online), or the given path as it is."""
-    from .hub import find_pinned, is_hub_spec, parse_spec, pull
+    from .hub import is_hub_spec, parse_spec
+    from .pull import find_pinned, pull
 
     if is_hub_spec(name_or_path):
         spec = parse_spec(str(name_or_path))

@@ -20,8 +20,9 @@ from waits import wait_until
 
 from edgeinfer.errors import ModelNotAvailableError, UnknownModelError
 from edgeinfer.hashing import sha256_file
-from edgeinfer.hub import HubSpec, RemoteFile, RepoListing, parse_spec, pick_gguf, pick_order, quant_in_name
+from edgeinfer.hub import HubSpec, RemoteFile, RepoListing, parse_spec
 from edgeinfer.lock import packaged_lock_path
+from edgeinfer.pull import pick_gguf, pick_order, quant_in_name
 
 MiB = 1 << 20
 GGUF_REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"

@@ -79,7 +79,7 @@ def _pull_hub(args: argparse.Namespace) -> int:
     try:
         from edgeinfer_converters.hub_pull import pull as pull_and_convert
     except ImportError:  # a GGUF repo needs no converter; a checkpoint then says what to install
-        from ..hub import pull as pull_only
+        from ..pull import pull as pull_only
 
         result = pull_only(spec, **options)
     else:
