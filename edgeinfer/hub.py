@@ -103,12 +103,15 @@ class RepoListing:
 
     @property
     def kind(self) -> str:
-        """"gguf" when the repo (or the named file) is GGUF, "safetensors" for a checkpoint, else ""."""
+        """"gguf" when the repo (or the named file) is GGUF, "safetensors" for a checkpoint, else "". A repo
+        with both is read as GGUF: its files are ready to run, a conversion takes minutes."""
         if self.spec.file:
             return "gguf" if self.spec.file.lower().endswith(".gguf") else ""
+        if any(n.lower().endswith(".gguf") and "mmproj" not in n.lower() for n in self.files):
+            return "gguf"
         if any(n.endswith(".safetensors") for n in self.files) and "config.json" in self.files:
             return "safetensors"
-        return "gguf" if any(n.lower().endswith(".gguf") for n in self.files) else ""
+        return ""
 
 
 def git_blob_id(path: Path) -> str:

@@ -334,6 +334,11 @@ def _pull_checkpoint(listing: RepoListing, name: str | None, quant: str | None, 
     existing = _existing(name)
     if existing is not None and not force and not _from_repo(existing, listing):
         raise LockFileError(f"{name!r} is already pinned ({existing.origin}); pass --name or --force")
+    if _same_pin(existing, listing, existing.file if existing else "") and not force and _converted(existing):
+        from .sources import resolve
+
+        resolve(existing, progress=progress)  # the checkpoint present and intact, or fetched again
+        return PullResult(existing, lock_path, why="converted before", already=True)
     checksums, folder = {}, None
     for file in files:
         path, checksums[file] = download(listing, file, progress=progress)
@@ -355,6 +360,13 @@ def _pull_checkpoint(listing: RepoListing, name: str | None, quant: str | None, 
     raw["quantization"] = made
     entry = pin_entry(name, raw, lock_path=lock_path, force=True)
     return PullResult(entry, lock_path, checksums, f"converted to {made}")
+
+
+def _converted(entry: ModelEntry | None) -> bool:
+    """The GGUF made from a pinned checkpoint is in the cache."""
+    from .prepared import checkpoint_quant, checkpoint_target
+
+    return entry is not None and checkpoint_target(entry, checkpoint_quant(entry)).is_file()
 
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:

@@ -200,6 +200,8 @@ def test_a_safetensors_repo_is_converted_checked_pinned_loaded_and_removed(hub: 
     assert 'format = "hf"' in lock and "checksums" in lock and '"model.safetensors" = "' in lock
     converted = sorted((tmp_path / "home").rglob("tiny-llama-*.gguf"))
     assert len(converted) == 1 and converted[0].with_name(converted[0].stem + ".report.json").is_file()
+    again = cli(hub, tmp_path, "pull", f"hf:{CKPT_REPO}")  # the same commit, converted before: no work
+    assert again.returncode == 0 and "already pinned" in again.stdout and "converting" not in again.stderr
     ran = cli(hub, tmp_path, "run", "tiny-llama", "Hello", "--max-tokens", "4", "--raw", offline=True)
     assert ran.returncode == 0, ran.stderr
     quant = converted[0].stem.rsplit("-", 1)[-1]
