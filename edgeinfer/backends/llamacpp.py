@@ -181,6 +181,13 @@ class LlamaCppBackend(Backend):
         # logits would depend on how many tokens share its batch. Off (the default), a row's
         # numerics never depend on the batch: batched and speculative decoding give exactly the
         # unbatched output (measured: no speed cost for Q4_1/Q4_K_M here; Q4_0 gains from repack).
+        self.repack_refused = ""  # why ``repack=True`` was not honoured here, if it was not
+        if repack and n_gpu_layers == 0:
+            from .extra_buffers import extra_buffers_usable
+
+            repack, self.repack_refused = extra_buffers_usable(path)
+            if not repack:
+                log.warning("%s: loading without repacking: %s", path.name, self.repack_refused)
         mparams.use_extra_bufts = repack
         _recent_errors.clear()
         model = ll.llama_model_load_from_file(str(path).encode(), mparams)
