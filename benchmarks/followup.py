@@ -1,0 +1,171 @@
+"""A short follow-up turn's time to first token, and where it goes, after 256 / 1k / 3k tokens of history.
+
+One chat per history length on the default chat model (``ei.load`` defaults: KV reuse with idle-time
+settling). The history is a long first message and a 48-token greedy answer; then the follow-up "Summarize
+all of that in one line." (~25 new tokens) is sent right after the previous answer (no idle time: the
+previous answer's KV is still being settled) and after 3 s of idle time (settled), alternating, for
+``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
+
+  render    chat template + tokenization of the whole conversation
+  settle    time the request waited for an idle settling step already running
+  prefill   the request's own evals before its first token (tokens: how many it computed)
+  other     the rest (scheduling, sampling, detokenizing)
+
+Reference: the same eval of the follow-up's new tokens alone at that history length (``prefill-only``),
+what a turn costs when nothing but its own message is computed.
+
+Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup [--rounds 3]
+Writes benchmarks/results/followup.json and followup.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from benchmarks.common import fmt, machine_info, markdown_table, quiet_logging, steal_ticks, write_report
+
+HISTORIES = (256, 1024, 3000)
+FOLLOW_UP = "Summarize all of that in one line."
+FILLER = ("The history of lighthouses is long. Keepers trimmed wicks, polished lenses and logged the weather "
+          "every night, and many of them wrote letters about the storms they watched from the lantern room. ")
+
+
+class Timeline:
+    """Intervals of settling steps and evals, and the render time, recorded as the engine runs."""
+
+    def __init__(self, model: Any) -> None:
+        import edgeinfer.model as model_mod
+
+        self.settles: list[tuple[float, float]] = []
+        self.evals: list[tuple[float, float, int]] = []
+        self.render = 0.0
+        cache, backend = model.engine.cache, model.backend
+        settle, evaluate, render = cache.settle_step, backend.eval, model_mod.chat_tokens
+
+        def timed_settle(*args: Any, **kwargs: Any) -> int:
+            start = time.perf_counter()
+            try:
+                return settle(*args, **kwargs)
+            finally:
+                self.settles.append((start, time.perf_counter()))
+
+        def timed_eval(items: Any, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return evaluate(items, *args, **kwargs)
+            finally:
+                self.evals.append((start, time.perf_counter(), sum(len(i.tokens) for i in items)))
+
+        def timed_render(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return render(*args, **kwargs)
+            finally:
+                self.render = time.perf_counter() - start
+
+        cache.settle_step, backend.eval, model_mod.chat_tokens = timed_settle, timed_eval, timed_render
+
+    def clear(self) -> None:
+        self.settles.clear()
+        self.evals.clear()
+
+    def split(self, start: float, first: float) -> dict[str, float]:
+        """The parts of [start, first] in ms (settling that ran while the caller rendered is no wait)."""
+        submitted = start + self.render
+
+        def overlap(a: float, b: float) -> float:
+            return max(0.0, min(b, first) - max(a, submitted))
+
+        settle = sum(overlap(a, b) for a, b in self.settles)
+        inside = [(a, b, n) for a, b, n in self.evals
+                  if not any(sa <= a and b <= sb for sa, sb in self.settles)]
+        prefill = sum(overlap(a, b) for a, b, _ in inside)
+        tokens = next((n for a, b, n in inside if overlap(a, b) > 0 and n > 1), 0)
+        total = first - start
+        return {"ttft": total * 1e3, "render": self.render * 1e3, "settle": settle * 1e3,
+                "prefill": prefill * 1e3, "prefill_tokens": tokens,
+                "other": (total - self.render - settle - prefill) * 1e3}
+
+
+def prefill_only(model: Any, prompt: list[int], new: int, repeats: int = 3) -> float:
+    """ms to evaluate the last ``new`` tokens of ``prompt`` on top of the rest (median)."""
+    from edgeinfer.backends.base import EvalItem
+
+    backend, seq = model.backend, 3
+    model.engine.reset()
+    backend.kv_drop(seq)
+    backend.eval([EvalItem(seq, prompt[:-new])])
+    times = []
+    for _ in range(repeats):
+        backend.kv_truncate(seq, len(prompt) - new)
+        start = time.perf_counter()
+        backend.eval([EvalItem(seq, prompt[-new:])])
+        times.append((time.perf_counter() - start) * 1e3)
+    backend.kv_drop(seq)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--idle", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    quiet_logging()
+    import edgeinfer as ei
+
+    model = ei.load(args.model, max_sequences=4)
+    timeline = Timeline(model)
+    answer = ei.SamplingParams(temperature=0, max_tokens=48)
+    turn = ei.SamplingParams(temperature=0, max_tokens=8)
+    rows: dict[str, dict[str, Any]] = {}
+    steal_before = steal_ticks()
+    for history in HISTORIES:
+        words = " ".join((FILLER * 200).split()[: int(history * 0.7)])
+        for rnd in range(args.rounds):
+            for idle in ((0.0, args.idle) if rnd % 2 == 0 else (args.idle, 0.0)):
+                model.engine.reset()
+                chat = model.chat(system="You are a helpful assistant.")
+                chat.send("Read this and tell me what it is about:\n" + words, answer)
+                time.sleep(idle)
+                timeline.clear()
+                start = time.perf_counter()
+                stream = chat.stream(FOLLOW_UP, turn)
+                next(iter(stream))
+                first = time.perf_counter()
+                done = stream.result()
+                parts = timeline.split(start, first)
+                key = f"{history}/{'idle' if idle else 'no idle'}"
+                row = rows.setdefault(key, {"history": done.stats.prompt_tokens, "idle_s": idle,
+                                            "samples": []})
+                row["samples"].append(parts)
+        prompt = model.chat_prompt(chat.messages[:-1])
+        rows[f"{history}/prefill-only"] = {"history": len(prompt), "idle_s": None, "samples": [
+            {"ttft": prefill_only(model, prompt, 25), "prefill_tokens": 25}]}
+    model.close()
+    for row in rows.values():
+        row["median"] = {k: statistics.median(s[k] for s in row["samples"]) for k in row["samples"][0]}
+    data = {"machine": machine_info(), "model": args.model, "rounds": args.rounds, "rows": rows,
+            "steal_ticks": steal_ticks() - steal_before}
+    table = [[key.split("/")[0], fmt(row["history"], 0), key.split("/")[1], fmt(row["median"]["ttft"], 0),
+              fmt(row["median"].get("render"), 1), fmt(row["median"].get("settle"), 0),
+              fmt(row["median"].get("prefill"), 0), fmt(row["median"].get("prefill_tokens"), 0),
+              fmt(row["median"].get("other"), 0)] for key, row in rows.items()]
+    md = [f"# Follow-up turn TTFT ({args.model}, `ei.load` defaults)", "",
+          markdown_table(["history", "prompt tokens", "case", "TTFT ms", "render ms", "settle wait ms",
+                          "prefill ms", "prefill tokens", "other ms"], table), "",
+          f"Medians of {args.rounds} rounds (no idle / idle alternating). prefill-only: the follow-up's "
+          "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
+          f"kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
+          "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3`"]
+    paths = write_report("followup", data, "\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
