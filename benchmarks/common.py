@@ -157,6 +157,14 @@ def write_report(name: str, data: dict[str, Any], markdown: str,
     return json_path, md_path
 
 
+def publish(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """``write_report`` and print the Markdown and where both went (how every benchmark ends)."""
+    paths = write_report(name, data, markdown)
+    print(markdown.rstrip("\n"))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
 def steal_ticks() -> int:
     """The hypervisor's steal time so far (/proc/stat, all CPUs): its growth over a run says whether the
     host took CPU time from this machine while it measured."""

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, quiet_logging, write_report
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, publish, quiet_logging
 
 QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
 PROMPT = "Write a short paragraph about the history of lighthouses and the people who kept them."
@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fmt(r["quality"].get("ppl_reference"), 2), fmt(r["decode_tok_s"], 1)]
                for q, r in quality.items()]),
           "", "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.convert --rounds 3 --tokens 64`"]
-    paths = write_report("convert", data, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish("convert", data, "\n".join(md) + "\n")
     return data
 
 

@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.common import fmt, machine_info, markdown_table, quiet_logging, steal_ticks, write_report
+from benchmarks.common import fmt, machine_info, markdown_table, publish, quiet_logging, steal_ticks
 
 HISTORIES = (256, 1024, 3000)
 FOLLOW_UP = "Summarize all of that in one line."
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
           f"kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
           "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3`"]
-    paths = write_report("followup", data, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish("followup", data, "\n".join(md) + "\n")
     return data
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_info, markdown_table, write_report
+from benchmarks.common import machine_info, markdown_table, publish
 
 DATA = Path(__file__).resolve().parent.parent / "edgeinfer" / "data"
 # words spelled the same in several of the six languages: any answer is a guess, abstaining is right
@@ -98,9 +98,7 @@ def main() -> dict[str, Any]:
                     "Wrong answers (first few):", "", *wrongs, "",
                     "Run: `python -m benchmarks.language_id`", ""])
     data = {"machine": machine_info(), "results": results}
-    paths = write_report("language_id", data, md)
-    print(md)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish("language_id", data, md)
     return data
 
 

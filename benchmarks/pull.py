@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, steal_ticks, write_report
+from benchmarks.common import fmt, machine_info, markdown_table, paired_ratios, publish, steal_ticks
 from benchmarks.convert import llama_cpp_converter, timed_child
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -113,9 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "in llama.cpp to check it; with the quality report it also writes an F32 GGUF and runs both "
           "models over the 1,023-token quality text.", "",
           "Run: `python -m benchmarks.pull --rounds 3`"]
-    paths = write_report("pull", data, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish("pull", data, "\n".join(md) + "\n")
     return data
 
 

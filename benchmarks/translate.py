@@ -43,10 +43,10 @@ from benchmarks.common import (
     machine_info,
     markdown_table,
     paired_ratios,
+    publish,
     quiet_logging,
     steal_ticks,
     without_weight_repacking,
-    write_report,
 )
 
 MODEL = "gemma-3-270m"
@@ -271,9 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "per_pair": args.per_pair, "threads": args.threads, **summary, **raw,
             "total_s": time.perf_counter() - started}
     md = markdown(summary, args, len(raw["jobs"]), info)
-    paths = write_report("translate" if args.slice == "tuning" else f"translate-{args.slice}", data, md)
-    print(md)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish("translate" if args.slice == "tuning" else f"translate-{args.slice}", data, md)
     return data
 
 
