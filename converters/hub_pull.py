@@ -20,9 +20,9 @@ from edgeinfer.paths import atomic_write, scratch_dir
 from edgeinfer.prepared import checkpoint_target
 from edgeinfer.pull import PullResult
 from edgeinfer.pull import pull as hub_pull
+from edgeinfer.reports import read_report, report_path
 
 from .options import DEFAULT_MAX_KL
-from .report import report_path
 from .to_gguf.families import FAMILIES
 
 ENCODERS = ("BertModel", "BertForMaskedLM")  # no next-token logits: converted to F16, pinned as embedding
@@ -54,7 +54,6 @@ class CheckpointConverter:
         """Convert into a scratch file beside the cache's GGUFs, then rename it (and its report) to the
         name of the type made; nothing is left behind on failure."""
         from .conversion import convert
-        from .report import read_report
 
         target = checkpoint_target(entry, "pull")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,35 +11,9 @@ from edgeinfer import __version__
 from edgeinfer.gguf_check import read_gguf_header
 from edgeinfer.hashing import sha256_file, sha256_tree
 from edgeinfer.paths import atomic_write
+from edgeinfer.reports import folder_files, read_report, report_path
 
 from .quality import QualityMetrics
-
-REPORT_NAME = "report.json"  # inside a folder artifact (ONNX); a file X.gguf gets X.report.json
-
-
-def report_path(artifact: Path) -> Path:
-    """Where the report of ``artifact`` lives: ``X.report.json`` for ``X.gguf``, ``folder/report.json``."""
-    artifact = Path(artifact)
-    if artifact.is_dir():
-        return artifact / REPORT_NAME
-    return artifact.with_name(f"{artifact.stem}.report.json")
-
-
-def read_report(artifact: Path) -> dict[str, Any] | None:
-    """The artifact's report as a dict, or None when there is none (or it is unreadable)."""
-    try:
-        data = json.loads(report_path(artifact).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def folder_files(folder: Path) -> list[str]:
-    """The files of a folder artifact, relative and sorted, without its own report."""
-    return sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() != REPORT_NAME
-    )
 
 
 def gguf_weight_stats(path: Path) -> tuple[int, int]:

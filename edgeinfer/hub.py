@@ -30,6 +30,7 @@ _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
+NOT_A_MODEL = ("mmproj", "imatrix")  # vision projectors and importance matrices ship as .gguf too
 STALE_PARTIAL_SECONDS = 600  # a partial download untouched this long belongs to a process that died
 
 
@@ -107,11 +108,27 @@ class RepoListing:
         with both is read as GGUF: its files are ready to run, a conversion takes minutes."""
         if self.spec.file:
             return "gguf" if self.spec.file.lower().endswith(".gguf") else ""
-        if any(n.lower().endswith(".gguf") and "mmproj" not in n.lower() for n in self.files):
+        if any(is_model_gguf(n) for n in self.files):
             return "gguf"
         if any(n.endswith(".safetensors") for n in self.files) and "config.json" in self.files:
             return "safetensors"
         return ""
+
+
+def is_model_gguf(name: str) -> bool:
+    """A .gguf file that holds a model (not a vision projector or an importance matrix)."""
+    low = Path(name).name.lower()
+    return low.endswith(".gguf") and not any(word in low for word in NOT_A_MODEL)
+
+
+def pinned_files(entry: ModelEntry, src: Source) -> tuple[str, ...]:
+    """The repo files a hub source of ``entry`` pins: a checkpoint's files, or one GGUF."""
+    return entry.files if entry.format == "hf" else (src.filename or entry.file,)
+
+
+def checkpoint_folder(paths: dict[str, Path]) -> Path | None:
+    """The snapshot folder of downloaded checkpoint files: the folder of one at the top of the repo."""
+    return next((path.parent for name, path in paths.items() if "/" not in name), None)
 
 
 def git_blob_id(path: Path) -> str:
@@ -250,11 +267,9 @@ def _drop_stale_partials(repo: str, remote: RemoteFile) -> None:
 def pinned_listing(entry: ModelEntry, src: Source) -> RepoListing:
     """The files a models.lock hub source pins, with the sha256 pinned for each (no hub call)."""
     spec = HubSpec(src.repo, src.revision)
-    if entry.format != "hf":
-        name = src.filename or entry.file
-        return RepoListing(spec, src.revision, {name: RemoteFile(name, entry.size, entry.sha256)})
-    sums = dict(src.checksums)
-    return RepoListing(spec, src.revision, {n: RemoteFile(n, None, sums.get(n)) for n in entry.files})
+    sums = dict(src.checksums) if entry.format == "hf" else {src.filename or entry.file: entry.sha256}
+    files = {n: RemoteFile(n, None, sums.get(n)) for n in pinned_files(entry, src)}
+    return RepoListing(spec, src.revision, files)
 
 
 def _silent_bar() -> type:

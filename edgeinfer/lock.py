@@ -231,16 +231,22 @@ def _header_comments(text: str) -> str:
 EMBEDDING_ARCHITECTURES = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "t5encoder")
 
 
-def gguf_record(path: Path) -> dict[str, Any]:
-    """quantization (general.file_type's name), license and role ("chat" with a chat template, "embedding"
-    for an encoder, else "base") of a GGUF, where its header is readable."""
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """A GGUF's metadata, or {} when its header cannot be read."""
     from .errors import CorruptModelError
-    from .gguf_check import file_type_name, read_gguf_header
+    from .gguf_check import read_gguf_header
 
     try:
-        metadata = read_gguf_header(path).metadata
+        return read_gguf_header(path).metadata
     except CorruptModelError:
-        return {"role": "chat"}
+        return {}
+
+
+def gguf_record(metadata: dict[str, Any]) -> dict[str, Any]:
+    """quantization (general.file_type's name), license and role ("chat" with a chat template, "embedding"
+    for an encoder, else "base") from a GGUF's metadata (``gguf_metadata``)."""
+    from .gguf_check import file_type_name
+
     out: dict[str, Any] = {}
     if isinstance(metadata.get("general.file_type"), int):
         out["quantization"] = file_type_name(metadata["general.file_type"])
@@ -257,17 +263,9 @@ def gguf_record(path: Path) -> dict[str, Any]:
 
 def _report_quant(artifact: Path) -> str:
     """The quant recorded in the artifact's report.json (X.report.json, or folder/report.json)."""
-    import json
+    from .reports import read_report
 
-    if artifact.is_dir():
-        report = artifact / "report.json"
-    else:
-        report = artifact.with_name(f"{artifact.stem}.report.json")
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    return str(data.get("quant") or "") if isinstance(data, dict) else ""
+    return str((read_report(artifact) or {}).get("quant") or "")
 
 
 def artifact_record(artifact: Path) -> dict[str, Any]:
@@ -288,10 +286,9 @@ def artifact_record(artifact: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     record: dict[str, Any] = {"format": fmt, "file": artifact.name}
     if artifact.is_dir():
-        files = sorted(
-            p.relative_to(artifact).as_posix() for p in artifact.rglob("*")
-            if p.is_file() and p.relative_to(artifact).as_posix() != "report.json"
-        )
+        from .reports import folder_files
+
+        files = folder_files(artifact)
         record["files"] = files
         record["size"] = sum((artifact / f).stat().st_size for f in files)
         members = [artifact / f for f in files]
@@ -301,7 +298,7 @@ def artifact_record(artifact: Path) -> dict[str, Any]:
         require_gguf_magic(artifact)
         record["size"] = artifact.stat().st_size
         record["sha256"] = cached_digest(artifact, [artifact], sha256_file, trust_stamp=False)
-        meta = gguf_record(artifact)
+        meta = gguf_record(gguf_metadata(artifact))
     record["quantization"] = _report_quant(artifact) or meta.get("quantization", "")
     record["license"] = meta.get("license", "")
     return record

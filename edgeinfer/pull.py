@@ -23,7 +23,18 @@ from .errors import (
     UnknownModelError,
 )
 from .hashing import sha256_tree
-from .hub import HF_PREFIX, HubSpec, RemoteFile, RepoListing, download, list_repo, offline_advice, parse_spec
+from .hub import (
+    HF_PREFIX,
+    HubSpec,
+    RemoteFile,
+    RepoListing,
+    checkpoint_folder,
+    download,
+    is_model_gguf,
+    list_repo,
+    offline_advice,
+    parse_spec,
+)
 from .lock import ModelEntry, ModelLock, pin_entry
 from .lock_schema import model_name
 from .untrusted import relative_path
@@ -37,7 +48,6 @@ PICK_ORDER = ("Q4_K_M", "Q4_K_S", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_K_M", 
 RAM_SHARE = 0.75  # a picked file's size times RAM_HEADROOM must fit in this share of the available RAM
 RAM_HEADROOM = 1.2  # the file plus its KV cache and compute buffers, roughly
 _SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.I)
-_NOT_A_MODEL = ("mmproj", "imatrix")  # vision projectors and importance matrices ship as .gguf too
 
 # What a conversion reads from a safetensors repo (weights come from the index when sharded).
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -86,8 +96,7 @@ def pick_gguf(listing: RepoListing, *, quant: str | None = None, ram_available: 
         if remote is None:
             raise UnknownModelError(f"{spec.repo} has no file {spec.file!r} at {listing.commit[:12]}")
         return remote, "named in the spec"
-    ggufs = [f for f in listing.files.values() if f.name.lower().endswith(".gguf")
-             and not any(word in Path(f.name).name.lower() for word in _NOT_A_MODEL)]
+    ggufs = [f for f in listing.files.values() if is_model_gguf(f.name)]
     whole = [f for f in ggufs if not _SPLIT.search(f.name)]
     if not whole:
         detail = " (only split files: NAME-00001-of-0000N.gguf)" if ggufs else ""
@@ -197,7 +206,7 @@ class PullResult:
     already: bool = False  # the same commit and file were pinned before: nothing was downloaded
 
 
-def default_name(listing: RepoListing, quant: str = "") -> str:
+def default_name(listing: RepoListing, lock: ModelLock, quant: str = "") -> str:
     """A models.lock name from the repo name: lower case, "-GGUF" dropped, the type added for GGUF; the
     owner added when another model (a packaged one, say) has that name."""
     org, repo = listing.spec.repo.lower().split("/")
@@ -207,7 +216,7 @@ def default_name(listing: RepoListing, quant: str = "") -> str:
     candidates = [base, f"{base}-{org}"]
     for candidate in candidates:
         name = re.sub(r"[^a-z0-9._-]", "-", candidate)[:100].strip("-._") or "hub-model"
-        taken = _existing(name)
+        taken = _existing(name, lock)
         if taken is None or _from_repo(taken, listing):
             return model_name(name, "the repo name")
     raise LockFileError(f"the names {' and '.join(candidates)} are taken; choose one with --name")
@@ -246,7 +255,8 @@ def pull(spec: HubSpec | str, *, name: str | None = None, quant: str | None = No
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     say = on_progress or (lambda _text: None)
     lock_path = default_lock_path()
-    pinned = find_pinned(spec)
+    lock = ModelLock.load()
+    pinned = find_pinned(spec, lock)
     if is_offline(offline):
         if pinned is None:
             raise ModelNotAvailableError(offline_advice(spec))
@@ -264,9 +274,9 @@ def pull(spec: HubSpec | str, *, name: str | None = None, quant: str | None = No
                           already=True)
     say(f"{spec.repo}: commit {listing.commit[:12]}")
     if listing.kind == "gguf":
-        return _pull_gguf(listing, name, quant, role, force, progress, say, ram_available, lock_path)
+        return _pull_gguf(listing, lock, name, quant, role, force, progress, say, ram_available, lock_path)
     if listing.kind == "safetensors":
-        return _pull_checkpoint(listing, name, quant, role, force, progress, say, converter, lock_path)
+        return _pull_checkpoint(listing, lock, name, quant, role, force, progress, say, converter, lock_path)
     raise ModelNotAvailableError(
         f"{spec.repo} at {listing.commit[:12]} holds neither a GGUF file nor a safetensors checkpoint "
         "(config.json + *.safetensors); edgeinfer pulls those two kinds")
@@ -278,35 +288,36 @@ def _same_pin(entry: ModelEntry | None, listing: RepoListing, filename: str) -> 
         and (s.filename or entry.file) == filename for s in entry.sources)
 
 
-def _existing(name: str) -> ModelEntry | None:
+def _existing(name: str, lock: ModelLock) -> ModelEntry | None:
     try:
-        return ModelLock.load().get(name)
+        return lock.get(name)
     except UnknownModelError:
         return None
 
 
-def _pull_gguf(listing: RepoListing, name: str | None, quant: str | None, role: str | None, force: bool,
-               progress: bool, say: Callable[[str], None], ram_available: int | None,
+def _pull_gguf(listing: RepoListing, lock: ModelLock, name: str | None, quant: str | None, role: str | None,
+               force: bool, progress: bool, say: Callable[[str], None], ram_available: int | None,
                lock_path: Path) -> PullResult:
     from .loader import cached_probe
-    from .lock import gguf_record
+    from .lock import gguf_metadata, gguf_record
 
     probe = cached_probe()
     remote, why = pick_gguf(listing, quant=quant, order=pick_order(probe.cpu_features),
                             ram_available=probe.ram_available if ram_available is None else ram_available)
     say(f"{listing.spec.repo}: {remote.name} ({why})")
-    name = name or default_name(listing, quant_in_name(remote.name))
-    existing = _existing(name)
+    name = name or default_name(listing, lock, quant_in_name(remote.name))
+    existing = _existing(name, lock)
     if _same_pin(existing, listing, remote.name) and not force:
         from .sources import resolve
 
         resolve(existing, progress=progress)  # present and intact, or fetched again
         return PullResult(existing, lock_path, why=why, already=True)
     path, sha = download(listing, remote.name, progress=progress)
-    record = gguf_record(path)
+    metadata = gguf_metadata(path)
+    record = gguf_record(metadata)
     raw = _raw_entry(listing, record, role or record.pop("role"), quant_in_name(remote.name))
     raw.update(sha256=sha, size=path.stat().st_size, file=Path(remote.name).name)
-    if sampling := sampling_defaults(_gguf_metadata(path), GGUF_SAMPLING):
+    if sampling := sampling_defaults(metadata, GGUF_SAMPLING):
         raw["sampling"] = sampling
     raw["sources"] = [{"type": "hub", "repo": listing.spec.repo, "revision": listing.commit,
                        "filename": remote.name}]
@@ -314,15 +325,15 @@ def _pull_gguf(listing: RepoListing, name: str | None, quant: str | None, role: 
     return PullResult(entry, lock_path, {remote.name: sha}, why)
 
 
-def _pull_checkpoint(listing: RepoListing, name: str | None, quant: str | None, role: str | None, force: bool,
-                     progress: bool, say: Callable[[str], None], converter: Converter | None,
-                     lock_path: Path) -> PullResult:
+def _pull_checkpoint(listing: RepoListing, lock: ModelLock, name: str | None, quant: str | None,
+                     role: str | None, force: bool, progress: bool, say: Callable[[str], None],
+                     converter: Converter | None, lock_path: Path) -> PullResult:
     spec = listing.spec
     if converter is None:
         raise ModelNotPreparedError(
             f"{spec} is a safetensors checkpoint, converted to GGUF once when it is pulled: run "
             f"`edgeinfer pull {spec}` (it needs pip install 'edgeinfer[convert]')")
-    name = name or default_name(listing)
+    name = name or default_name(listing, lock)
     config_path, _ = download(listing, "config.json", progress=False)
     config = _small_json(config_path, f"{spec.repo}/config.json")
     refusal = converter.refuse(config)
@@ -331,7 +342,7 @@ def _pull_checkpoint(listing: RepoListing, name: str | None, quant: str | None, 
     encoder = converter.is_encoder(config)
     quant = quant or ("F16" if encoder else "auto")
     files = checkpoint_files(listing, lambda n: download(listing, n, progress=False)[0])
-    existing = _existing(name)
+    existing = _existing(name, lock)
     if existing is not None and not force and not _from_repo(existing, listing):
         raise LockFileError(f"{name!r} is already pinned ({existing.origin}); pass --name or --force")
     if _same_pin(existing, listing, existing.file if existing else "") and not force and _converted(existing):
@@ -339,10 +350,10 @@ def _pull_checkpoint(listing: RepoListing, name: str | None, quant: str | None, 
 
         resolve(existing, progress=progress)  # the checkpoint present and intact, or fetched again
         return PullResult(existing, lock_path, why="converted before", already=True)
-    checksums, folder = {}, None
+    checksums, paths = {}, {}
     for file in files:
-        path, checksums[file] = download(listing, file, progress=progress)
-        folder = path.parent if "/" not in file else folder
+        paths[file], checksums[file] = download(listing, file, progress=progress)
+    folder = checkpoint_folder(paths)
     assert folder is not None  # config.json is at the top of every checkpoint
     role = role or ("embedding" if encoder else "chat" if _has_template(folder) else "base")
     raw = _raw_entry(listing, {}, role, "")
@@ -367,16 +378,6 @@ def _converted(entry: ModelEntry | None) -> bool:
     from .prepared import checkpoint_quant, checkpoint_target
 
     return entry is not None and checkpoint_target(entry, checkpoint_quant(entry)).is_file()
-
-
-def _gguf_metadata(path: Path) -> dict[str, Any]:
-    from .errors import CorruptModelError
-    from .gguf_check import read_gguf_header
-
-    try:
-        return read_gguf_header(path).metadata
-    except CorruptModelError:
-        return {}
 
 
 def _from_repo(entry: ModelEntry | None, listing: RepoListing) -> bool:

@@ -134,16 +134,17 @@ def _assemble(entry: ModelEntry, chunks: list[Path], target: Path, progress: boo
 def _from_hub(entry: ModelEntry, src: Source, offline: bool) -> Path:
     """The pinned file (or checkpoint folder) from the hub cache, downloaded when online; a file whose
     sha256 differs from the one pinned for it is deleted from the hub cache (a retry fetches it again)."""
-    from .hub import download, pinned_listing
+    from .hub import checkpoint_folder, download, pinned_files, pinned_listing
 
     listing = pinned_listing(entry, src)
+    paths = {name: download(listing, name, progress=False, offline=offline)[0]
+             for name in pinned_files(entry, src)}
     if entry.format != "hf":
-        return download(listing, src.filename or entry.file, progress=False, offline=offline)[0]
-    paths = {name: download(listing, name, progress=False, offline=offline)[0] for name in entry.files}
-    top = next((name for name in paths if "/" not in name), None)
-    if top is None:
+        return next(iter(paths.values()))
+    folder = checkpoint_folder(paths)
+    if folder is None:
         raise LockFileError(f"{entry.name}: a hub checkpoint must list a file at the top of the repo")
-    return paths[top].parent
+    return folder
 
 
 def resolve(entry: ModelEntry, *, offline: bool | None = None, progress: bool = False) -> ResolvedModel:
@@ -233,12 +234,10 @@ def forget_files(entry: ModelEntry, others: list[ModelEntry]) -> list[Path]:
 
 def _hub_files(entry: ModelEntry) -> list[tuple[str, str, str]]:
     """(repo, commit, file) of every hub file ``entry`` pins."""
-    out = []
-    for src in entry.sources:
-        if src.type == "hub":
-            names = entry.files if entry.format == "hf" else (src.filename or entry.file,)
-            out.extend((src.repo, src.revision, name) for name in names)
-    return out
+    from .hub import pinned_files
+
+    return [(src.repo, src.revision, name) for src in entry.sources if src.type == "hub"
+            for name in pinned_files(entry, src)]
 
 
 def _forget_hub_file(repo: str, revision: str, name: str) -> list[Path]:
@@ -282,19 +281,20 @@ def _in_hub_cache(entry: ModelEntry, src: Source) -> Path | None:
     """The pinned file (or checkpoint folder) where huggingface_hub's cache has it, without a hub call."""
     from huggingface_hub import try_to_load_from_cache
 
-    names = entry.files if entry.format == "hf" else (src.filename or entry.file,)
-    paths = []
-    for name in names:
+    from .hub import checkpoint_folder, pinned_files
+
+    paths = {}
+    for name in pinned_files(entry, src):
         try:
             found = try_to_load_from_cache(src.repo, name, revision=src.revision)
         except ValueError:  # not a repo id or revision huggingface_hub accepts: nothing of it is cached
             return None
         if not isinstance(found, str):
             return None
-        paths.append((name, Path(found)))
+        paths[name] = Path(found)
     if entry.format != "hf":
-        return paths[0][1] if paths else None
-    return next((path.parent for name, path in paths if "/" not in name), None)
+        return next(iter(paths.values()), None)
+    return checkpoint_folder(paths)
 
 
 def _extra_of(package: str) -> str:

@@ -52,6 +52,7 @@ def commit(hub: LocalHub) -> str:
 
 
 def client_env(hub: LocalHub, home: Path, token: str | None) -> dict[str, str]:
+    assert hub.url.startswith("http://127.0.0.1:"), hub.url  # the client never talks to a real hub
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
     if token is not None:

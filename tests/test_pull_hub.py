@@ -50,6 +50,7 @@ def hub() -> Iterator[LocalHub]:
 
 
 def env_for(hub_url: str, tmp: Path, *, offline: bool = False, token: str | None = None) -> dict[str, str]:
+    assert hub_url.startswith("http://127.0.0.1:"), hub_url  # the client never talks to a real hub
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_", "EDGEINFER_"))}
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="1" if offline else "0",
                HF_HUB_DISABLE_TELEMETRY="1", EDGEINFER_HOME=str(tmp / "home"),

@@ -33,9 +33,9 @@ print("ok")
 
 
 def _cpu_reports_amx() -> bool:
-    from ..device import _cpu_features
+    from ..loader import cached_probe  # the machine probe ei.load takes anyway, once per process
 
-    return any(flag in _cpu_features() for flag in AMX_FLAGS)
+    return any(flag in cached_probe().cpu_features for flag in AMX_FLAGS)
 
 
 def _stamp_path() -> Path:

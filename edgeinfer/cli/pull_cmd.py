@@ -10,7 +10,7 @@ import sys
 
 from ..errors import BackendUnavailableError
 from ..hub import is_hub_spec, parse_spec
-from ..lock import ModelLock
+from ..lock import ModelEntry, ModelLock
 from ..prepared import Located, preparations
 from ..sources import cache_path, resolve
 
@@ -108,15 +108,9 @@ def _pull_hub(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_of(entry: object) -> dict | None:
+def _report_of(entry: ModelEntry) -> dict | None:
     """The quality report of the GGUF converted for a pulled checkpoint, when there is one."""
     from ..prepared import checkpoint_quant, checkpoint_target
+    from ..reports import read_report
 
-    if getattr(entry, "format", "") != "hf":
-        return None
-    target = checkpoint_target(entry, checkpoint_quant(entry))  # type: ignore[arg-type]
-    try:
-        data = json.loads(target.with_name(f"{target.stem}.report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_report(checkpoint_target(entry, checkpoint_quant(entry))) if entry.format == "hf" else None
