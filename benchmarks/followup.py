@@ -3,8 +3,9 @@
 One chat per history length on the default chat model (``ei.load`` defaults: KV reuse with idle-time
 settling). The history is a long first message and a 48-token greedy answer; then the follow-up "Summarize
 all of that in one line." (~25 new tokens) is sent right after the previous answer (no idle time: the
-previous answer's KV is still being settled) and after 3 s of idle time (settled), alternating, for
-``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
+previous answer's KV is still being settled), after 3 s of idle time (settled), and right after the answer
+on a model loaded with ``KVOptions(exact=False)`` (the answer's KV reused as decoding computed it), the
+three alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
 
   render    chat template + tokenization of the whole conversation
   settle    time the request waited for an idle settling step already running
@@ -118,17 +119,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import edgeinfer as ei
 
     model = ei.load(args.model, max_sequences=4)
-    timeline = Timeline(model)
+    inexact = ei.load(args.model, max_sequences=4, kv=ei.KVOptions(exact=False))
+    timelines = {id(model): Timeline(model), id(inexact): Timeline(inexact)}
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)
+    # (case, model, idle seconds before the follow-up)
+    cases = [("no idle", model, 0.0), ("idle", model, args.idle), ("no idle, exact=False", inexact, 0.0)]
     rows: dict[str, dict[str, Any]] = {}
     steal_before = steal_ticks()
     for history in HISTORIES:
         words = " ".join((FILLER * 200).split()[: int(history * 0.7)])
         for rnd in range(args.rounds):
-            for idle in ((0.0, args.idle) if rnd % 2 == 0 else (args.idle, 0.0)):
-                model.engine.reset()
-                chat = model.chat(system="You are a helpful assistant.")
+            for case, m, idle in cases[rnd % 3 :] + cases[: rnd % 3]:
+                m.engine.reset()
+                timeline = timelines[id(m)]
+                chat = m.chat(system="You are a helpful assistant.")
                 chat.send("Read this and tell me what it is about:\n" + words, answer)
                 time.sleep(idle)
                 timeline.clear()
@@ -138,14 +143,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 first = time.perf_counter()
                 done = stream.result()
                 parts = timeline.split(start, first)
-                key = f"{history}/{'idle' if idle else 'no idle'}"
-                row = rows.setdefault(key, {"history": done.stats.prompt_tokens, "idle_s": idle,
-                                            "samples": []})
+                row = rows.setdefault(f"{history}/{case}",
+                                      {"history": done.stats.prompt_tokens, "idle_s": idle, "samples": []})
                 row["samples"].append(parts)
         prompt = model.chat_prompt(chat.messages[:-1])
         rows[f"{history}/prefill-only"] = {"history": len(prompt), "idle_s": None, "samples": [
             {"ttft": prefill_only(model, prompt, 25), "prefill_tokens": 25}]}
     model.close()
+    inexact.close()
     for row in rows.values():
         row["median"] = {k: statistics.median(s[k] for s in row["samples"]) for k in row["samples"][0]}
     data = {"machine": machine_info(), "model": args.model, "rounds": args.rounds, "rows": rows,
@@ -157,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [f"# Follow-up turn TTFT ({args.model}, `ei.load` defaults)", "",
           markdown_table(["history", "prompt tokens", "case", "TTFT ms", "render ms", "settle wait ms",
                           "prefill ms", "prefill tokens", "other ms"], table), "",
-          f"Medians of {args.rounds} rounds (no idle / idle alternating). prefill-only: the follow-up's "
+          f"Medians of {args.rounds} rounds (the cases alternating). exact=False: `KVOptions(exact=False)`, "
+          "reusing the previous answer's decode-computed KV as it is (no settling, not bit-exact vs a cold "
+          "run). prefill-only: the follow-up's "
           "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
           f"kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
           "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3`"]

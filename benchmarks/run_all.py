@@ -156,8 +156,11 @@ def speculative_figures(d: dict[str, Any]) -> list[Figure]:
         return f"{x(g[kind][key])} (median of {n} tasks, {x(min(values))}-{x(max(values))})"
 
     out = []
-    for kind, what in (("grounded", "input-grounded tasks (rewrite, extract, ...)"),
-                       ("open", "open-ended tasks")):
+    for kind, what in (("grounded", "input-grounded tasks (rewrite, extract, translate)"),
+                       ("json", "JSON tasks (reformat, CSV to JSON, a new object)"),
+                       ("code", "code tasks (an edit, a new function)"), ("open", "open-ended tasks")):
+        if kind not in g:
+            continue
         out += [Figure(f"decode tok/s, prompt-lookup speculation on / off (edgeinfer), {what}",
                        span(kind, "spec_vs_plain")),
                 Figure(f"decode tok/s, llama-cpp-python `LlamaPromptLookupDecoding` / its plain decoding, "
@@ -165,8 +168,35 @@ def speculative_figures(d: dict[str, Any]) -> list[Figure]:
                        span(kind, "pld_vs_llama")),
                 Figure(f"decode tok/s, edgeinfer speculation / `LlamaPromptLookupDecoding`, {what}",
                        span(kind, "spec_vs_pld"))]
+    if "min_spec_vs_plain" in d:
+        out.append(Figure("decode tok/s, speculation on / off, the lowest over all tasks",
+                          x(d["min_spec_vs_plain"])))
     same = sum(t["identical_greedy"] for t in tasks.values())
     out.append(Figure("tasks whose speculative greedy output equals the plain one", f"{same}/{len(tasks)}"))
+    return out
+
+
+def followup_figures(d: dict[str, Any]) -> list[Figure]:
+    rows = d["rows"]
+    out = []
+    for history in ("256", "1024", "3000"):
+        cases = [rows.get(f"{history}/{case}") for case in ("no idle", "idle", "no idle, exact=False")]
+        if all(cases):
+            out.append(Figure(f"follow-up TTFT after {history} tokens of history: straight after the "
+                              "answer / after idle time / straight after, `exact=False`",
+                              " / ".join(f"{num(c['median']['ttft'], 0)} ms" for c in cases)))
+    return out
+
+
+def onnx_batching_figures(d: dict[str, Any]) -> list[Figure]:
+    levels = d["results"]["levels"]
+    out = [Figure(f"ONNX int4 aggregate decode tok/s, {n} streams batched / one by one",
+                  f"{x(levels[n]['batched_vs_one_by_one']['median'])} "
+                  f"({num(levels[n]['decode_agg_tok_s']['batched']['median'])} vs "
+                  f"{num(levels[n]['decode_agg_tok_s']['one-by-one']['median'])} tok/s)")
+           for n in ("2", "4", "8") if n in levels]
+    out.append(Figure("greedy outputs of batched ONNX streams differing from one by one",
+                      str(d["results"]["outputs_differing"])))
     return out
 
 
@@ -355,7 +385,13 @@ STEPS: tuple[Step, ...] = (
          8, batching_figures),
     Step("speculative", "Prompt-lookup speculative decoding",
          ("-m", "benchmarks.speculative", "--rounds", "3", "--tokens", "128"),
-         ("speculative.json", "speculative.md"), 4, speculative_figures),
+         ("speculative.json", "speculative.md"), 6, speculative_figures),
+    Step("onnx_batching", "ONNX backend batching: 1 to 8 concurrent streams",
+         ("-m", "benchmarks.onnx_batching"), ("onnx_batching.json", "onnx_batching.md"), 3,
+         onnx_batching_figures, needs="the ONNX int4 artifact benchmarks/onnx.py caches (made on first use)"),
+    Step("followup", "A follow-up turn's time to first token, and where it goes",
+         ("-m", "benchmarks.followup", "--rounds", "3"), ("followup.json", "followup.md"), 4,
+         followup_figures),
     Step("cache", "KV reuse: time to first token",
          ("-m", "benchmarks.cache"), ("cache.json", "cache.md"), 25, cache_figures),
     Step("convert", "HF -> GGUF conversion and quantization quality",

@@ -8,6 +8,7 @@ the report, and remove the reference.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -82,6 +83,9 @@ def convert(
     source, output = Path(source), Path(output)
     if format not in FORMATS:
         raise ConversionError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "onnx" and source.is_file() and source.suffix.lower() == ".gguf":
+        return _convert_gguf_onnx(source, output, quant, force=force, progress=progress, quality=quality,
+                                  n_threads=n_threads, started=started)
     if format == "onnx":
         return _convert_onnx(source, output, quant or "fp32", max_kl=max_kl, force=force, progress=progress,
                              quality=quality, n_threads=n_threads, started=started)
@@ -203,6 +207,32 @@ def _convert_onnx(source: Path, output: Path, quant: str, *, max_kl: float, forc
                               reference=reference_name,
                               extra={"requested_quant": dtype, "max_kl": max_kl if dtype == "auto" else None,
                                      "architecture": ckpt.architecture,
+                                     "seconds": round(time.perf_counter() - started, 2)})
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)  # a conversion that fails leaves nothing behind
+        raise
+    return ConversionResult(output, report, chosen, metrics.to_dict() if metrics else None,
+                            time.perf_counter() - started)
+
+
+def _convert_gguf_onnx(source: Path, output: Path, quant: str | None, *, force: bool, progress: bool,
+                       quality: bool, n_threads: int | None, started: float) -> ConversionResult:
+    """A GGUF file to an ONNX folder with the GGUF's own weights (``to_onnx.from_gguf``), its report
+    comparing it with the GGUF run by llama.cpp."""
+    from .report import write_report
+    from .to_onnx.from_gguf import gguf_to_onnx
+    from .to_onnx.quality import measure_against_gguf
+
+    if quant not in (None, "gguf"):
+        raise ConversionError(f"--quant {quant} does not apply to a GGUF source: its ONNX folder keeps the "
+                              "GGUF's own quantized weights (convert the HF checkpoint for another type)")
+    gguf_to_onnx(source, output, force=force, progress=progress)
+    try:
+        metrics = measure_against_gguf(source, output, n_threads=n_threads) if quality else None
+        chosen = json.loads((output / "edgeinfer.json").read_text(encoding="utf-8"))["quantization"]
+        report = write_report(output, source=source, fmt="onnx", quant=chosen, quality=metrics,
+                              reference=f"{source.name} run by llama.cpp",
+                              extra={"requested_quant": "gguf", "max_kl": None,
                                      "seconds": round(time.perf_counter() - started, 2)})
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)  # a conversion that fails leaves nothing behind

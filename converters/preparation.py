@@ -13,7 +13,15 @@ from pathlib import Path
 
 from edgeinfer.errors import EdgeInferError, OutputExistsError
 from edgeinfer.loader import locate_model
-from edgeinfer.prepared import CHECKPOINT_GGUF, KINDS, SHORTLIST, Located, Preparation, preparations
+from edgeinfer.prepared import (
+    CHECKPOINT_GGUF,
+    GGUF_ONNX,
+    KINDS,
+    SHORTLIST,
+    Located,
+    Preparation,
+    preparations,
+)
 
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -34,8 +42,14 @@ def _shortlist(preparation: Preparation) -> None:
     write_shortlisted_gguf(preparation.source, preparation.target, keep)
 
 
+def _gguf_onnx(preparation: Preparation) -> None:
+    from .conversion import convert
+
+    convert(preparation.source, preparation.target, format="onnx")  # with its report vs the GGUF
+
+
 RECIPES: dict[str, Callable[[Preparation], None]] = {CHECKPOINT_GGUF: _checkpoint_gguf,
-                                                         SHORTLIST: _shortlist}
+                                                         SHORTLIST: _shortlist, GGUF_ONNX: _gguf_onnx}
 
 
 def run_preparation(preparation: Preparation) -> Path:

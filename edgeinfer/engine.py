@@ -27,7 +27,7 @@ from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCach
 from .metrics import ModelMetrics
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, token_confidence
-from .speculative import DraftLength, Speculation, StepCosts, Verifier, make_proposer
+from .speculative import DraftLength, LookupIndex, Speculation, StepCosts, Verifier, make_proposer
 from .stats import Stats
 from .stopping import TextAssembler
 from .structured import ConstrainedSampler, Constraint, parsed_output
@@ -82,6 +82,8 @@ class Request:
         self.sampler = None
         self.verifier: Verifier | None = None
         self.draft_length: DraftLength | None = None
+        self.draft_evidence: int | None = None  # the match length behind the draft being checked
+        self.lookup_index: LookupIndex | None = None  # the text so far, indexed for prompt-lookup drafts
         self.confidence: list[tuple[float, float]] = []
         self.t_first = self.t_last = 0.0
 
@@ -379,6 +381,8 @@ class Engine:
                 request.verifier = Verifier(request.params, self.backend.logits, request.constraint)
                 request.verifier.start(request.prompt)
                 request.draft_length = DraftLength(self.step_costs)
+                make_index = getattr(self.proposer, "index", None)
+                request.lookup_index = make_index() if make_index is not None else None
             elif request.constraint is not None:  # masked sampling (numpy) on the backend's rows
                 request.sampler = ConstrainedSampler(self.backend, request.params, request.constraint)
             else:
@@ -467,25 +471,35 @@ class Engine:
                 self._emit(request, [*forced, self._sample(request, own[0])])
                 continue
             accepted, follow = request.verifier.verify(draft, own, len(request.generated) + len(forced))
-            request.draft_length.update(len(draft), accepted)
+            request.draft_length.update(len(draft), accepted, request.draft_evidence)
             request.stats.draft_tokens += len(draft)
             request.stats.accepted_tokens += accepted
             self._trim(request, len(draft) - accepted)
             self._emit(request, [*forced, *draft[:accepted], follow])
 
     def _draft(self, request: Request) -> list[int]:
+        """The tokens to check with the next step (often none): a proposal, cut to the length that the
+        request's measured acceptance and step costs say pays."""
         if request.verifier is None or request.params.confidence:  # confidence is read token by token
             return []
-        k = request.draft_length.next_k()
         forced = request.forced  # evaluated before the draft, in the same eval
         room = min(request.params.max_tokens - len(request.generated) - len(forced) - 1,
                    self.backend.caps.n_ctx - len(request.evaluated) - len(forced) - 2)
-        k = min(k, room)
-        if k <= 0:
-            return []
-        draft = self.proposer.propose([*request.prompt, *request.generated, *forced], k)
+        policy, index = request.draft_length, request.lookup_index
+        if index is not None:  # a free proposal first: how long its match is decides whether to check it
+            # the text only grows (prompt, generated, then forced tokens, emitted in that order)
+            held, n_prompt = len(index.tokens), len(request.prompt)
+            index.extend([*request.prompt[held:], *request.generated[max(0, held - n_prompt):], *forced])
+            draft, evidence = index.lookup(min(room, policy.maximum))
+            k = policy.next_k(evidence) if draft else 0
+        else:  # a draft model costs compute to propose: decide first
+            evidence, k = None, policy.next_k()
+            text = [*request.prompt, *request.generated, *forced]
+            draft = self.proposer.propose(text, min(k, room)) if min(k, room) > 0 else []
+        draft = draft[: max(0, min(k, room))]
         if request.constraint is not None:  # only what the grammar allows is worth checking
             draft = draft[: request.constraint.valid_prefix(draft)]
+        request.draft_evidence = evidence
         return draft
 
     def _trim(self, request: Request, n: int) -> None:

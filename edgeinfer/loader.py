@@ -31,7 +31,7 @@ from .memory import (
 )
 from .model import Model
 from .paths import cache_root
-from .prepared import CHECKPOINT_GGUF, Located, prepared
+from .prepared import CHECKPOINT_GGUF, GGUF_ONNX, Located, prepared
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams
 from .sources import resolve
@@ -53,6 +53,17 @@ def _prepared_checkpoint(located: Located) -> Path:
             f"{located.name} is a Hugging Face checkpoint that is converted to GGUF once, before its first "
             f"use: run `edgeinfer pull {located.name}` (or edgeinfer_converters.prepare({located.name!r}))")
     return preparation.target
+
+
+def _prepared_onnx(located: Located) -> Path:
+    """The ONNX folder prepared from a GGUF for the onnx backend (its own weights, converted once)."""
+    preparation = prepared(located, GGUF_ONNX)
+    if preparation is not None and preparation.done:
+        return preparation.target
+    raise ModelNotPreparedError(
+        f"{located.name} is a GGUF; on the onnx backend it runs as an ONNX folder made from it once, before "
+        f"its first use: run `edgeinfer pull {located.name} --backend onnx` (llama-architecture GGUFs; "
+        f"or edgeinfer_converters.prepare({str(located.name)!r}, kinds=['gguf-onnx']))")
 
 
 @lru_cache(maxsize=1)
@@ -143,6 +154,8 @@ def load(
     fmt = format_of(path)
     if fmt == "hf":
         path, fmt = _prepared_checkpoint(located), "gguf"
+    if fmt == "gguf" and backend == "onnx":
+        path, fmt = _prepared_onnx(located), "onnx"
     probe = probe or cached_probe()
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
     layers = _gguf_layers(path) if fmt == "gguf" and probe.gpus and n_gpu_layers is None else None
@@ -176,9 +189,9 @@ def load(
         folder = cache_root() / "kv" if kv.disk is True else Path(kv.disk)
         disk = DiskCache(folder, binding={"model_sha256": sha, **be.state_binding()},
                          max_bytes=kv.disk_bytes)
-    cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk, keep_sequences=keep)
-    return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults,
-                 cache=cache, settle=kv.settle, max_batch=max_batch, speculation=speculation, layout=layout,
+    cache = PromptCache(be, ram_budget_bytes=kv.ram_bytes, disk=disk, keep_sequences=keep, exact=kv.exact)
+    return Model(be, name=name, path=path, sha256=sha, choice=choice, default_params=defaults, cache=cache,
+                 settle=kv.settle and kv.exact, max_batch=max_batch, speculation=speculation, layout=layout,
                  chat_template=chat_template, role=entry.role if entry else None)
 
 

@@ -1,9 +1,11 @@
 """Artifacts prepared before load: the plan (which transform a pinned model gets, and where its output
 lives in the cache), never the work.
 
-Two transforms exist: a pinned Hugging Face checkpoint becomes a GGUF (llama.cpp runs it): an embedding
-model in F16, a language model in the type its entry pins (``edgeinfer pull hf:…`` chose it); and a GGUF
-with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages. The
+Three transforms exist: a pinned Hugging Face checkpoint becomes a GGUF (llama.cpp runs it): an embedding
+model in F16, a language model in the type its entry pins (``edgeinfer pull hf:…`` chose it); a GGUF
+with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages; and a GGUF
+asked for on the ONNX backend becomes an ONNX folder with its own quantized weights (only when asked:
+``backend="onnx"``, ``edgeinfer pull NAME --backend onnx``). The
 converters package does the work at pull time (``edgeinfer pull NAME``, or
 ``edgeinfer_converters.prepare(NAME)``); the runtime only looks for the results, so ``ei.load`` only loads.
 """
@@ -24,7 +26,8 @@ from .paths import cache_root
 CHECKPOINT_GGUF = "checkpoint-gguf"  # a pinned HF checkpoint converted to a GGUF
 CHECKPOINT_DEFAULT_QUANT = "Q8_0"  # for a checkpoint pinned without a type (`edgeinfer lock add FOLDER`)
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
-KINDS = (CHECKPOINT_GGUF, SHORTLIST)
+GGUF_ONNX = "gguf-onnx"  # a GGUF as an ONNX folder with the GGUF's own weights (for the onnx backend)
+KINDS = (CHECKPOINT_GGUF, SHORTLIST)  # what every model gets; GGUF_ONNX only where it is asked for
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Located:
 class Preparation:
     """One transform of ``source`` into ``target`` (in the cache), done once before load."""
 
-    kind: str  # CHECKPOINT_GGUF or SHORTLIST
+    kind: str  # CHECKPOINT_GGUF, SHORTLIST or GGUF_ONNX
     source: Path
     target: Path
     recipe: Path | None = None  # the shipped shortlist file, for SHORTLIST
@@ -50,7 +53,7 @@ class Preparation:
 
     @property
     def done(self) -> bool:
-        return self.target.is_file()
+        return self.target.is_file() or (self.target / "edgeinfer.json").is_file()  # a GGUF, or a folder
 
 
 def prepared_dir() -> Path:
@@ -80,17 +83,21 @@ def preparations(located: Located, kinds: Collection[str] = KINDS) -> list[Prepa
         return [Preparation(CHECKPOINT_GGUF, path, checkpoint_target(entry, quant), quant=quant,
                             model_name=entry.file,
                             description=f"converting the checkpoint to GGUF ({quant})")]
-    if fmt != "gguf" or SHORTLIST not in kinds:
+    if fmt != "gguf":
         return []
     sha = entry.sha256 if entry else cached_digest(path, [path], sha256_file)
-    found = shortlist_for(sha)
-    if found is None:
-        return []
-    recipe, data = found
-    name = str(data.get("name", recipe.stem))
-    target = prepared_dir() / f"{path.stem}-{sha[:16]}-{name}.gguf"
-    description = f"cutting the vocabulary to {data.get('description') or name}"
-    return [Preparation(SHORTLIST, path, target, recipe=recipe, description=description)]
+    plans = []
+    if GGUF_ONNX in kinds:
+        plans.append(Preparation(GGUF_ONNX, path, prepared_dir() / f"{path.stem}-{sha[:16]}-onnx",
+                                 description="converting it to an ONNX folder with its own weights"))
+    found = shortlist_for(sha) if SHORTLIST in kinds else None
+    if found is not None:
+        recipe, data = found
+        name = str(data.get("name", recipe.stem))
+        target = prepared_dir() / f"{path.stem}-{sha[:16]}-{name}.gguf"
+        description = f"cutting the vocabulary to {data.get('description') or name}"
+        plans.append(Preparation(SHORTLIST, path, target, recipe=recipe, description=description))
+    return plans
 
 
 def checkpoint_quant(entry: ModelEntry) -> str:

@@ -98,8 +98,11 @@ class PromptCache:
     """Prefix reuse over the backend's sequences, with LRU eviction and an optional disk tier."""
 
     def __init__(self, backend: Backend, *, ram_budget_bytes: int | None = None,
-                 disk: DiskCache | None = None, keep_sequences: bool = True) -> None:
+                 disk: DiskCache | None = None, keep_sequences: bool = True, exact: bool = True) -> None:
         self.backend = backend
+        # exact=False: reuse any held prefix as it was computed (decode steps included), leaving one
+        # token to compute; outputs may then differ in the last bits from a cold prefill's
+        self.exact = exact
         # a backend that allocates sequences lazily adds one to keep what the others hold (True), or
         # only for requests running at once (False: what ei.load does unless max_sequences is given)
         self.keep_sequences = keep_sequences
@@ -142,8 +145,7 @@ class PromptCache:
         overlaps = {s.seq_id: common_prefix(s.tokens, prompt) for s in free}
 
         def reuse_of(slot: Slot) -> int:
-            return reusable(overlaps[slot.seq_id], n, slot.exact_end, self.align, self.n_batch,
-                            self.min_batch)
+            return self._reusable(overlaps[slot.seq_id], n, slot.exact_end)
 
         # most reusable tokens; on a tie, the sequence this prompt continues furthest, then the newest
         best = max(free, key=lambda s: (reuse_of(s), overlaps[s.seq_id], s.last_used))
@@ -151,7 +153,7 @@ class PromptCache:
         if self.disk is not None:
             entry, on_disk = self.disk.longest_prefix(prompt)
             if entry is not None:
-                on_disk = reusable(on_disk, n, entry.exact_end, self.align, self.n_batch, self.min_batch)
+                on_disk = self._reusable(on_disk, n, entry.exact_end)
                 if on_disk > shared and (restored := self._restore(entry, free)) is not None:
                     return self._take(restored, on_disk, "disk")
 
@@ -171,6 +173,12 @@ class PromptCache:
         target.prefill_end, target.exact_end = shared, min(shared, best.exact_end)
         best.last_used = time.monotonic()
         return self._take(target, shared, "ram-copy")
+
+    def _reusable(self, shared: int, prompt_len: int, exact_end: int) -> int:
+        """``reusable`` for this cache: without ``exact``, every shared token but the prompt's last."""
+        if not self.exact:
+            return max(0, min(shared, prompt_len - 1))
+        return reusable(shared, prompt_len, exact_end, self.align, self.n_batch, self.min_batch)
 
     def free_slots(self, demand: int = 1) -> list[Slot]:
         """Idle sequences among those the backend holds; when every one is busy, the backend is asked

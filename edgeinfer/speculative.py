@@ -46,9 +46,9 @@ def make_proposer(speculation: Speculation, target: Backend) -> Proposer | None:
     if speculation is None:
         return None
     if speculation == "auto":  # on where checking a draft cannot change the output
-        return PromptLookup(max_ngram=3, min_ngram=2) if target.caps.exact_verify else None
+        return PromptLookup(max_ngram=8, min_ngram=2) if target.caps.exact_verify else None
     if speculation == "prompt-lookup":
-        return PromptLookup(max_ngram=3, min_ngram=2)
+        return PromptLookup(max_ngram=8, min_ngram=2)
     if isinstance(speculation, str) or not hasattr(speculation, "propose"):
         raise InvalidRequestError(
             f"unknown speculation {speculation!r}: use 'auto', 'prompt-lookup', a draft Model, or None")
@@ -59,43 +59,87 @@ def make_proposer(speculation: Speculation, target: Backend) -> Proposer | None:
 
 
 class PromptLookup:
-    """Proposes up to ``k`` tokens by matching the last ``max_ngram``..``min_ngram`` tokens."""
+    """Proposes up to ``k`` tokens by matching the text's last ``min_ngram``..``max_ngram`` tokens."""
 
     def __init__(self, *, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError("need 1 <= min_ngram <= max_ngram")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
+    def index(self) -> LookupIndex:
+        """An empty index for one request's text, extended as the text grows (the engine keeps one
+        per request, so a step's lookup costs microseconds whatever the text's length)."""
+        return LookupIndex(self.min_ngram, self.max_ngram)
+
     def propose(self, tokens: Sequence[int], k: int) -> list[int]:
         """The continuation of the most recent earlier occurrence of the longest matching suffix."""
-        if k <= 0 or len(tokens) < self.min_ngram + 1:
-            return []
-        arr = np.asarray(tokens, dtype=np.int64)
-        n_tok = len(arr)
-        for n in range(min(self.max_ngram, n_tok - 1), self.min_ngram - 1, -1):
-            suffix = arr[n_tok - n :]
-            # windows starting at 0 .. n_tok - n - 1 (the suffix itself excluded)
-            windows = np.lib.stride_tricks.sliding_window_view(arr[: n_tok - 1], n)
-            hits = np.flatnonzero((windows == suffix).all(axis=1))
-            hits = hits[hits + n < n_tok]  # something must follow the match
-            if hits.size:
-                start = int(hits[-1]) + n
-                return arr[start : start + k].tolist()
-        return []
+        index = self.index()
+        index.extend(tokens)
+        return index.lookup(k)[0]
+
+
+class LookupIndex:
+    """Where each ``min_ngram``-gram of a growing text starts, for prompt-lookup drafts."""
+
+    CANDIDATES = 64  # most recent occurrences compared per lookup (bounds a step's work)
+
+    def __init__(self, min_ngram: int, max_ngram: int) -> None:
+        self.min_ngram, self.max_ngram = min_ngram, max_ngram
+        self.tokens: list[int] = []
+        self._starts: dict[tuple[int, ...], list[int]] = {}
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Append tokens to the text."""
+        n0, text = self.min_ngram, self.tokens
+        for token in tokens:
+            text.append(int(token))
+            if len(text) >= n0:
+                start = len(text) - n0
+                self._starts.setdefault(tuple(text[start:]), []).append(start)
+
+    def lookup(self, k: int) -> tuple[list[int], int]:
+        """(draft, match length): what followed the most recent earlier occurrence of the longest
+        match of the text's end, and how many tokens matched (a longer match is likelier to go on as
+        before); ([], 0) when there is none."""
+        n0, text = self.min_ngram, self.tokens
+        n_tok = len(text)
+        if k <= 0 or n_tok < n0 + 1:
+            return [], 0
+        starts = self._starts.get(tuple(text[n_tok - n0 :]), ())
+        best_start, best_length = -1, 0
+        for start in reversed(starts[-self.CANDIDATES - 1 :]):
+            if start + n0 >= n_tok:  # the text's end itself (nothing follows it)
+                continue
+            length = n0
+            while length < self.max_ngram and start + n0 - length > 0 and (
+                    text[start + n0 - length - 1] == text[n_tok - length - 1]):
+                length += 1
+            if length > best_length:  # ties keep the more recent
+                best_start, best_length = start, length
+                if length == self.max_ngram:
+                    break
+        if best_start < 0:
+            return [], 0
+        first = best_start + n0
+        return text[first : first + k], best_length
 
 
 class StepCosts:
     """What a decode step with ``rows`` tokens costs relative to a one-token step, measured as the
-    engine runs (moving averages); unmeasured sizes use ``prior_slope`` per extra row (on this
-    2-core CPU a 2-token step costs ~1.6x a 1-token one, a 4-token step ~2.6x)."""
+    engine runs (moving averages); unmeasured sizes use ``prior_slope`` per extra row (on a 2-core
+    CPU a 2-token step costs 1.4-1.8x a 1-token one, a 4-token step 2.6-3x)."""
 
-    def __init__(self, *, prior_slope: float = 0.55, decay: float = 0.9) -> None:
+    def __init__(self, *, prior_slope: float = 0.7, decay: float = 0.9) -> None:
         self.prior_slope, self.decay = prior_slope, decay
         self._seconds: dict[int, float] = {}
 
     def record(self, rows: int, seconds: float) -> None:
         old = self._seconds.get(rows)
         self._seconds[rows] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+
+    def measured(self) -> dict[int, float]:
+        """The relative cost of every token count measured so far (for reports)."""
+        return {rows: self.relative(rows) for rows in sorted(self._seconds) if 1 in self._seconds}
 
     def relative(self, rows: int) -> float:
         one, this = self._seconds.get(1), self._seconds.get(rows)
@@ -106,54 +150,94 @@ class StepCosts:
         return 1.0 + self.prior_slope * (rows - 1)
 
 
+# Prompt-lookup drafts are judged by how long a match found them: a 2-token match in free text is
+# mostly chance, 6+ tokens mean the text is copying its input. Each evidence class keeps its own
+# acceptance; (hits, trials) priors, measured on the benchmark's tasks (see benchmarks/speculative.py).
+EVIDENCE_CLASSES: tuple[tuple[int, tuple[float, float]], ...] = (
+    (2, (1.0, 4.0)),  # match length >= 2 (and below the next class): acceptance 0.25 to start with
+    (3, (2.0, 4.0)),
+    (4, (2.8, 4.0)),
+    (6, (3.4, 4.0)),
+    (8, (3.8, 4.0)),
+)
+MODEL_PRIOR = (3.5, 5.0)  # a draft model's proposals (no match length)
+
+
+class _Acceptance:
+    """One evidence class's moving acceptance estimate and its probing schedule."""
+
+    def __init__(self, prior: tuple[float, float], retry_every: int) -> None:
+        self.hits, self.trials = prior
+        self.idle, self.retry = 0, retry_every
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.trials if self.trials else 0.0
+
+
 class DraftLength:
     """Picks each step's draft length to maximise expected tokens per unit of compute.
 
-    With a per-token acceptance rate ``a`` (a moving estimate) a draft of ``d`` tokens yields
-    (1 - a^(d+1)) / (1 - a) tokens for a step costing ``costs.relative(d + 1)``; drafting stops
-    when no length beats a plain step, and is probed again after 8, 16, 32 ... plain steps (the
-    text may start copying).
+    With a per-token acceptance rate ``a`` (a moving estimate, kept per evidence class: how long
+    the match behind a prompt-lookup draft is) a draft of ``d`` tokens yields
+    (1 - a^(d+1)) / (1 - a) tokens for a step costing ``costs.relative(d + 1)`` (measured). A
+    draft is checked only when its expected gain beats a plain step by ``margin``; a class that does
+    not pay is probed with one token after ``retry_every`` chances, then 2x, 4x ... (up to 256x)
+    while probes miss. So text that never copies costs a handful of probes, and copying text
+    (long matches) drafts from its first step.
     """
 
     # 4: Gemma 3's Q4_K_M logits change in the last bits once 6+ tokens of a sequence share a batch
     # (measured: up to 5 rows match one-by-one steps), which would change greedy output
-    def __init__(self, costs: StepCosts | None = None, *, maximum: int = 4, retry_every: int = 8,
-                 margin: float = 1.05, prior: tuple[float, float] = (3.5, 5.0), decay: float = 0.85) -> None:
+    def __init__(self, costs: StepCosts | None = None, *, maximum: int = 4, retry_every: int = 16,
+                 margin: float = 1.1, prior: tuple[float, float] | None = None, decay: float = 0.85) -> None:
         self.costs = costs or StepCosts()
         self.maximum, self.retry_every, self.margin, self.decay = maximum, retry_every, margin, decay
-        self._hits, self._trials = prior
-        self._idle = 0
-        self._retry = retry_every  # doubles after each probe that finds nothing (up to 128)
+        priors = [p for _, p in EVIDENCE_CLASSES] if prior is None else [prior] * len(EVIDENCE_CLASSES)
+        self._classes = [_Acceptance(p, retry_every) for p in priors]
+        self._model = _Acceptance(prior or MODEL_PRIOR, retry_every)
 
-    @property
-    def acceptance(self) -> float:
-        return self._hits / self._trials if self._trials else 0.0
+    def _class(self, evidence: int | None) -> _Acceptance:
+        if evidence is None:
+            return self._model
+        index = 0
+        for i, (least, _) in enumerate(EVIDENCE_CLASSES):
+            if evidence >= least:
+                index = i
+        return self._classes[index]
 
-    def gain(self, d: int) -> float:
+    def acceptance(self, evidence: int | None = None) -> float:
+        """The estimated chance that a draft token of this evidence class is accepted."""
+        return self._class(evidence).rate
+
+    def gain(self, d: int, evidence: int | None = None) -> float:
         """Expected tokens per step with a draft of ``d`` over a plain step's one, per unit cost."""
-        a = min(self.acceptance, 0.999)
+        a = min(self.acceptance(evidence), 0.999)
         return (1 - a ** (d + 1)) / (1 - a) / self.costs.relative(d + 1)
 
-    def next_k(self) -> int:
-        """Tokens to draft for the next step (0: decode one token plainly)."""
-        best = max(range(1, self.maximum + 1), key=self.gain)
-        if self.gain(best) >= self.margin:
-            self._idle = 0
+    def next_k(self, evidence: int | None = None) -> int:
+        """Tokens to draft for the next step (0: decode one token plainly); ``evidence``: the match
+        length behind a prompt-lookup draft (None: a draft model)."""
+        state = self._class(evidence)
+        best = max(range(1, self.maximum + 1), key=lambda d: self.gain(d, evidence))
+        if self.gain(best, evidence) >= self.margin:
+            state.idle = 0
             return best
-        self._idle += 1
-        if self._idle >= self._retry:  # a cheap probe keeps the estimate current
-            self._idle = 0
+        state.idle += 1
+        if state.idle >= state.retry:  # a cheap probe keeps the estimate current
+            state.idle = 0
             return 1
         return 0
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, drafted: int, accepted: int, evidence: int | None = None) -> None:
         """Record a verified draft: ``accepted`` hits, then one miss unless all were accepted."""
         if drafted <= 0:
             return
+        state = self._class(evidence)
         misses = 0 if accepted == drafted else 1
-        self._retry = self.retry_every if accepted else min(2 * self._retry, 128)
-        self._hits = self.decay * self._hits + accepted
-        self._trials = self.decay * self._trials + accepted + misses
+        state.retry = self.retry_every if accepted else min(2 * state.retry, 16 * self.retry_every)
+        state.hits = self.decay * state.hits + accepted
+        state.trials = self.decay * state.trials + accepted + misses
 
 
 class Verifier:

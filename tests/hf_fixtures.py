@@ -33,14 +33,17 @@ def cache_dir() -> Path:
     return root
 
 
-def _key(*parts: Any) -> str:
+def cache_key(*parts: Any) -> str:
+    """A short key for a cached fixture built from ``parts`` (and the builder and transformers versions)."""
     import transformers
 
     text = json.dumps([BUILDER_VERSION, transformers.__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _cached(name: str, key: str, build) -> Path:  # noqa: ANN001
+def cached_build(name: str, key: str, build) -> Path:  # noqa: ANN001
+    """The folder ``build(folder)`` makes, kept in the test cache under ``name`` and ``key``; built once,
+    into a temporary folder renamed into place (a build that fails leaves nothing behind)."""
     target = cache_dir() / f"{name}-{key}"
     if target.is_dir():
         return target
@@ -75,7 +78,7 @@ def tokenizer_dir(name: str) -> Path:
         tok = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
         tok.save_pretrained(out)
 
-    return _cached(f"tokenizer-{name}", _key("tokenizer", sha256), build)
+    return cached_build(f"tokenizer-{name}", cache_key("tokenizer", sha256), build)
 
 
 def rebuilt_checkpoint(name: str) -> Path:
@@ -95,7 +98,7 @@ def rebuilt_checkpoint(name: str) -> Path:
         for item in tokenizer_dir(name).iterdir():
             shutil.copy(item, out / item.name)
 
-    return _cached(f"hf-{name}", _key("checkpoint", sha256), build)
+    return cached_build(f"hf-{name}", cache_key("checkpoint", sha256), build)
 
 
 # Tiny decoders: each a few layers, every hidden size small, SmolLM2's 49152-token vocabulary.
@@ -169,7 +172,7 @@ def tiny_checkpoint(arch: str) -> Path:
 
     # the folder name becomes general.name: "tiny-phi3" with SmolLM2's byte-level BPE vocabulary is the
     # Phi-4-mini layout (llama.cpp's Phi-3 rules for such a name look up "</s>", which it lacks)
-    return _cached(f"tiny-{arch}", _key("tiny", arch, spec, tokenizer.name), build)
+    return cached_build(f"tiny-{arch}", cache_key("tiny", arch, spec, tokenizer.name), build)
 
 
 def minilm_dir() -> Path:

@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hf_fixtures import _cached, _key
+from hf_fixtures import cache_key, cached_build
 
 BUILDER_VERSION = "1"  # bump when a builder changes what it writes
 SPACE = "\u2581"
@@ -602,7 +602,8 @@ def layout_checkpoint(name: str) -> Path:
             write_json(out / "generation_config.json", files.generation_config)
         write_weights(out, layout.dtype)
 
-    return _cached(f"layout-{name}", _key("layout", name, BUILDER_VERSION, layout.dtype, digest), build)
+    key = cache_key("layout", name, BUILDER_VERSION, layout.dtype, digest)
+    return cached_build(f"layout-{name}", key, build)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,28 +1,13 @@
 """Continuous batching and speculation in the engine, on the fake backend (scheduling logic only)."""
 
-import threading
 
 import pytest
-from waits import EvalGate
+from waits import EvalGate, concurrently
 
 from edgeinfer.backends.testing import FakeBackend
 from edgeinfer.model import Model
 
 GREEDY = dict(temperature=0)
-
-
-def run_concurrently(m: Model, prompts: list[str], **options) -> list:
-    results: list = [None] * len(prompts)
-
-    def worker(i: int) -> None:
-        results[i] = m.generate(prompts[i], **options)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return results
 
 
 def test_concurrent_requests_share_steps_and_match_one_by_one():
@@ -45,7 +30,7 @@ def test_more_requests_than_sequences_wait_their_turn():
     backend = FakeBackend(n_ctx=128, max_sequences=2)
     m = Model(backend, name="fake", speculation=None)
     prompts = [chr(97 + i) for i in range(7)]
-    done = run_concurrently(m, prompts, max_tokens=5, **GREEDY)
+    done = concurrently(m, prompts, timeout=30, max_tokens=5, **GREEDY)
     assert [c.text for c in done] == [
         "".join(chr(ord(p) + j) for j in range(1, 6)) for p in prompts]
     assert m.engine.occupancy() == (0, 0) and not any(s.busy for s in m.engine.cache.slots)

@@ -1,8 +1,8 @@
 """Continuous batching and speculative decoding for real, on SmolLM2 (Q4_1) and Gemma 3 (Q4_K_M)."""
 
-import threading
 
 import pytest
+from waits import concurrently, one_by_one
 
 import edgeinfer as ei
 
@@ -27,22 +27,6 @@ COPY_PROMPTS = [
 ]
 
 
-def concurrently(model: ei.Model, prompts: list[str], **options) -> list[ei.Completion]:
-    out: list = [None] * len(prompts)
-    start = threading.Barrier(len(prompts))
-
-    def worker(i: int) -> None:
-        start.wait()
-        out[i] = model.generate(prompts[i], **options)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    return out
-
-
 @pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
 def model_path(request):
     from edgeinfer.lock import ModelLock
@@ -54,11 +38,7 @@ def model_path(request):
 def test_batched_requests_give_exactly_their_unbatched_greedy_output(model_path):
     with ei.load(model_path, n_ctx=512, n_threads=2, max_sequences=4, kv=ei.KVOptions(settle=False),
                  speculation=None) as model:
-        alone = []
-        for prompt in PROMPTS:
-            model.engine.reset()
-            alone.append(model.generate(prompt, max_tokens=40, temperature=0).tokens)
-        model.engine.reset()
+        alone = [c.tokens for c in one_by_one(model, PROMPTS, max_tokens=40, temperature=0)]
         together = concurrently(model, PROMPTS, max_tokens=40, temperature=0)
     assert [c.tokens for c in together] == alone
 

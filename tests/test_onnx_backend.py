@@ -125,7 +125,7 @@ def test_kv_buffers_grow_copy_truncate_and_restore_exactly(onnx_dir: Path) -> No
         return backend.logits(row).copy()
 
     whole = last_logits(0, ids)
-    assert backend.seq_length(0) == len(ids) and backend._kv[0].capacity >= len(ids)
+    assert backend.seq_length(0) == len(ids) and backend._pool.capacity >= len(ids)
     pieces = [ids[:100], ids[100:250], ids[250:-1], ids[-1:]]  # grows from 256 while holding data
     stepped = [last_logits(1, piece) for piece in pieces][-1]
     np.testing.assert_allclose(stepped, whole, atol=2e-3)

@@ -67,6 +67,25 @@ def test_idle_time_makes_the_whole_history_reusable_and_exact(smollm2_path, cold
             wait_settled(m)  # the user reads the answer: the settler recomputes it meanwhile
 
 
+def test_inexact_reuse_computes_only_the_new_turn_with_no_idle_time(smollm2_path):
+    """``KVOptions(exact=False)``: the previous answer's decode-computed KV is reused as it is, so a
+    follow-up sent at once computes its own message only (and nothing settles in the background)."""
+    with ei.load(smollm2_path, n_ctx=1024, kv=ei.KVOptions(exact=False)) as m:
+        assert not m.engine.settle_idle
+        conv = m.chat(system=SYSTEM)
+        conv.send("Tell me about Lyon.", temperature=0, max_tokens=48)
+        before = list(conv.messages)
+        q = "And its food?"
+        out = conv.send(q, temperature=0, max_tokens=24)
+        held = len(m.chat_prompt(before, add_generation_prompt=False))
+        new = len(m.chat_prompt([*before, {"role": "user", "content": q}])) - held
+        # computed: the new message, and what the previous turn never evaluated (its last token, its end
+        # of turn); with exact reuse this would be the whole answer (48 tokens)
+        assert out.stats.prompt_tokens - out.stats.cached_tokens <= new + 3
+        assert out.finish_reason in ("stop", "length") and out.text.strip()
+        assert m.engine.cache.unsettled() is not None  # decode-computed KV stays as it is
+
+
 def test_interleaved_conversations_and_eviction_equal_cold_outputs(smollm2_path, cold, tmp_path):
     # 3 conversations on 2 sequences: every turn evicts one (to disk) and may restore another
     with ei.load(smollm2_path, n_ctx=1024, max_sequences=2, kv=ei.KVOptions(disk=tmp_path)) as m:

@@ -251,6 +251,9 @@ PLANS: dict[Key, Plan] = {
     ("Converting Hugging Face models", "from edgeinfer_converters import convert"): Plan(
         skip="converts ./SmolLM2-135M-Instruct, a checkpoint folder downloaded from the Hugging Face hub, "
              "not in a clone (tests/test_convert_gguf.py)"),
+    ("Converting Hugging Face models", "edgeinfer run smollm2-135m-instruct"): Plan(lines={
+        'edgeinfer run smollm2-135m-instruct "What is the capital of France?" --backend onnx': Line(
+            expect=("paris",))}),
     ROUTER: Plan(expect=("cascade",)),
     ("Routing", "edgeinfer run smollm2-135m-instruct"): Plan(lines={
         "edgeinfer run": Line(json=True, check=_route("cascade"))}),

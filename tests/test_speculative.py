@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeinfer.speculative import DraftLength, PromptLookup, StepCosts
+from edgeinfer.speculative import DraftLength, LookupIndex, PromptLookup, StepCosts
 
 
 def test_the_longest_recent_match_proposes_what_followed_it():
@@ -24,6 +24,35 @@ def test_no_match_or_no_room_proposes_nothing():
     assert look.propose([1, 2, 3, 1, 2, 3], 10) == [1, 2, 3]  # stops at the end of the text
 
 
+def test_the_index_grows_with_the_text_and_reports_how_long_the_match_was():
+    look = PromptLookup(max_ngram=8, min_ngram=2)
+    text = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]
+    index = look.index()
+    for i in range(0, len(text), 3):  # grown piece by piece, it answers as a fresh index would
+        index.extend(text[i : i + 3])
+        fresh = LookupIndex(2, 8)
+        fresh.extend(text[: i + 3])
+        assert index.lookup(4) == fresh.lookup(4)
+    index.extend([1, 5, 9])  # "4 1 5 9" matches 4 tokens of the start: the longer, older match wins
+    assert index.lookup(3) == ([2, 6, 5], 4)
+    index.extend([9, 9, 5, 9])  # "5 9": only a 2-token match, the most recent
+    assert index.lookup(2) == ([9, 9], 2)
+    assert index.lookup(0) == ([], 0)
+
+
+def test_long_matches_draft_from_the_first_step_and_short_ones_must_earn_it():
+    d = DraftLength(StepCosts())
+    assert d.next_k(8) >= 2  # copying: the text matches 8 tokens of its input
+    assert d.next_k(2) == 0  # a 2-token match in free text is mostly chance
+    for _ in range(10):
+        d.update(4, 0, 8)  # the long class misses, for this request's text
+    assert d.next_k(8) == 0
+    assert d.acceptance(2) == DraftLength().acceptance(2)  # the other classes keep their own estimate
+    for _ in range(12):
+        d.update(1, 1, 2)  # short matches that keep being right start drafting
+    assert d.next_k(2) >= 1
+
+
 def test_invalid_ngram_bounds_are_refused():
     with pytest.raises(ValueError):
         PromptLookup(max_ngram=1, min_ngram=2)
@@ -34,7 +63,7 @@ def test_draft_length_follows_acceptance_and_measured_costs():
     d = DraftLength(costs, maximum=8, retry_every=3)
     for _ in range(6):
         d.update(4, 4)  # everything accepted: long drafts pay
-    assert d.acceptance > 0.9 and d.next_k() >= 4
+    assert d.acceptance() > 0.9 and d.next_k() >= 4
     for _ in range(8):
         d.update(2, 0)  # nothing accepted: plain steps are cheaper
     assert d.next_k() == 0

@@ -5,6 +5,8 @@
 - ``EvalGate(backend)`` lets a backend's evals through only as the test says (``hold``, ``allow(n)``,
   ``open``), so "the request is still running when the client leaves" is true by construction, not
   because the machine happened to be slow enough.
+- ``concurrently(model, prompts)`` runs requests at once, so the engine batches them;
+  ``one_by_one(model, prompts)`` runs them alone, each from a cold cache (the reference).
 """
 
 from __future__ import annotations
@@ -92,3 +94,32 @@ class EvalGate:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def concurrently(model, prompts: list[str], *, timeout: float = 300, **options) -> list:  # noqa: ANN001
+    """``model.generate`` of every prompt at once, one thread each, released together (so the engine
+    batches them); the completions in prompt order."""
+    out: list = [None] * len(prompts)
+    start = threading.Barrier(len(prompts))
+
+    def worker(i: int) -> None:
+        start.wait()
+        out[i] = model.generate(prompts[i], **options)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return out
+
+
+def one_by_one(model, prompts: list[str], **options) -> list:  # noqa: ANN001
+    """``model.generate`` of each prompt alone, each from an empty cache (the unbatched reference); the
+    cache is left empty."""
+    out = []
+    for prompt in prompts:
+        model.engine.reset()
+        out.append(model.generate(prompt, **options))
+    model.engine.reset()
+    return out

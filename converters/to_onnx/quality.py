@@ -85,4 +85,26 @@ def measure_onnx_quality(reference_dir: Path, candidate_dir: Path, *, text: str 
     return acc.result()
 
 
-__all__ = ["OnnxScorer", "measure_onnx_quality", "onnx_logits", "tokenize_text"]
+def measure_against_gguf(gguf: Path, candidate_dir: Path, *, max_tokens: int = 1024, window: int = 512,
+                         n_threads: int | None = None) -> QualityMetrics:
+    """Compare an ONNX folder made from a GGUF (``from_gguf``) with that GGUF run by llama.cpp, on the
+    shipped text, window by window."""
+    from ..quality import _scorer
+
+    tokens = tokenize_text(candidate_dir, quality_text())[:max_tokens]
+    cand = OnnxScorer(candidate_dir, window=window, n_threads=n_threads)
+    acc = QualityAccumulator()
+    targets = np.asarray(tokens[1:], dtype=np.int64)
+    with _scorer(Path(gguf), n_ctx=window, n_threads=n_threads) as ref:
+        if ref.n_vocab != cand.n_vocab:
+            raise ConversionError(f"the models' vocabularies differ ({ref.n_vocab} vs {cand.n_vocab} tokens)")
+        for a, b in _windows(len(tokens), min(ref.window, cand.window)):
+            n_scored = min(b, len(targets)) - a
+            if n_scored <= 0:
+                break
+            acc.add(ref.logits(tokens[a:b])[:n_scored], cand.logits(tokens[a:b])[:n_scored],
+                    targets[a:a + n_scored])
+    return acc.result()
+
+
+__all__ = ["OnnxScorer", "measure_against_gguf", "measure_onnx_quality", "onnx_logits", "tokenize_text"]

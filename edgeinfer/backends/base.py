@@ -49,6 +49,9 @@ class Capabilities:
     # a few tokens of one sequence evaluated together get exactly the logits of one-by-one steps
     # (speculative drafts can be checked without changing greedy output)
     exact_verify: bool = True
+    # sequences evaluated in one eval get exactly the logits each would get in an eval of its own
+    # (continuous batching does not change greedy output)
+    exact_batch: bool = True
     # an embedding model (pooled sentence vectors of n_embd floats; no generation, no KV sequences)
     embedding: bool = False
     n_embd: int = 0

@@ -1,4 +1,5 @@
-"""`edgeinfer convert`: an HF checkpoint folder to a GGUF file or an ONNX folder, plus its report.json."""
+"""`edgeinfer convert`: an HF checkpoint folder to a GGUF file or an ONNX folder (or a GGUF file to an ONNX
+folder), plus its report.json."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from ..errors import OutputExistsError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `convert`: the source, output, format, quantization and quality flags."""
-    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF or ONNX")
-    p.add_argument("source", help="checkpoint folder: config.json, *.safetensors, tokenizer.json")
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint (safetensors) to GGUF or ONNX, or "
+                                       "a GGUF file to ONNX with its own weights")
+    p.add_argument("source", help="checkpoint folder: config.json, *.safetensors, tokenizer.json; or, with "
+                                  "--format onnx, a .gguf file (llama architecture; Q4_0/Q4_1/Q8_0 weights "
+                                  "kept exactly)")
     p.add_argument("-o", "--output", required=True,
                    help="output file (e.g. model-Q4_K_M.gguf), or folder for --format onnx")
     p.add_argument("--format", default="gguf", choices=FORMATS)
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.artifact} ({result.quant}) in {result.seconds:.1f} s; report: {result.report}")
     if result.quality:
         q = result.quality
-        print(f"quality vs unquantized: mean KL {q['mean_kl']:.4f}, "
+        against = "the source GGUF (llama.cpp)" if result.quant.startswith("gguf-") else "unquantized"
+        print(f"quality vs {against}: mean KL {q['mean_kl']:.4f}, "
               f"top-1 agreement {q['top1_agreement']:.1%}, "
               f"perplexity {q['ppl_candidate']:.2f} (reference {q['ppl_reference']:.2f})")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import InvalidRequestError
 from ..loader import load
 from ..model import Model, make_params
-from ..prepared import CHECKPOINT_GGUF
+from ..prepared import CHECKPOINT_GGUF, GGUF_ONNX
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -54,18 +54,20 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system", default=DEFAULT_SYSTEM, help="system prompt for chat models ('' for none)")
 
 
-def prepare_to_load(model: str, *, offline: bool | None) -> None:
-    """What a model needs before ``ei.load`` takes it (an embedding checkpoint converted to GGUF), done
-    once, as `edgeinfer pull` would: the command line does for the user what the runtime never does."""
+def prepare_to_load(model: str, *, offline: bool | None, backend: str = "auto") -> None:
+    """What a model needs before ``ei.load`` takes it (an embedding checkpoint converted to GGUF; a GGUF
+    on the onnx backend, its ONNX folder), done once, as `edgeinfer pull` would: the command line does
+    for the user what the runtime never does."""
     from edgeinfer_converters.preparation import prepare_for_use
 
-    prepare_for_use(model, offline=offline, kinds=(CHECKPOINT_GGUF,),
+    kinds = (CHECKPOINT_GGUF, GGUF_ONNX) if backend == "onnx" else (CHECKPOINT_GGUF,)
+    prepare_for_use(model, offline=offline, kinds=kinds,
                     on_progress=lambda message: print(message, file=sys.stderr))
 
 
 def load_model(args: argparse.Namespace, name: str | None = None, **extra: object) -> Model:
     """The model named on the command line (or ``name``), with the loading options given there."""
-    prepare_to_load(name or args.model, offline=args.offline)
+    prepare_to_load(name or args.model, offline=args.offline, backend=args.backend)
     return load(name or args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                 memory=args.memory, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                 offline=args.offline, progress=True,

@@ -11,7 +11,7 @@ import sys
 from ..errors import BackendUnavailableError
 from ..hub import is_hub_spec, parse_spec
 from ..lock import ModelEntry, ModelLock
-from ..prepared import Located, preparations
+from ..prepared import GGUF_ONNX, KINDS, Located, preparations
 from ..sources import cache_path, resolve
 
 
@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a models.lock name, or hf:ORG/REPO[@REVISION][:FILE]")
     p.add_argument("--force", action="store_true", help="fetch again (a name), or replace an entry (hf:)")
     p.add_argument("--offline", action="store_true", default=None)
+    p.add_argument("--backend", choices=("auto", "onnx"), default="auto",
+                   help="onnx: also make the ONNX folder a GGUF runs as on the onnx backend (the GGUF's "
+                        "own weights)")
     hub = p.add_argument_group("hf:ORG/REPO")
     hub.add_argument("--quant", default=None,
                      help="a GGUF repo: the type to download (default: picked for this machine); a "
@@ -53,10 +56,13 @@ def pull(args: argparse.Namespace) -> int:
     resolved = resolve(entry, offline=args.offline, progress=True)
     print(f"{entry.name}: {resolved.path} (from {resolved.source}, sha256 verified)")
     located = Located(resolved.path, entry.name, entry)
-    planned = preparations(located)
+    planned = preparations(located, (*KINDS, GGUF_ONNX) if args.backend == "onnx" else KINDS)
     if args.force:
         for preparation in planned:
-            preparation.target.unlink(missing_ok=True)
+            if preparation.target.is_dir():
+                shutil.rmtree(preparation.target)
+            else:
+                preparation.target.unlink(missing_ok=True)
     if not planned:
         return 0
     try:
