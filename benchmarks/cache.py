@@ -47,6 +47,7 @@ from benchmarks.common import (
     paired_ratios,
     quiet_logging,
     ratio,
+    without_weight_repacking,
     write_report,
 )
 from edgeinfer.kv_options import KVOptions
@@ -422,6 +423,7 @@ def worker_main(argv: list[str]) -> None:
     """Hidden sub-command ``_worker ROLE SPEC FOLDER SPAWN_TIME``: one process of workload (c)."""
     role, spec_path, folder, spawned = argv[0], Path(argv[1]), Path(argv[2]), float(argv[3])
     quiet_logging()
+    without_weight_repacking()  # reference Llama objects load as edgeinfer does (no AMX repacking)
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     args = argparse.Namespace(n_ctx=spec["n_ctx"], threads=spec["threads"])
     prompts: list[list[int]] = spec["prompts"]
@@ -937,6 +939,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     args = parse_args(argv)
     quiet_logging()
+    without_weight_repacking()  # reference Llama objects load as edgeinfer does (no AMX repacking)
     t0 = time.perf_counter()
     models = [bench_model(name, args) for name in args.models]
     elapsed = time.perf_counter() - t0

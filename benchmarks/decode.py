@@ -28,6 +28,7 @@ from benchmarks.common import (
     paired_ratios,
     quiet_logging,
     ratio,
+    without_weight_repacking,
     write_report,
 )
 from edgeinfer.stats import Stats
@@ -216,7 +217,9 @@ class BareLoopVariant:
 
         self.ll = ll
         ll.llama_backend_init()
-        self.model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+        mparams = ll.llama_model_default_params()
+        mparams.use_extra_bufts = False  # as edgeinfer loads (repacked AMX kernels SIGILL on some VMs)
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         cparams = ll.llama_context_default_params()
@@ -412,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet_logging()
+    without_weight_repacking()  # variant B's Llama loads as edgeinfer does
     from edgeinfer.loader import locate_model
 
     path = locate_model(args.model).path

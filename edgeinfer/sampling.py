@@ -94,7 +94,8 @@ class NumpySampler:
         if p.repeat_penalty != 1.0 and p.repeat_last_n and self.history:
             recent = np.unique(np.asarray(self.history[-p.repeat_last_n :]))
             vals = logits[recent]
-            logits[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            penalty = np.float32(p.repeat_penalty)  # in float32, as llama.cpp's penalties sampler computes
+            logits[recent] = np.where(vals > 0, vals / penalty, vals * penalty)
         return logits
 
     def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

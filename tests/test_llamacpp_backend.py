@@ -47,6 +47,34 @@ def test_native_and_numpy_samplers_agree_when_greedy(smol):
     b.kv_drop(1)
 
 
+def test_greedy_with_a_repeat_penalty_picks_what_llama_cpp_s_chain_picks(smol):
+    """Greedy picks with a repeat penalty run in numpy (the native chain copies the whole vocabulary each
+    token); over 64 steps of two texts and two penalties they are llama.cpp's picks, token for token."""
+    from edgeinfer.backends.base import LogitsSampler
+    from edgeinfer.backends.llamacpp import NativeSampler
+
+    b = smol.backend
+    for text in (PROMPT, "Repeat after me: the cat, the cat, the cat, the cat,"):
+        for penalty in (1.1, 1.5):
+            params = SamplingParams(temperature=0, repeat_penalty=penalty, repeat_last_n=16)
+            assert isinstance(b.make_sampler(params), LogitsSampler)
+            picks = []
+            for sampler in (NativeSampler(b, params), b.make_sampler(params)):
+                b.kv_drop(1)
+                prompt = smol.tokenize(text)
+                for token in prompt:
+                    sampler.accept(token)
+                (row,) = b.eval([EvalItem(1, prompt)])
+                tokens = []
+                for _ in range(64):
+                    tokens.append(sampler.sample(row))
+                    (row,) = b.eval([EvalItem(1, [tokens[-1]])])
+                sampler.close()
+                picks.append(tokens)
+            assert picks[0] == picks[1]
+    b.kv_drop(1)
+
+
 def test_seeded_sampling_is_reproducible_and_seed_matters(smol):
     opts = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     a = smol.generate(PROMPT, seed=11, **opts).text

@@ -26,7 +26,7 @@ from ..gguf_check import diagnose_gguf, ensure_gguf_checked, require_gguf_magic
 from ..memory import footprint_of, output_rows
 from ..sampling import SamplingParams
 from . import llama_state
-from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, prefill_cuts
+from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, LogitsSampler, prefill_cuts
 
 log = logging.getLogger("edgeinfer.llama_cpp")
 
@@ -556,9 +556,12 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"no logits for output row {row}")
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
-    def make_sampler(self, params: SamplingParams) -> NativeSampler | ArgmaxSampler:
-        if params.greedy and params.repeat_penalty == 1.0:
-            return ArgmaxSampler(self)
+    def make_sampler(self, params: SamplingParams) -> NativeSampler | ArgmaxSampler | LogitsSampler:
+        """Greedy picks run on the logits row in numpy (the same pick as llama.cpp's chain, whose
+        sampler call first copies the whole vocabulary into candidates: 240 µs a token on SmolLM2's 49k
+        vocabulary, vs 66 µs with a repeat penalty and 3 µs without); sampling uses llama.cpp's chain."""
+        if params.greedy:
+            return ArgmaxSampler(self) if params.repeat_penalty == 1.0 else LogitsSampler(self, params)
         return NativeSampler(self, params)
 
     # --- KV memory
