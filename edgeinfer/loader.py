@@ -60,10 +60,12 @@ def _prepared_onnx(located: Located) -> Path:
     preparation = prepared(located, GGUF_ONNX)
     if preparation is not None and preparation.done:
         return preparation.target
+    how = (f"run `edgeinfer pull {located.name} --backend onnx`" if located.entry is not None else
+           f"run `edgeinfer convert {located.path} --format onnx -o DIR` and load DIR")
     raise ModelNotPreparedError(
         f"{located.name} is a GGUF; on the onnx backend it runs as an ONNX folder made from it once, before "
-        f"its first use: run `edgeinfer pull {located.name} --backend onnx` (llama-architecture GGUFs; "
-        f"or edgeinfer_converters.prepare({str(located.name)!r}, kinds=['gguf-onnx']))")
+        f"its first use: {how} (llama-architecture GGUFs; or edgeinfer_converters.prepare(...,"
+        " kinds=['gguf-onnx']))")
 
 
 @lru_cache(maxsize=1)

@@ -226,3 +226,37 @@ def test_a_pinned_gguf_runs_on_the_onnx_backend_once_prepared(tmp_path: Path, mo
     assert "converting" not in pulled.stdout  # made once, by the run above
     with ei.load(name, backend="onnx", n_threads=2, kv=ei.KVOptions(settle=False)) as model:
         assert model.backend.name == "onnx" and model.backend.caps.quantization == "gguf-Q4_1"
+
+
+@pytest.mark.parametrize("tamper", ["zero heads", "heads not dividing", "tokens and types differ",
+                                    "bos out of range", "a string for a size"])
+def test_inconsistent_metadata_is_refused_and_leaves_nothing(gguf_path: Path, tmp_path: Path,
+                                                             monkeypatch, tamper: str) -> None:
+    """A GGUF is untrusted: metadata that disagrees with itself or with the tensors is a clear
+    EdgeInferError, never a crash, and no half-made folder is left."""
+    from dataclasses import replace
+
+    from edgeinfer_converters.gguf_fields import read_gguf
+    from edgeinfer_converters.to_onnx import from_gguf
+
+    import edgeinfer as ei
+
+    def tampered(path):  # noqa: ANN001, ANN202
+        fields, tensors = read_gguf(path)
+        edits = {"zero heads": {"llama.attention.head_count": 0},
+                 "heads not dividing": {"llama.attention.head_count": 7},
+                 "a string for a size": {"llama.embedding_length": "576"},
+                 "tokens and types differ": {"tokenizer.ggml.token_type": [1, 1, 3]},
+                 "bos out of range": {"tokenizer.ggml.bos_token_id": 10**9,
+                                      "tokenizer.ggml.add_bos_token": True}}[tamper]
+        return [replace(f, value=edits[f.name]) if f.name in edits else f for f in fields], tensors
+
+    monkeypatch.setattr(from_gguf, "read_gguf", tampered)
+    out = tmp_path / "out"
+    if tamper == "bos out of range":  # ignored (no BOS is added), as llama.cpp ignores it
+        from_gguf.gguf_to_onnx(gguf_path, out)
+        assert (out / "tokenizer.json").is_file()
+        return
+    with pytest.raises(ei.EdgeInferError):
+        from_gguf.gguf_to_onnx(gguf_path, out)
+    assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())

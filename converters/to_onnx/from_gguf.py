@@ -225,10 +225,16 @@ class GgufCheckpoint:
         """The HF config this GGUF's metadata stands for (what DecoderBuilder reads)."""
         hidden = self._key("embedding_length")
         heads = self._key("attention.head_count")
-        if hidden is None or heads is None or self._key("block_count") is None:
-            raise CheckpointError(f"{self.path.name} lacks {self.gguf_arch}.* sizes (a damaged file?)")
         if isinstance(heads, list) or isinstance(self._key("attention.head_count_kv"), list):
             raise UnsupportedArchitectureError(f"{self.path.name}: per-layer head counts are not supported")
+        for key in ("embedding_length", "attention.head_count", "block_count"):
+            value = self._key(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise CheckpointError(f"{self.path.name}: {self.gguf_arch}.{key} = {value!r} is not a size "
+                                      "(a damaged file?)")
+        if self._key("attention.key_length") is None and hidden % heads:
+            raise CheckpointError(f"{self.path.name}: embedding_length {hidden} is not a multiple of "
+                                  f"head_count {heads} (a damaged file?)")
         head_dim = self._key("attention.key_length", hidden // heads)
         if self._key("rope.dimension_count", head_dim) != head_dim:
             raise UnsupportedArchitectureError(f"{self.path.name}: partial rotary is not supported")
@@ -501,13 +507,23 @@ def gguf_to_onnx(gguf_path: str | Path, out_dir: str | Path, *, accuracy_level: 
     """Write ``out_dir``: an edgeinfer ONNX decoder folder (model.onnx + data, edgeinfer.json,
     tokenizer.json, tokenizer_config.json) with the GGUF's own quantized weights; returns ``out_dir``."""
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    ckpt = GgufCheckpoint(gguf_path)
-    tokenizer = gguf_tokenizer(ckpt.meta)  # refuses an unknown vocabulary before anything is written
+    try:
+        ckpt = GgufCheckpoint(gguf_path)
+        tokenizer = gguf_tokenizer(ckpt.meta)  # refuses an unknown vocabulary before anything is written
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as exc:  # metadata that
+        # disagrees with itself: the file is untrusted, so this is its fault, said as such
+        raise CheckpointError(f"{gguf_path.name}: its metadata is inconsistent ({exc}); the file is damaged "
+                              "or not a model this converter reads") from exc
     with staged_folder(out_dir, force=force) as staging:
-        with open(staging / DATA_FILE, "wb") as data:
-            graph = BlockGraph(data, DATA_FILE)
-            builder = GgufDecoderBuilder(graph, ckpt, accuracy_level)
-            builder.build(progress=progress)
+        try:
+            with open(staging / DATA_FILE, "wb") as data:
+                graph = BlockGraph(data, DATA_FILE)
+                builder = GgufDecoderBuilder(graph, ckpt, accuracy_level)
+                builder.build(progress=progress)
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as exc:  # tensor shapes
+            # that do not fit the metadata's sizes
+            raise CheckpointError(f"{gguf_path.name}: its tensors do not fit its metadata ({exc}); the file "
+                                  "is damaged or not a model this converter reads") from exc
         graph.save(staging / MODEL_FILE, ckpt.architecture)
         file_type = ckpt.meta.get("general.file_type")
         meta = {**builder.metadata(), "bos_token_id": ckpt.meta.get("tokenizer.ggml.bos_token_id"),
