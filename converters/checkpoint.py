@@ -107,12 +107,17 @@ class Checkpoint:
         return cls(root=root, config=config, tensors=tensors)
 
     @property
+    def config_source(self) -> str:
+        """Where the config came from, for error messages."""
+        return f"{self.root}/config.json"
+
+    @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
         if not archs or not isinstance(archs, list):
             model_type = self.config.get("model_type", "?")
             raise CheckpointError(
-                f"{self.root}/config.json names no 'architectures' (model_type {model_type!r})"
+                f"{self.config_source} names no 'architectures' (model_type {model_type!r})"
             )
         return str(archs[0])
 
@@ -131,7 +136,7 @@ class Checkpoint:
     def require(self, *keys: str) -> Any:
         value = self.get(*keys)
         if value is None:
-            raise CheckpointError(f"{self.root}/config.json lacks {keys[0]!r}, which this architecture needs")
+            raise CheckpointError(f"{self.config_source} lacks {keys[0]!r}, which this architecture needs")
         return value
 
     def record(self, name: str) -> TensorRecord:

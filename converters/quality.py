@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -154,7 +155,7 @@ class _GGUFScorer:
 
 
 @contextmanager
-def _scorer(path: Path, *, n_ctx: int, n_threads: int | None) -> Iterator[_GGUFScorer]:
+def gguf_scorer(path: Path, *, n_ctx: int, n_threads: int | None) -> Iterator[_GGUFScorer]:
     scorer = _GGUFScorer(Path(path), n_ctx=n_ctx, n_threads=n_threads)
     try:
         yield scorer
@@ -162,7 +163,7 @@ def _scorer(path: Path, *, n_ctx: int, n_threads: int | None) -> Iterator[_GGUFS
         scorer.close()
 
 
-def _windows(n: int, size: int) -> Iterator[tuple[int, int]]:
+def token_windows(n: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
@@ -175,14 +176,23 @@ def gguf_logits(
     The tokens are cut into consecutive windows of ``n_ctx``, each evaluated from an empty
     context (the first positions of a window see little context; both models see the same).
     """
-    with _scorer(path, n_ctx=n_ctx, n_threads=n_threads) as scorer:
+    with gguf_scorer(path, n_ctx=n_ctx, n_threads=n_threads) as scorer:
         out = np.empty((len(token_ids), scorer.n_vocab), dtype=np.float32)
-        for a, b in _windows(len(token_ids), scorer.window):
+        for a, b in token_windows(len(token_ids), scorer.window):
             out[a:b] = scorer.logits(list(token_ids[a:b]))
         return out
 
 
-def _score(reference: _GGUFScorer, candidate: _GGUFScorer, tokens: list[int]) -> QualityMetrics:
+class Scorer(Protocol):
+    """A model that gives every position's logits of a token window (llama.cpp's or onnxruntime's)."""
+
+    n_vocab: int
+    window: int
+
+    def logits(self, tokens: list[int]) -> np.ndarray: ...
+
+
+def score_windows(reference: Scorer, candidate: Scorer, tokens: list[int]) -> QualityMetrics:
     """Window by window: one window of logits per model in memory, metrics accumulated."""
     if reference.n_vocab != candidate.n_vocab:
         raise ConversionError(
@@ -192,7 +202,7 @@ def _score(reference: _GGUFScorer, candidate: _GGUFScorer, tokens: list[int]) ->
     acc = QualityAccumulator()
     window = min(reference.window, candidate.window)
     targets = np.asarray(tokens[1:], dtype=np.int64)
-    for a, b in _windows(len(tokens), window):
+    for a, b in token_windows(len(tokens), window):
         n_scored = min(b, len(targets)) - a  # the text's last position has no next token
         if n_scored <= 0:
             break
@@ -219,10 +229,10 @@ def measure_quality(
     if max_tokens < 2:
         raise ConversionError(f"max_tokens must be at least 2 (got {max_tokens})")
     with ExitStack() as stack:
-        ref = stack.enter_context(_scorer(reference, n_ctx=n_ctx, n_threads=n_threads))
+        ref = stack.enter_context(gguf_scorer(reference, n_ctx=n_ctx, n_threads=n_threads))
         tokens = ref.tokenize(quality_text() if text is None else text)[:max_tokens]
-        cand = stack.enter_context(_scorer(candidate, n_ctx=n_ctx, n_threads=n_threads))
-        return _score(ref, cand, tokens)
+        cand = stack.enter_context(gguf_scorer(candidate, n_ctx=n_ctx, n_threads=n_threads))
+        return score_windows(ref, cand, tokens)
 
 
 class ReferenceScorer:
@@ -236,8 +246,8 @@ class ReferenceScorer:
 
     def measure(self, candidate: Path) -> QualityMetrics:
         """Metrics of ``candidate`` against the loaded reference."""
-        with _scorer(candidate, n_ctx=self._n_ctx, n_threads=self._n_threads) as cand:
-            return _score(self._ref, cand, self.tokens)
+        with gguf_scorer(candidate, n_ctx=self._n_ctx, n_threads=self._n_threads) as cand:
+            return score_windows(self._ref, cand, self.tokens)
 
     def close(self) -> None:
         self._ref.close()

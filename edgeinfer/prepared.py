@@ -83,8 +83,8 @@ def preparations(located: Located, kinds: Collection[str] = KINDS) -> list[Prepa
         return [Preparation(CHECKPOINT_GGUF, path, checkpoint_target(entry, quant), quant=quant,
                             model_name=entry.file,
                             description=f"converting the checkpoint to GGUF ({quant})")]
-    if fmt != "gguf":
-        return []
+    if fmt != "gguf" or not {GGUF_ONNX, SHORTLIST} & set(kinds):
+        return []  # before hashing: an unpinned file is hashed only when a transform may apply
     sha = entry.sha256 if entry else cached_digest(path, [path], sha256_file)
     plans = []
     if GGUF_ONNX in kinds:

@@ -41,6 +41,15 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def converters_digest() -> str:
+    """A digest of the converters' sources: part of the key of a fixture made by converting (any change
+    to a converter makes it again)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parents[1] / "converters").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cached_build(name: str, key: str, build) -> Path:  # noqa: ANN001
     """The folder ``build(folder)`` makes, kept in the test cache under ``name`` and ``key``; built once,
     into a temporary folder renamed into place (a build that fails leaves nothing behind)."""

@@ -2,18 +2,13 @@
 
 
 import pytest
-from waits import concurrently, one_by_one
+from waits import BATCH_PROMPTS, concurrently, one_by_one
 
 import edgeinfer as ei
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = [
-    "The three primary colors are",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village by the sea,",
-    "List of the planets of the solar system:",
-]
+PROMPTS = BATCH_PROMPTS
 SOURCE = (
     "The committee met on Tuesday to review the budget. It approved funding for the new library, "
     "postponed the decision on the swimming pool, and asked the mayor to present a revised plan "

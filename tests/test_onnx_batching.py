@@ -5,28 +5,21 @@ whose kernels are not row-exact (MatMulNBits below accuracy level 4) runs its it
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from hf_fixtures import cache_key, cached_build, rebuilt_checkpoint, tiny_checkpoint  # noqa: E402
-from waits import concurrently, one_by_one  # noqa: E402
+from hf_fixtures import cache_key, cached_build, converters_digest, rebuilt_checkpoint, tiny_checkpoint  # noqa: E402
+from waits import BATCH_PROMPTS, concurrently, one_by_one  # noqa: E402
 
 import edgeinfer as ei  # noqa: E402
 from edgeinfer.backends.base import EvalItem  # noqa: E402
 from edgeinfer.backends.onnx import OnnxBackend, plan_runs, rows_computed_alike  # noqa: E402
 
 pytestmark = pytest.mark.slow
-CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
-PROMPTS = [
-    "The three primary colors are",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village by the sea,",
-    "List of the planets of the solar system:",
-]
+PROMPTS = BATCH_PROMPTS
 
 
 def converted_smollm2(quant: str) -> Path:
@@ -35,14 +28,11 @@ def converted_smollm2(quant: str) -> Path:
     from edgeinfer_converters import convert
 
     source = rebuilt_checkpoint("smollm2")
-    digest = hashlib.sha256()
-    for path in sorted(CONVERTERS.rglob("*.py")):
-        digest.update(path.read_bytes())
 
     def build(out: Path) -> None:
         convert(source, out / "model", format="onnx", quant=quant, quality=False, n_threads=2)
 
-    key = cache_key("onnx", quant, source.name, digest.hexdigest())
+    key = cache_key("onnx", quant, source.name, converters_digest())
     return cached_build(f"onnx-smollm2-{quant}", key, build) / "model"
 
 

@@ -6,19 +6,17 @@ the logits follow llama.cpp's on the same file closely (both quantize activation
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from hf_fixtures import cached_build, gguf_source  # noqa: E402
+from hf_fixtures import cache_key, cached_build, converters_digest, gguf_source  # noqa: E402
 
 from edgeinfer.backends.base import EvalItem  # noqa: E402
 
 pytestmark = pytest.mark.slow
-CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
 TEXTS = [
     "Hello, world! How are you doing today?",
     "The year 2024 had 366 days; π ≈ 3.14159, and 1,000,000 > 999999.",
@@ -45,10 +43,7 @@ def folder() -> Path:
     from edgeinfer_converters.to_onnx.from_gguf import gguf_to_onnx
 
     source, sha256 = gguf_source("smollm2")
-    digest = hashlib.sha256(sha256.encode())
-    for path in sorted(CONVERTERS.rglob("*.py")):
-        digest.update(path.read_bytes())
-    built = cached_build("onnx-gguf-smollm2", digest.hexdigest()[:16],
+    built = cached_build("onnx-gguf-smollm2", cache_key("onnx-gguf", sha256, converters_digest()),
                          lambda out: gguf_to_onnx(source, out / "model"))
     return built / "model"
 

@@ -96,6 +96,15 @@ class EvalGate:
         self.close()
 
 
+# prompts whose greedy continuations batching tests compare (batched vs one by one)
+BATCH_PROMPTS = [
+    "The three primary colors are",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "List of the planets of the solar system:",
+]
+
+
 def concurrently(model, prompts: list[str], *, timeout: float = 300, **options) -> list:  # noqa: ANN001
     """``model.generate`` of every prompt at once, one thread each, released together (so the engine
     batches them); the completions in prompt order."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from edgeinfer.errors import CheckpointError, ConversionError, UnsupportedArchitectureError
 
-from ..checkpoint import _check_config
+from ..checkpoint import Checkpoint, _check_config
 from ..gguf_fields import read_gguf
 from .blocks import pack_blocks, quantize_blocks
 from .decoder import DecoderBuilder, arch_spec
@@ -189,12 +189,12 @@ def block_weight(tensor: Any) -> BlockWeight:
 
 
 # --- the GGUF as a checkpoint --------------------------------------------------------------------------
-class GgufCheckpoint:
-    """A GGUF file seen as ``DecoderBuilder`` sees an HF ``Checkpoint``: config, HF tensor names, load."""
+class GgufCheckpoint(Checkpoint):
+    """A GGUF file seen as ``DecoderBuilder`` sees an HF ``Checkpoint``: config, HF tensor names, load (the
+    config lookups are Checkpoint's own)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.root = self.path.parent
         fields, tensors = read_gguf(self.path)
         self.meta: dict[str, Any] = {f.name: f.value for f in fields}
         arch = self.meta.get("general.architecture")
@@ -204,19 +204,21 @@ class GgufCheckpoint:
                 f"{', '.join(sorted(GGUF_ARCHS))}")
         self.gguf_arch = arch
         hf_arch, self.permuted = GGUF_ARCHS[arch]
-        self.tensors: dict[str, Any] = {}
+        named: dict[str, Any] = {}
         unknown = []
         for tensor in tensors:
             name = hf_name(tensor.name)
             if name is None:
                 unknown.append(tensor.name)
             else:
-                self.tensors[name] = tensor
+                named[name] = tensor
         if unknown:  # rope_freqs (llama 3.1 scaling), biases, ...: a variant this converter does not know
             raise UnsupportedArchitectureError(f"{self.path.name}: tensors {unknown[:3]} are not supported")
-        self.config = self._config(hf_arch)
-        _check_config(self.root, self.config, self.tensors)
-        self.name = str(self.meta.get("general.name") or self.path.stem)
+        self.tensors = named  # read by _config (tied head or not)
+        config = self._config(hf_arch)
+        _check_config(self.path.parent, config, named)
+        super().__init__(root=self.path.parent, config=config, tensors=named,
+                         name=str(self.meta.get("general.name") or self.path.stem))
 
     def _key(self, key: str, default: Any = None) -> Any:
         return self.meta.get(f"{self.gguf_arch}.{key}", default)
@@ -256,29 +258,9 @@ class GgufCheckpoint:
             raise UnsupportedArchitectureError(f"{self.path.name}: rope scaling {scaling!r} is not supported")
         return config
 
-    # --- what DecoderBuilder calls
     @property
-    def architecture(self) -> str:
-        return str(self.config["architectures"][0])
-
-    @property
-    def model_name(self) -> str:
-        return self.name
-
-    def text_config(self) -> dict[str, Any]:
-        return self.config
-
-    def get(self, *keys: str, default: Any = None) -> Any:
-        for key in keys:
-            if self.config.get(key) is not None:
-                return self.config[key]
-        return default
-
-    def require(self, *keys: str) -> Any:
-        value = self.get(*keys)
-        if value is None:
-            raise CheckpointError(f"{self.path.name} lacks the metadata for {keys[0]!r}")
-        return value
+    def config_source(self) -> str:
+        return f"{self.path.name} (its metadata)"
 
     def load(self, name: str) -> Any:
         """A 1-D tensor as float32; a matrix as ``BlockWeight`` (q/k rows back in HF order)."""

@@ -15,7 +15,7 @@ import numpy as np
 from edgeinfer.backends.base import EvalItem
 from edgeinfer.errors import ConversionError, EdgeInferError
 
-from ..quality import QualityAccumulator, QualityMetrics, quality_text
+from ..quality import QualityMetrics, gguf_scorer, quality_text, score_windows, token_windows
 
 
 class OnnxScorer:
@@ -38,11 +38,6 @@ class OnnxScorer:
         return np.stack([self.backend.logits(r) for r in rows]).astype(np.float32, copy=False)
 
 
-def _windows(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
 def onnx_logits(folder: Path, token_ids: list[int], *, window: int = 512,
                 n_threads: int | None = None) -> Iterator[np.ndarray]:
     """Per-window logits (float32, window x vocab) of ``token_ids`` from an ONNX folder, in order.
@@ -51,7 +46,7 @@ def onnx_logits(folder: Path, token_ids: list[int], *, window: int = 512,
     context; both models compared see the same), so memory stays one window of logits.
     """
     scorer = OnnxScorer(folder, window=window, n_threads=n_threads)
-    for a, b in _windows(len(token_ids), window):
+    for a, b in token_windows(len(token_ids), window):
         yield scorer.logits(list(token_ids[a:b]))
 
 
@@ -71,40 +66,17 @@ def measure_onnx_quality(reference_dir: Path, candidate_dir: Path, *, text: str 
     tokens = tokenize_text(reference_dir, quality_text() if text is None else text)[:max_tokens]
     ref = OnnxScorer(reference_dir, window=window, n_threads=n_threads)
     cand = OnnxScorer(candidate_dir, window=window, n_threads=n_threads)
-    window = min(ref.window, cand.window)
-    if ref.n_vocab != cand.n_vocab:
-        raise ConversionError(f"the models' vocabularies differ ({ref.n_vocab} vs {cand.n_vocab} tokens)")
-    acc = QualityAccumulator()
-    targets = np.asarray(tokens[1:], dtype=np.int64)
-    for a, b in _windows(len(tokens), window):
-        n_scored = min(b, len(targets)) - a  # the text's last position has no next token
-        if n_scored <= 0:
-            break
-        acc.add(ref.logits(tokens[a:b])[:n_scored], cand.logits(tokens[a:b])[:n_scored],
-                targets[a:a + n_scored])
-    return acc.result()
+    return score_windows(ref, cand, tokens)
 
 
 def measure_against_gguf(gguf: Path, candidate_dir: Path, *, max_tokens: int = 1024, window: int = 512,
                          n_threads: int | None = None) -> QualityMetrics:
     """Compare an ONNX folder made from a GGUF (``from_gguf``) with that GGUF run by llama.cpp, on the
     shipped text, window by window."""
-    from ..quality import _scorer
-
     tokens = tokenize_text(candidate_dir, quality_text())[:max_tokens]
     cand = OnnxScorer(candidate_dir, window=window, n_threads=n_threads)
-    acc = QualityAccumulator()
-    targets = np.asarray(tokens[1:], dtype=np.int64)
-    with _scorer(Path(gguf), n_ctx=window, n_threads=n_threads) as ref:
-        if ref.n_vocab != cand.n_vocab:
-            raise ConversionError(f"the models' vocabularies differ ({ref.n_vocab} vs {cand.n_vocab} tokens)")
-        for a, b in _windows(len(tokens), min(ref.window, cand.window)):
-            n_scored = min(b, len(targets)) - a
-            if n_scored <= 0:
-                break
-            acc.add(ref.logits(tokens[a:b])[:n_scored], cand.logits(tokens[a:b])[:n_scored],
-                    targets[a:a + n_scored])
-    return acc.result()
+    with gguf_scorer(Path(gguf), n_ctx=window, n_threads=n_threads) as ref:
+        return score_windows(ref, cand, tokens)
 
 
 __all__ = ["OnnxScorer", "measure_against_gguf", "measure_onnx_quality", "onnx_logits", "tokenize_text"]

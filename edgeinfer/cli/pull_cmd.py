@@ -7,6 +7,7 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
 from ..errors import BackendUnavailableError
 from ..hub import is_hub_spec, parse_spec
@@ -48,21 +49,14 @@ def pull(args: argparse.Namespace) -> int:
         return _pull_hub(args)
     entry = ModelLock.load().get(args.model)
     if args.force:
-        cached = cache_path(entry)
-        if cached.is_dir():
-            shutil.rmtree(cached)
-        else:
-            cached.unlink(missing_ok=True)
+        _remove(cache_path(entry))
     resolved = resolve(entry, offline=args.offline, progress=True)
     print(f"{entry.name}: {resolved.path} (from {resolved.source}, sha256 verified)")
     located = Located(resolved.path, entry.name, entry)
     planned = preparations(located, (*KINDS, GGUF_ONNX) if args.backend == "onnx" else KINDS)
     if args.force:
         for preparation in planned:
-            if preparation.target.is_dir():
-                shutil.rmtree(preparation.target)
-            else:
-                preparation.target.unlink(missing_ok=True)
+            _remove(preparation.target)
     if not planned:
         return 0
     try:
@@ -76,6 +70,14 @@ def pull(args: argparse.Namespace) -> int:
         raise BackendUnavailableError(f"preparing {entry.name} needs the converters ({exc.name} missing): "
                                       "pip install 'edgeinfer[convert]'") from exc
     return 0
+
+
+def _remove(path: Path) -> None:
+    """Delete a cached file or folder (``--force``), if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _pull_hub(args: argparse.Namespace) -> int:
