@@ -4,11 +4,13 @@ One chat per history length on the default chat model (``ei.load`` defaults: KV 
 settling). The history is a long first message and a 48-token greedy answer; then the follow-up "Summarize
 all of that in one line." (~25 new tokens) is sent right after the previous answer (no idle time: the
 previous answer's KV is still being settled), after 3 s of idle time (settled), and right after the answer
-on a model loaded with ``KVOptions(exact=False)`` (the answer's KV reused as decoding computed it), the
-three alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
+on a model loaded with ``KVOptions(exact=False)`` (the answer's KV reused as decoding computed it). Two more
+cases send the first turn of another chat right after the answer. The cases without idle time also run on a
+model whose settling steps a request cannot interrupt (as before: it waits for the step running), all
+alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
 
   render    chat template + tokenization of the whole conversation
-  settle    time the request waited for an idle settling step already running
+  settle    time the request waited for an idle settling step already running (or for it to stop)
   prefill   the request's own evals before its first token (tokens: how many it computed)
   other     the rest (scheduling, sampling, detokenizing)
 
@@ -30,6 +32,7 @@ from benchmarks.common import fmt, machine_info, markdown_table, publish, quiet_
 
 HISTORIES = (256, 1024, 3000)
 FOLLOW_UP = "Summarize all of that in one line."
+OTHER_CHAT = "What is the capital of France?"
 FILLER = ("The history of lighthouses is long. Keepers trimmed wicks, polished lenses and logged the weather "
           "every night, and many of them wrote letters about the storms they watched from the lantern room. ")
 
@@ -120,17 +123,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model = ei.load(args.model, max_sequences=4)
     inexact = ei.load(args.model, max_sequences=4, kv=ei.KVOptions(exact=False))
-    timelines = {id(model): Timeline(model), id(inexact): Timeline(inexact)}
+    waiting = ei.load(args.model, max_sequences=4)  # as before: a request waits for a running settling step
+    waiting.backend.interrupt = lambda: None
+    models = (model, inexact, waiting)
+    timelines = {id(m): Timeline(m) for m in models}
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)
-    # (case, model, idle seconds before the follow-up)
-    cases = [("no idle", model, 0.0), ("idle", model, args.idle), ("no idle, exact=False", inexact, 0.0)]
+    # (case, model, idle seconds before the turn, whether the turn starts another chat)
+    cases = [("no idle", model, 0.0, False), ("no idle, settling not interrupted", waiting, 0.0, False),
+             ("idle", model, args.idle, False), ("no idle, exact=False", inexact, 0.0, False),
+             ("another chat, no idle", model, 0.0, True),
+             ("another chat, no idle, settling not interrupted", waiting, 0.0, True)]
     rows: dict[str, dict[str, Any]] = {}
     steal_before = steal_ticks()
     for history in HISTORIES:
         words = " ".join((FILLER * 200).split()[: int(history * 0.7)])
         for rnd in range(args.rounds):
-            for case, m, idle in cases[rnd % 3 :] + cases[: rnd % 3]:
+            for case, m, idle, other in cases[rnd % len(cases) :] + cases[: rnd % len(cases)]:
                 m.engine.reset()
                 timeline = timelines[id(m)]
                 chat = m.chat(system="You are a helpful assistant.")
@@ -138,22 +147,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 time.sleep(idle)
                 timeline.clear()
                 start = time.perf_counter()
-                stream = chat.stream(FOLLOW_UP, turn)
+                if other:
+                    stream = m.chat(system="You are a helpful assistant.").stream(OTHER_CHAT, turn)
+                else:
+                    stream = chat.stream(FOLLOW_UP, turn)
                 next(iter(stream))
                 first = time.perf_counter()
                 done = stream.result()
                 parts = timeline.split(start, first)
+                m.engine.settle()  # nothing left settling in the background when the next case starts
                 row = rows.setdefault(f"{history}/{case}",
                                       {"history": done.stats.prompt_tokens, "idle_s": idle, "samples": []})
                 row["samples"].append(parts)
-        prompt = model.chat_prompt(chat.messages[:-1])
+                if not other:
+                    followed = chat
+        prompt = model.chat_prompt(followed.messages[:-1])
         rows[f"{history}/prefill-only"] = {"history": len(prompt), "idle_s": None, "samples": [
             {"ttft": prefill_only(model, prompt, 25), "prefill_tokens": 25}]}
-    model.close()
-    inexact.close()
+    for m in models:
+        m.close()
     for row in rows.values():
         row["median"] = {k: statistics.median(s[k] for s in row["samples"]) for k in row["samples"][0]}
+    # interrupting idle-time settling vs waiting for its step: median of per-round TTFT ratios
+    paired = {}
+    for history in HISTORIES:
+        for case in ("no idle", "another chat, no idle"):
+            ours = rows[f"{history}/{case}"]["samples"]
+            waited = rows[f"{history}/{case}, settling not interrupted"]["samples"]
+            paired[f"{history}/{case}"] = statistics.median(
+                x["ttft"] / y["ttft"] for x, y in zip(ours, waited, strict=True))
     data = {"machine": machine_info(), "model": args.model, "rounds": args.rounds, "rows": rows,
+            "interrupting_vs_waiting": paired,
             "steal_ticks": steal_ticks() - steal_before}
     table = [[key.split("/")[0], fmt(row["history"], 0), key.split("/")[1], fmt(row["median"]["ttft"], 0),
               fmt(row["median"].get("render"), 1), fmt(row["median"].get("settle"), 0),
@@ -167,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "run). prefill-only: the follow-up's "
           "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
           f"kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
+          "TTFT with settling interrupted / waiting for the settling step (median of per-round ratios): "
+          + "; ".join(f"{key.replace('/', ' tokens, ')} {ratio:.2f}x" for key, ratio in paired.items())
+          + ".", "",
           "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3`"]
     publish("followup", data, "\n".join(md) + "\n")
     return data

@@ -185,6 +185,14 @@ def followup_figures(d: dict[str, Any]) -> list[Figure]:
             out.append(Figure(f"follow-up TTFT after {history} tokens of history: straight after the "
                               "answer / after idle time / straight after, `exact=False`",
                               " / ".join(f"{num(c['median']['ttft'], 0)} ms" for c in cases)))
+        ratio = d.get("interrupting_vs_waiting", {}).get(f"{history}/another chat, no idle")
+        other = [rows.get(f"{history}/another chat, no idle{tail}")
+                 for tail in ("", ", settling not interrupted")]
+        if ratio and all(other):
+            out.append(Figure(f"TTFT of another chat's first turn straight after a {history}-token answer, a "
+                              "request interrupting idle-time settling / waiting for its step (paired)",
+                              f"{x(ratio)} ({num(other[0]['median']['ttft'], 0)} vs "
+                              f"{num(other[1]['median']['ttft'], 0)} ms)"))
     return out
 
 
@@ -390,7 +398,7 @@ STEPS: tuple[Step, ...] = (
          ("-m", "benchmarks.onnx_batching"), ("onnx_batching.json", "onnx_batching.md"), 3,
          onnx_batching_figures, needs="the ONNX int4 artifact benchmarks/onnx.py caches (made on first use)"),
     Step("followup", "A follow-up turn's time to first token, and where it goes",
-         ("-m", "benchmarks.followup", "--rounds", "3"), ("followup.json", "followup.md"), 4,
+         ("-m", "benchmarks.followup", "--rounds", "3"), ("followup.json", "followup.md"), 10,
          followup_figures),
     Step("cache", "KV reuse: time to first token",
          ("-m", "benchmarks.cache"), ("cache.json", "cache.md"), 25, cache_figures),

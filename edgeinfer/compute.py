@@ -5,7 +5,9 @@ called it directly, each model kept a team of its own, and an idle team spun on 
 one needed (SmolLM2 decoded at half its speed with Gemma loaded beside it, even used in turn). Here all
 evals for a device run on one worker thread: one team, models interleaved (first come first served
 within a priority, so engines waiting a step each take turns), interactive steps before background
-ones (idle-time settling), and a worker that sleeps while there is nothing to do.
+ones (idle-time settling), and a worker that sleeps while there is nothing to do. An interactive call
+that arrives while a background eval runs interrupts it (where the backend can stop mid-graph), so
+idle-time work never delays a request by more than a graph node.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ComputeQueue:
     def __init__(self, device: str) -> None:
         self.device = device
         self._heap: list[tuple[int, int, Callable[[], Any], Future]] = []
+        self._interruptible: Backend | None = None  # the backend of the background eval running now
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -51,6 +54,27 @@ class ComputeQueue:
     def eval(self, backend: Backend, items: Sequence[EvalItem], *, priority: int = INTERACTIVE) -> list[int]:
         """``backend.eval(items)`` on the worker, at the thread count its tuner picks, timed for the tuner."""
         return self.run(self._timed_eval, backend, items, priority=priority)
+
+    def background_eval(self, backend: Backend, items: Sequence[EvalItem]) -> list[int]:
+        """``backend.eval(items)`` when nothing interactive is queued; a request arriving meanwhile stops
+        it (``EvalInterrupted``) where the backend can stop a running eval."""
+        return self.run(self._interruptible_eval, backend, items, priority=BACKGROUND)
+
+    def _interruptible_eval(self, backend: Backend, items: Sequence[EvalItem]) -> list[int]:
+        with self._ready:
+            self._interruptible = backend
+        try:
+            with backend.interruptible():
+                return self._timed_eval(backend, items)
+        finally:
+            with self._ready:
+                self._interruptible = None
+
+    def interrupt_background(self) -> None:
+        """Stop the background eval running now, if any: an interactive call is coming."""
+        with self._ready:
+            if self._interruptible is not None:
+                self._interruptible.interrupt()
 
     def _timed_eval(self, backend: Backend, items: Sequence[EvalItem]) -> list[int]:
         tuner = self._tuners.get(backend)
@@ -70,6 +94,8 @@ class ComputeQueue:
         future: Future = Future()
         with self._ready:
             heapq.heappush(self._heap, (priority, next(self._order), lambda: fn(*args), future))
+            if priority == INTERACTIVE and self._interruptible is not None:
+                self._interruptible.interrupt()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"edgeinfer-compute-{self.device}",
                                                 daemon=True)
@@ -106,5 +132,8 @@ def device_queue(device: str) -> ComputeQueue:
 
 
 def queued_eval(backend: Backend, items: Sequence[EvalItem], *, priority: int = INTERACTIVE) -> list[int]:
-    """``backend.eval(items)`` on its device's queue."""
-    return device_queue(backend.device).eval(backend, items, priority=priority)
+    """``backend.eval(items)`` on its device's queue; a BACKGROUND eval is interruptible."""
+    queue = device_queue(backend.device)
+    if priority == BACKGROUND:
+        return queue.background_eval(backend, items)
+    return queue.eval(backend, items, priority=priority)

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .backends.base import Backend, EvalItem, prefill_cuts
-from .compute import queued_eval
+from .backends.base import Backend, EvalInterrupted, EvalItem, prefill_cuts
+from .compute import INTERACTIVE, device_queue, queued_eval
 from .errors import BackendError, ContextOverflowError, EmptyPromptError, KVCacheFullError
 from .metrics import ModelMetrics
 from .prompt_cache import PromptCache
@@ -32,7 +32,8 @@ from .stats import Stats
 from .stopping import TextAssembler
 from .structured import ConstrainedSampler, Constraint, parsed_output
 
-SETTLE_STEP_SECONDS = 0.1  # one idle settling step's target: the most a new request waits for it
+SETTLE_STEP_SECONDS = 0.1  # one idle settling step's target: the most a new request waits for it where
+# the backend cannot interrupt a running eval (llama.cpp on CPU can: a request stops it at once)
 
 
 @dataclass
@@ -207,11 +208,12 @@ def _stop_engines() -> None:  # no llama_decode may run while the interpreter te
 class Engine:
     """Runs requests on one backend as a continuous batch, reusing cached prefixes.
 
-    ``max_batch`` bounds the sequences decoded together (default: all the backend holds); more
-    requests wait, first come first served. ``speculation`` ("auto": prompt lookup where the
-    backend checks drafts exactly; "prompt-lookup", a ``DraftModel``, or None) drafts tokens and
-    verifies them in one eval when one request is decoding alone. With
-    ``settle`` (the default), idle time makes generated tokens' KV exactly reusable.
+    ``max_batch`` bounds the sequences decoded together (default: all the backend holds, at most the
+    rows it computes exactly as alone, ``caps.exact_rows``); more requests wait, first come first
+    served. ``speculation`` ("auto": prompt lookup where the backend checks drafts exactly;
+    "prompt-lookup", a ``DraftModel``, or None) drafts tokens and verifies them in one eval when one
+    request is decoding alone. With ``settle`` (the default), idle time makes generated tokens' KV
+    exactly reusable.
     """
 
     def __init__(self, backend: Backend, *, model_name: str = "", cache: PromptCache | None = None,
@@ -224,7 +226,9 @@ class Engine:
         self.metrics = ModelMetrics(model_name)  # every finished request's stats, added up
         self.metrics.memory = self.kv_usage
         self.settle_idle = settle
-        self.max_batch = max(1, min(max_batch or backend.caps.max_sequences, backend.caps.max_sequences))
+        caps = backend.caps
+        exact = min(caps.max_sequences, caps.exact_rows or caps.max_sequences)  # batching changes no output
+        self.max_batch = max(1, min(max_batch or exact, caps.max_sequences))
         self.step_costs = StepCosts()  # measured cost of a decode step by its token count
         self.lock = threading.RLock()  # held by the scheduler for each step
         self._wake = threading.Condition()
@@ -279,12 +283,13 @@ class Engine:
             self._waiting.append(request)
             self._ensure_thread()
             self._wake.notify()
+        device_queue(self.backend.device).interrupt_background()  # idle-time settling gives way at once
         return CompletionStream(request)
 
     def settle(self) -> None:
         """Do now, in this thread, what idle time would do: settle every idle cached sequence."""
         with self.lock:
-            while self.cache.settle_step(512):
+            while self.cache.settle_step(512, priority=INTERACTIVE):
                 pass
 
     def reset(self) -> None:
@@ -483,8 +488,10 @@ class Engine:
         if request.verifier is None or request.params.confidence:  # confidence is read token by token
             return []
         forced = request.forced  # evaluated before the draft, in the same eval
+        caps = self.backend.caps
         room = min(request.params.max_tokens - len(request.generated) - len(forced) - 1,
-                   self.backend.caps.n_ctx - len(request.evaluated) - len(forced) - 2)
+                   caps.n_ctx - len(request.evaluated) - len(forced) - 2,
+                   (caps.exact_rows or caps.n_batch) - len(forced) - 1)  # a check as exact as a step
         policy, index = request.draft_length, request.lookup_index
         if index is not None:  # a free proposal first: how long its match is decides whether to check it
             # the text only grows (prompt, generated, then forced tokens, emitted in that order)
@@ -586,7 +593,10 @@ class Engine:
     def _settle_step(self) -> None:
         """One short step of idle work; stops when there is none left."""
         t0 = time.perf_counter()
-        done = self.cache.settle_step(self._tokens_per_settle)
+        try:
+            done = self.cache.settle_step(self._tokens_per_settle)
+        except EvalInterrupted:  # a request arrived: it goes first, settling goes on when idle again
+            return
         if not done:
             self._settle_pending = False
             return

@@ -168,6 +168,7 @@ class GGUFHeader:
     tensors: tuple[tuple[str, int, int], ...]
     arrays: dict[str, ArrayInfo] = field(default_factory=dict)  # metadata arrays: item type and length
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tensor name -> ggml dims (ne)
+    types: dict[str, str] = field(default_factory=dict)  # tensor name -> ggml type ("Q4_K", "F32", ...)
 
     @property
     def n_params(self) -> int:
@@ -205,7 +206,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
                     metadata[key] = value
             if "general.alignment" in metadata:
                 _alignment(metadata["general.alignment"])
-            tensors, shapes = [], {}
+            tensors, shapes, types = [], {}, {}
             for _ in range(n_tensors):
                 name = cur.string().decode("utf-8", errors="replace")
                 n_dims = cur.take("I")
@@ -220,9 +221,10 @@ def read_gguf_header(path: Path) -> GGUFHeader:
                     raise ValueError(f"tensor {name!r} has impossible dimensions {dims}")
                 tensors.append((name, n, n // block * type_size))
                 shapes[name] = tuple(dims)
+                types[name] = qtype.name
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise CorruptModelError(f"{path} is not a readable GGUF file ({exc}); pass a complete .gguf") from exc
-    return GGUFHeader(metadata, tuple(tensors), arrays, shapes)
+    return GGUFHeader(metadata, tuple(tensors), arrays, shapes, types)
 
 
 # llama.cpp aborts the process (GGML_ASSERT) on some metadata instead of refusing the file; these

@@ -27,7 +27,7 @@ DEFAULT_N_BATCH = 512
 MIN_N_CTX = 512  # a budget never shrinks the context below this on its own
 BUDGET_SHARE = 0.75  # of the RAM available at load time: the default budget leaves a quarter to others
 SLACK_BYTES = 16 << 20  # threads, Python objects of the engine, allocator rounding
-FOOTPRINT_VERSION = 1  # bump when Footprint's fields change: cached footprints are read again
+FOOTPRINT_VERSION = 2  # bump when Footprint's fields change: cached footprints are read again
 VOCAB_BYTES_PER_TOKEN = 128  # llama.cpp's vocabulary tables (text, scores, maps) per token
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -95,6 +95,7 @@ class Footprint:
     kv_elements: int  # K and V elements one token holds, over every layer
     n_ctx_train: int
     embedding: bool = False  # a pooled-embedding model: no KV sequences to size
+    matrix_types: str = ""  # ggml types of its matrices (2-D tensors), sorted and comma-joined: "Q4_K,Q6_K"
 
     def kv_bytes(self, n_ctx: int, sequences: int, kv_type: str = "f16", flash_attn: bool = False) -> int:
         """KV cache bytes for ``sequences`` of ``n_ctx`` tokens (V stays f16 without flash attention)."""
@@ -148,6 +149,8 @@ def _read_footprint(path: Path) -> str:
         kv_elements=kv_elements or layers * kv_heads * (key + value),
         n_ctx_train=number("context_length", DEFAULT_N_CTX),
         embedding=number("pooling_type") in (1, 2, 3),  # mean, cls, last (llama.cpp's pooling types)
+        matrix_types=",".join(sorted({header.types[name] for name, shape in header.shapes.items()
+                                      if len(shape) >= 2})),
     )))
 
 
@@ -159,7 +162,9 @@ def _footprint(path: str, _size: int, _mtime: int) -> Footprint:
     stored = cached_digest(Path(path), [Path(path)], _read_footprint, kind=kind)
     try:
         footprint = Footprint(**json.loads(stored))
-        if all(isinstance(v, int) and 0 <= v < 1 << 48 for v in asdict(footprint).values()):
+        numbers = [v for k, v in asdict(footprint).items() if k != "matrix_types"]
+        if all(isinstance(v, int) and 0 <= v < 1 << 48 for v in numbers) and isinstance(
+                footprint.matrix_types, str):
             return footprint
     except (TypeError, ValueError):
         pass

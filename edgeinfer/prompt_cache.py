@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends.base import Backend, EvalItem
+from .backends.base import Backend, EvalInterrupted, EvalItem
 from .compute import BACKGROUND, queued_eval
 from .errors import BackendError
 
@@ -310,10 +310,11 @@ class PromptCache:
                 if not s.busy and (s.pending or align_down(len(s.tokens), a) - s.exact_end >= self.min_batch)]
         return max(todo, key=lambda s: s.last_used, default=None)
 
-    def settle_step(self, max_tokens: int) -> int:
+    def settle_step(self, max_tokens: int, *, priority: int = BACKGROUND) -> int:
         """Recompute up to ``max_tokens`` of an unsettled sequence's tail the way a fresh prefill
         would, so a later request reuses it bit-exactly. Returns the tokens computed (0: nothing
-        to do). A tail's last partial tile is left to the request that extends it."""
+        to do). A tail's last partial tile is left to the request that extends it. A BACKGROUND step
+        that a request interrupts raises ``EvalInterrupted`` and leaves the tail to a later step."""
         slot = self.unsettled()
         if slot is None:
             return 0
@@ -336,7 +337,10 @@ class PromptCache:
                 slot.pending = []
                 return 0
             chunk = slot.pending[:size]
-            queued_eval(self.backend, [EvalItem(slot.seq_id, chunk)], priority=BACKGROUND)
+            queued_eval(self.backend, [EvalItem(slot.seq_id, chunk)], priority=priority)
+        except EvalInterrupted:
+            self.backend.kv_truncate(slot.seq_id, len(slot.tokens))  # drop what the step did compute
+            raise
         except Exception:  # noqa: BLE001 - idle work must never take the process down
             log.warning("could not recompute sequence %d; dropping it", slot.seq_id, exc_info=True)
             self.forget(slot.seq_id)

@@ -46,7 +46,8 @@ def make_proposer(speculation: Speculation, target: Backend) -> Proposer | None:
     if speculation is None:
         return None
     if speculation == "auto":  # on where checking a draft cannot change the output
-        return PromptLookup(max_ngram=8, min_ngram=2) if target.caps.exact_verify else None
+        exact = target.caps.exact_verify and target.caps.exact_rows != 1
+        return PromptLookup(max_ngram=8, min_ngram=2) if exact else None
     if speculation == "prompt-lookup":
         return PromptLookup(max_ngram=8, min_ngram=2)
     if isinstance(speculation, str) or not hasattr(speculation, "propose"):
@@ -127,13 +128,17 @@ class LookupIndex:
 class StepCosts:
     """What a decode step with ``rows`` tokens costs relative to a one-token step, measured as the
     engine runs (moving averages); unmeasured sizes use ``prior_slope`` per extra row (on a 2-core
-    CPU a 2-token step costs 1.4-1.8x a 1-token one, a 4-token step 2.6-3x)."""
+    CPU a 2-token step costs 1.4-1.8x a 1-token one, a 4-token step 2.6-3x). ``pinned`` keeps the
+    priors whatever is measured: drafting decisions then do not depend on the machine's load (tests,
+    exactness checks that need drafts to happen)."""
 
-    def __init__(self, *, prior_slope: float = 0.7, decay: float = 0.9) -> None:
-        self.prior_slope, self.decay = prior_slope, decay
+    def __init__(self, *, prior_slope: float = 0.7, decay: float = 0.9, pinned: bool = False) -> None:
+        self.prior_slope, self.decay, self.pinned = prior_slope, decay, pinned
         self._seconds: dict[int, float] = {}
 
     def record(self, rows: int, seconds: float) -> None:
+        if self.pinned:
+            return
         old = self._seconds.get(rows)
         self._seconds[rows] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
 

@@ -58,25 +58,14 @@ def _isolated_home(_session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return _session_home
 
 
-class PinnedStepCosts:
-    """Step costs that timing never changes: a k-token step costs 1 + 0.3 (k - 1) plain steps. The engine
-    measures them as it runs; in tests that would make whether a draft is checked depend on the
-    machine's load, and with it the counts of drafted and accepted tokens that tests assert."""
-
-    def __init__(self, slope: float = 0.3) -> None:
-        self.slope = slope
-
-    def record(self, rows: int, seconds: float) -> None:
-        pass
-
-    def relative(self, rows: int) -> float:
-        return 1.0 + self.slope * (rows - 1)
-
-
 @pytest.fixture(autouse=True)
 def _pinned_step_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every engine a test makes drafts by the same costs on any machine (see ``PinnedStepCosts``)."""
-    monkeypatch.setattr("edgeinfer.engine.StepCosts", PinnedStepCosts)
+    """Every engine a test makes drafts by the same costs on any machine: a k-token step costs
+    1 + 0.3 (k - 1) plain steps, whatever timing says (measured costs would make whether a draft is
+    checked, and the drafted and accepted counts tests assert, depend on the machine's load)."""
+    from edgeinfer.speculative import StepCosts
+
+    monkeypatch.setattr("edgeinfer.engine.StepCosts", lambda: StepCosts(prior_slope=0.3, pinned=True))
 
 
 @pytest.fixture(scope="session")

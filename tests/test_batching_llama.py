@@ -91,3 +91,24 @@ def test_a_draft_model_with_another_vocabulary_is_refused(smollm2_path):
     with ei.load("gemma-3-270m", n_ctx=256, kv=ei.KVOptions(settle=False), speculation=None) as gemma:
         with pytest.raises(ei.InvalidRequestError, match="vocabulary"):
             ei.load(smollm2_path, n_ctx=256, speculation=gemma)
+
+
+def test_k_quant_models_decode_at_most_the_rows_they_compute_exactly():
+    """Gemma's Q4_K_M matrices run another kernel from 8 rows on (a decode step of 8 sequences gives other
+    logits than each alone), so the engine decodes at most 7 of its sequences at once: 8 concurrent
+    requests still give exactly their unbatched greedy output."""
+    prompts = [*PROMPTS, "Water boils at", "My favourite fruit is", "The capital of Spain is", "Dear John,"]
+    with ei.load("gemma-3-270m", n_ctx=512, n_threads=2, max_sequences=8, kv=ei.KVOptions(settle=False),
+                 speculation=None) as model:
+        assert model.backend.caps.exact_rows == 7 and model.engine.max_batch == 7
+        alone = [c.tokens for c in one_by_one(model, prompts, max_tokens=32, temperature=0)]
+        together = concurrently(model, prompts, max_tokens=32, temperature=0)
+    assert [c.tokens for c in together] == alone
+
+
+@pytest.mark.parametrize(("types", "rows"), [("Q4_1", 0), ("Q4_0,Q8_0", 0), ("Q4_K,Q5_0,Q6_K,Q8_0", 7),
+                                             ("F16", 1), ("Q4_K,IQ4_NL", 1), ("", 0)])
+def test_the_exact_rows_of_a_model_follow_its_matrix_types(types, rows):
+    from edgeinfer.backends.llamacpp import exact_rows
+
+    assert exact_rows(types) == rows

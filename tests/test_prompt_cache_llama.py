@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from waits import wait_until
@@ -211,3 +212,62 @@ def test_reused_prefixes_give_bit_identical_logits_on_gemma():
             assert np.array_equal(got, want), (shared, len(a), len(b), cached)
             reused += cached
         assert reused > 1000
+
+
+def test_an_interrupted_eval_leaves_the_sequence_as_it_was(smollm2_path):
+    """``Backend.interrupt`` stops an interruptible eval; llama.cpp drops the batch's KV, and the same eval
+    afterwards gives the logits an uninterrupted one gives."""
+    from edgeinfer.backends.base import EvalInterrupted, EvalItem
+    from edgeinfer.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(smollm2_path, n_ctx=1024)
+    try:
+        prompt = backend.tokenize(SYSTEM)[:64]
+        backend.eval([EvalItem(0, prompt[:16])])
+        with backend.interruptible():
+            backend.interrupt()
+            with pytest.raises(EvalInterrupted):
+                backend.eval([EvalItem(0, prompt[16:])])
+        assert backend.seq_length(0) == 16
+        (row,) = backend.eval([EvalItem(0, prompt[16:])])  # outside the block: nothing stops it
+        after = backend.logits(row).copy()
+        backend.kv_truncate(0, 16)
+        (row,) = backend.eval([EvalItem(0, prompt[16:])])
+        assert (backend.logits(row) == after).all()
+    finally:
+        backend.close()
+
+
+def test_a_request_interrupts_idle_settling_at_once_and_reuse_stays_exact(smollm2_path, cold):
+    """A follow-up sent while the previous answer is being settled stops the settling eval mid-graph (it
+    does not wait for the step), and every turn still equals its cold output."""
+    from edgeinfer.backends.base import EvalInterrupted
+    from edgeinfer.compute import device_queue
+
+    with ei.load(smollm2_path, n_ctx=1024) as m:
+        interrupted: list[float] = []
+        settle_step = m.engine.cache.settle_step
+
+        def recorded(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return settle_step(*args, **kwargs)
+            except EvalInterrupted:
+                interrupted.append(time.perf_counter() - started)
+                raise
+
+        m.engine.cache.settle_step = recorded
+        conv = m.chat(system=SYSTEM)
+        conv.send("Tell me about Lyon.", temperature=0, max_tokens=160)
+        m.engine._tokens_per_settle = 512  # one long settling step (~0.5 s here): the follow-up lands in it
+        queue = device_queue(m.backend.device)
+        wait_until(lambda: queue._interruptible is not None, "a settling eval running")
+        for q in ["And its food?", "Which dish first?"]:
+            before = list(conv.messages)
+            out = conv.send(q, temperature=0, max_tokens=24)
+            assert out.text == cold([*before, {"role": "user", "content": q}])
+        assert interrupted  # the first follow-up stopped a settling step
+        wait_settled(m)
+        before = list(conv.messages)
+        out = conv.send("Thanks!", temperature=0, max_tokens=16)
+        assert out.text == cold([*before, {"role": "user", "content": "Thanks!"}], max_tokens=16)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from ..errors import InvalidRequestError
+from ..errors import BackendError, InvalidRequestError
 from ..sampling import NumpySampler, SamplingParams
 
 # Prefill batches shorter than this may run other kernels than longer ones, so KV they computed
 # is not reproduced bit for bit by a longer batch (see prompt_cache); backends may say more.
 EXACT_MIN_BATCH = 16
+
+
+class EvalInterrupted(BackendError):
+    """An interruptible eval was stopped by ``Backend.interrupt`` (a request arrived during idle work); the
+    sequences hold what they held before it, less any prefill pieces the caller must truncate."""
 
 
 def prefill_cuts(start: int, end: int, n_batch: int, min_batch: int = EXACT_MIN_BATCH) -> list[int]:
@@ -52,6 +58,9 @@ class Capabilities:
     # sequences evaluated in one eval get exactly the logits each would get in an eval of its own
     # (continuous batching does not change greedy output)
     exact_batch: bool = True
+    # an eval computes each of up to this many rows exactly as an eval of that row alone (0: any number);
+    # the engine decodes at most this many sequences at once by default and drafts fewer tokens than it
+    exact_rows: int = 0
     # an embedding model (pooled sentence vectors of n_embd floats; no generation, no KV sequences)
     embedding: bool = False
     n_embd: int = 0
@@ -195,6 +204,16 @@ class Backend(ABC):
         """Use ``n`` compute threads from the next eval on, if the backend can change them while loaded
         (the compute queue's thread tuner asks); False when it cannot."""
         return False
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Evals inside may be stopped by ``interrupt()`` from another thread (raising ``EvalInterrupted``);
+        backends that cannot stop a running eval ignore it and the eval runs to its end."""
+        yield
+
+    def interrupt(self) -> None:
+        """Stop the interruptible eval running now, if any, as soon as the backend can."""
+        return None
 
     def close(self) -> None:
         """Free native memory; the backend is unusable afterwards."""

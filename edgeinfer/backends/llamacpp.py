@@ -4,11 +4,12 @@ per-sequence KV memory and state, and llama.cpp's native sampler chain."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import platform
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp as ll
@@ -26,7 +27,15 @@ from ..gguf_check import diagnose_gguf, ensure_gguf_checked, require_gguf_magic
 from ..memory import footprint_of, output_rows
 from ..sampling import SamplingParams
 from . import llama_state
-from .base import EXACT_MIN_BATCH, Backend, Capabilities, EvalItem, LogitsSampler, prefill_cuts
+from .base import (
+    EXACT_MIN_BATCH,
+    Backend,
+    Capabilities,
+    EvalInterrupted,
+    EvalItem,
+    LogitsSampler,
+    prefill_cuts,
+)
 
 log = logging.getLogger("edgeinfer.llama_cpp")
 
@@ -41,6 +50,23 @@ _FTYPE_NAMES = {
 # ggml's CPU flash attention runs batches of 64+ query rows through a tiled kernel and shorter
 # ones row by row (measured: a prefill split leaving 63 rows differs in the last bits, 64 does not)
 FLASH_TILE_ROWS = 64
+_NO_ABORT = ll.ggml_abort_callback()  # a NULL callback: evals run to their end
+# Rows one CPU eval computes bit for bit as a one-row eval does, by the ggml type of a model's matrices
+# (0: any number). Measured on x86 AVX-512 with llama.cpp 0.3.36 (one decode step of 2..16 sequences
+# against each alone): the legacy quants run the same dot product per row whatever the batch; K-quant
+# matrices take another path from 8 rows on; ggml's tinyBLAS takes F32, F16 and BF16 matrices (and the
+# IQ types) from 2 rows on. A type not listed counts as 1. The GPU backends are not measured here.
+EXACT_ROWS_BY_TYPE: dict[str, int] = {
+    "Q4_0": 0, "Q4_1": 0, "Q5_0": 0, "Q5_1": 0, "Q8_0": 0,
+    "Q2_K": 7, "Q3_K": 7, "Q4_K": 7, "Q5_K": 7, "Q6_K": 7,
+}
+
+
+def exact_rows(matrix_types: str) -> int:
+    """The rows an eval computes exactly as alone for a model whose matrices have these ggml types."""
+    limits = [EXACT_ROWS_BY_TYPE.get(t, 1) for t in matrix_types.split(",") if t]
+    bounded = [n for n in limits if n]
+    return min(bounded) if bounded else 0
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO}
 # GGUF pooling types that make a model an embedding model (NONE: per-token; RANK: a reranker)
 EMBEDDING_POOLING = {"1": "mean", "2": "cls", "3": "last"}
@@ -169,6 +195,10 @@ class LlamaCppBackend(Backend):
         ensure_initialized()
         self._ll = ll
         self._model = self._ctx = self._batch = self._mem = None
+        # ggml's CPU graph asks this between nodes while an interruptible eval runs (a list, so the
+        # callback holds no reference to the backend)
+        self._stop = [False]
+        self._abort_check = ll.ggml_abort_callback(lambda _data, stop=self._stop: stop[0])
         self._allocated = 0
         self.device = device
         path = Path(path)
@@ -235,7 +265,8 @@ class LlamaCppBackend(Backend):
         # (and at context creation it needs a row per sequence)
         self._n_outputs = max(n_outputs or output_rows(max_sequences), max_sequences)
         self._kv_budget = kv_budget  # bytes the KV cache may take, growth included (None: no bound)
-        self._kv_per_token = footprint_of(path).kv_bytes_per_token(kv_type, flash_attn)
+        footprint = footprint_of(path)
+        self._kv_per_token = footprint.kv_bytes_per_token(kv_type, flash_attn)
         self.threads = n_threads or 1
         # Split KV (the default) gives each sequence its own n_ctx-cell stream, allocated (and
         # zeroed) when the context is made: streams are made as sequences are first needed (one at
@@ -273,6 +304,7 @@ class LlamaCppBackend(Backend):
             reuse_align=reuse_align(device),
             exact_min_batch=FLASH_TILE_ROWS if flash_attn else EXACT_MIN_BATCH,
             exact_verify=flash_attn,
+            exact_rows=exact_rows(footprint.matrix_types) if n_gpu_layers == 0 else 0,
             embedding=embedding,
             n_embd=ll.llama_model_n_embd_out(model) if embedding else ll.llama_model_n_embd(model),
         )
@@ -499,6 +531,8 @@ class LlamaCppBackend(Backend):
             want[i] = i >= first_output
         batch.n_tokens = len(entries)
         rc = self._ll.llama_decode(self._ctx, batch)
+        if rc == 2:  # interrupted: llama.cpp removed this batch's positions from the KV cache
+            raise EvalInterrupted("the eval was interrupted for a request")
         if rc == 1:
             raise KVCacheFullError("no free KV cells: free sequences or load with a larger n_ctx")
         if rc != 0:
@@ -665,6 +699,22 @@ class LlamaCppBackend(Backend):
             except ValueError as exc:
                 raise BackendError(f"the saved state is malformed ({exc})") from None
         self._load_raw(seq_id, data, n_tokens)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        # a Python check between graph nodes costs ~1 µs each, so only idle-time evals carry it (CPU
+        # graphs only: GPU backends run a graph to its end)
+        self._stop[0] = False
+        self._ll.llama_set_abort_callback(self._ctx, self._abort_check, None)
+        try:
+            yield
+        finally:
+            if self._ctx:
+                self._ll.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+            self._stop[0] = False
+
+    def interrupt(self) -> None:
+        self._stop[0] = True
 
     def close(self) -> None:
         ll = self._ll
