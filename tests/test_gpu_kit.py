@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import gpu_check  # noqa: E402
 import prepare_gpu_kit  # noqa: E402
 
+from edgeinfer.hashing import sha256_file  # noqa: E402
+
 
 def make_sdist(path: Path, files: dict[str, bytes]) -> None:
     top = f"llama_cpp_python-{prepare_gpu_kit.LLAMA_CPP_PYTHON}/"
@@ -72,7 +74,7 @@ def test_each_call_carries_at_most_its_room_and_the_parts_rebuild_the_models(tmp
     assert sum(sizes) == 9500 and len(calls) == 4  # 1000 + 3000 + 3000 + 2500
     for entry, (_, path) in zip(manifest, models, strict=True):
         rebuilt = b"".join((tmp_path / "parts" / part).read_bytes() for part in entry["parts"])
-        assert rebuilt == path.read_bytes() and entry["sha256"] == prepare_gpu_kit.sha256_of(path)
+        assert rebuilt == path.read_bytes() and entry["sha256"] == sha256_file(path)
 
 
 def test_the_requirements_the_kit_installs_offline_cover_the_project_and_its_build():

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{probe['llama_gpu_offload']}; chose {choice['device']} with {choice['n_gpu_layers']} GPU "
             f"layers ({'; '.join(choice['reasons'])})"
         ),
-        "env": env,
+        "env": {**env, "probe": {k: v for k, v in probe.items() if k != "cpu_features"}},  # a summary
         "build": json.loads(args.build.read_text()) if args.build and args.build.exists() else None,
         "models": [],
     }

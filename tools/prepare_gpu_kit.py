@@ -17,7 +17,6 @@ Run:  python tools/prepare_gpu_kit.py [--models smollm2-135m-instruct gemma-3-27
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -122,30 +121,14 @@ def normalized(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def pip_download(*args: str) -> None:
+    """``pip download`` (quiet) with these arguments."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", *args], check=True)
 
 
 def download_sdist(into: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
-            "-d",
-            str(into),
-        ],
-        check=True,
+    pip_download(
+        "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(into)
     )
     return next(into.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"))
 
@@ -191,24 +174,16 @@ def download_wheels(into: Path, *, every: bool) -> list[dict]:
         tags = [f"manylinux_2_{n}_x86_64" for n in range(17, 40)]
         tags += ["manylinux2014_x86_64", "manylinux1_x86_64"]
         platforms = [arg for tag in tags for arg in ("--platform", tag)]
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--only-binary=:all:",
-                "--python-version",
-                "3.12",
-                "--implementation",
-                "cp",
-                *platforms,
-                "-d",
-                tmp,
-                *requirements(),
-            ],
-            check=True,
+        pip_download(
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            tmp,
+            *requirements(),
         )
         into.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -244,6 +219,8 @@ def split_models(
     """Cut each (name, file) into parts under ``into``: the first call has ``first_room`` bytes left (call 1
     also carries the build), the next ones ``room``. Returns the manifest entries and, per call, the
     parts it carries (as paths relative to the repository)."""
+    from edgeinfer.hashing import sha256_file  # here: --requirements runs before edgeinfer is installed
+
     into.mkdir(parents=True, exist_ok=True)
     manifest, calls, left = [], [[]], first_room
     for name, path in models:
@@ -264,7 +241,7 @@ def split_models(
                 offset += len(chunk)
                 left -= len(chunk)
         manifest.append(
-            {"name": name, "file": path.name, "bytes": size, "sha256": sha256_of(path), "parts": parts}
+            {"name": name, "file": path.name, "bytes": size, "sha256": sha256_file(path), "parts": parts}
         )
     return manifest, calls
 
