@@ -237,6 +237,7 @@ def batching(model: Any, gen: int) -> list[dict]:
         model.engine.reset()
         alone, alone_s, alone_tokens = [], 0.0, 0
         for p in prompts:
+            model.engine.reset()  # each alone from an empty cache, as batched requests start
             texts, wall, tokens = concurrently(model, [p], gen)
             alone += texts
             alone_s += wall
