@@ -15,7 +15,8 @@ alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first 
   other     the rest (scheduling, sampling, detokenizing)
 
 Reference: the same eval of the follow-up's new tokens alone at that history length (``prefill-only``),
-what a turn costs when nothing but its own message is computed.
+what a turn costs when nothing but its own message is computed; and, where the GGUF's own weights were
+prepared for onnxruntime (``edgeinfer pull MODEL --backend onnx``), the same eval on the onnx backend.
 
 Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup [--rounds 3]
 Writes benchmarks/results/followup.json and followup.md.
@@ -125,8 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     inexact = ei.load(args.model, max_sequences=4, kv=ei.KVOptions(exact=False))
     waiting = ei.load(args.model, max_sequences=4)  # as before: a request waits for a running settling step
     waiting.backend.interrupt = lambda: None
-    models = (model, inexact, waiting)
-    timelines = {id(m): Timeline(m) for m in models}
+    timelines = {id(m): Timeline(m) for m in (model, inexact, waiting)}
+    try:  # the same weights on onnxruntime, when prepared: its floor beside llama.cpp's
+        onnx = ei.load(args.model, backend="onnx", n_ctx=4096, max_sequences=4)
+    except ei.ModelNotPreparedError:
+        onnx = None  # `edgeinfer pull MODEL --backend onnx` makes it
+    models = tuple(m for m in (model, inexact, waiting, onnx) if m is not None)
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)
     # (case, model, idle seconds before the turn, whether the turn starts another chat)
@@ -162,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if not other:
                     followed = chat
         prompt = model.chat_prompt(followed.messages[:-1])
-        rows[f"{history}/prefill-only"] = {"history": len(prompt), "idle_s": None, "samples": [
-            {"ttft": prefill_only(model, prompt, 25), "prefill_tokens": 25}]}
+        for label, m in (("prefill-only", model), ("prefill-only, onnx", onnx)):
+            if m is not None:
+                rows[f"{history}/{label}"] = {"history": len(prompt), "idle_s": None, "samples": [
+                    {"ttft": prefill_only(m, prompt, 25), "prefill_tokens": 25}]}
     for m in models:
         m.close()
     for row in rows.values():
@@ -190,11 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "reusing the previous answer's decode-computed KV as it is (no settling, not bit-exact vs a cold "
           "run). prefill-only: the follow-up's "
           "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
-          f"kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
+          "kernel); prefill-only, onnx: the same on the onnx backend running the GGUF's own weights "
+          f"(`backend=\"onnx\"`, when prepared). Steal ticks during the run: {data['steal_ticks']}.", "",
           "TTFT with settling interrupted / waiting for the settling step (median of per-round ratios): "
           + "; ".join(f"{key.replace('/', ' tokens, ')} {ratio:.2f}x" for key, ratio in paired.items())
           + ".", "",
-          "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3`"]
+          "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3` (the onnx rows once "
+          "`EDGEINFER_HOME=/tmp/eihome edgeinfer pull smollm2-135m-instruct --backend onnx` made its folder)"]
     publish("followup", data, "\n".join(md) + "\n")
     return data
 

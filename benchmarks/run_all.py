@@ -185,6 +185,12 @@ def followup_figures(d: dict[str, Any]) -> list[Figure]:
             out.append(Figure(f"follow-up TTFT after {history} tokens of history: straight after the "
                               "answer / after idle time / straight after, `exact=False`",
                               " / ".join(f"{num(c['median']['ttft'], 0)} ms" for c in cases)))
+        floors = [rows.get(f"{history}/prefill-only{tail}") for tail in (", onnx", "")]
+        if all(floors):
+            a, b = (f["median"]["ttft"] for f in floors)
+            out.append(Figure(f"the follow-up's 25 new tokens evaluated alone after {history} tokens of "
+                              "history, the GGUF's weights on the onnx backend / on llama.cpp",
+                              f"{x(a / b)} ({num(a, 0)} vs {num(b, 0)} ms)"))
         ratio = d.get("interrupting_vs_waiting", {}).get(f"{history}/another chat, no idle")
         other = [rows.get(f"{history}/another chat, no idle{tail}")
                  for tail in ("", ", settling not interrupted")]
