@@ -207,6 +207,11 @@ class LlamaCppBackend(Backend):
 
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        self._cpu_only = n_gpu_layers == 0
+        if self._cpu_only:  # an empty device list: a GPU build then keeps no weights on a GPU, runs no
+            # prefill matmuls there (llama.cpp's op offload) and takes none of its memory
+            self._no_devices = (ctypes.c_void_p * 1)()
+            mparams.devices = ctypes.addressof(self._no_devices)
         # Repacked CPU weights run other kernels for 1 row than for tiles of 4+, so a token's
         # logits would depend on how many tokens share its batch. Off (the default), a row's
         # numerics never depend on the batch: batched and speculative decoding give exactly the
@@ -327,6 +332,7 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = self._kv_unified
         cparams.swa_full = True  # keep sliding-window layers whole so prefixes can be reused
         cparams.no_perf = True
+        cparams.op_offload = not self._cpu_only
         cparams.type_k = KV_TYPES[self._kv_type]
         # llama.cpp quantizes V only with flash attention (V is read transposed without it)
         cparams.type_v = KV_TYPES[self._kv_type] if self._flash_attn else KV_TYPES["f16"]
