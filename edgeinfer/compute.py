@@ -94,8 +94,8 @@ class ComputeQueue:
         future: Future = Future()
         with self._ready:
             heapq.heappush(self._heap, (priority, next(self._order), lambda: fn(*args), future))
-            if priority == INTERACTIVE and self._interruptible is not None:
-                self._interruptible.interrupt()
+            if priority == INTERACTIVE:
+                self.interrupt_background()  # the condition's lock is re-entrant
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"edgeinfer-compute-{self.device}",
                                                 daemon=True)

@@ -226,9 +226,8 @@ class Engine:
         self.metrics = ModelMetrics(model_name)  # every finished request's stats, added up
         self.metrics.memory = self.kv_usage
         self.settle_idle = settle
-        caps = backend.caps
-        exact = min(caps.max_sequences, caps.exact_rows or caps.max_sequences)  # batching changes no output
-        self.max_batch = max(1, min(max_batch or exact, caps.max_sequences))
+        caps = backend.caps  # by default, batching changes no output: at most caps.exact_rows at once
+        self.max_batch = max(1, min(max_batch or caps.exact_rows or caps.max_sequences, caps.max_sequences))
         self.step_costs = StepCosts()  # measured cost of a decode step by its token count
         self.lock = threading.RLock()  # held by the scheduler for each step
         self._wake = threading.Condition()

@@ -151,8 +151,8 @@ class OffloadLog(logging.Handler):
 def load(name: str, **options: Any) -> tuple[Any, dict]:
     """``ei.load(name)`` with the facts of the load: device, GPU layers and why, offload lines, VRAM."""
     import edgeinfer as ei
+    from edgeinfer.backends.llamacpp import log as logger  # llama.cpp's own log lines arrive here
 
-    logger = logging.getLogger("edgeinfer.backends.llamacpp")
     handler, level = OffloadLog(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

@@ -60,13 +60,6 @@ EXACT_ROWS_BY_TYPE: dict[str, int] = {
     "Q4_0": 0, "Q4_1": 0, "Q5_0": 0, "Q5_1": 0, "Q8_0": 0,
     "Q2_K": 7, "Q3_K": 7, "Q4_K": 7, "Q5_K": 7, "Q6_K": 7,
 }
-
-
-def exact_rows(matrix_types: str) -> int:
-    """The rows an eval computes exactly as alone for a model whose matrices have these ggml types."""
-    limits = [EXACT_ROWS_BY_TYPE.get(t, 1) for t in matrix_types.split(",") if t]
-    bounded = [n for n in limits if n]
-    return min(bounded) if bounded else 0
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.DEBUG, 4: logging.INFO}
 # GGUF pooling types that make a model an embedding model (NONE: per-token; RANK: a reranker)
 EMBEDDING_POOLING = {"1": "mean", "2": "cls", "3": "last"}
@@ -76,6 +69,11 @@ EMBED_MAX_CTX = 8192  # default window of long-context embedding models (one pas
 KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
 
 
+def exact_rows(matrix_types: str) -> int:
+    """The rows an eval computes exactly as alone for a model whose matrices have these ggml types."""
+    limits = [EXACT_ROWS_BY_TYPE.get(t, 1) for t in matrix_types.split(",") if t]
+    bounded = [n for n in limits if n]
+    return min(bounded) if bounded else 0
 
 
 def _on_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -708,8 +706,8 @@ class LlamaCppBackend(Backend):
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
-        # a Python check between graph nodes costs ~1 µs each, so only idle-time evals carry it (CPU
-        # graphs only: GPU backends run a graph to its end)
+        # a Python call per graph node: only idle-time evals carry it (CPU graphs only: GPU backends
+        # run a graph to its end)
         self._stop[0] = False
         self._ll.llama_set_abort_callback(self._ctx, self._abort_check, None)
         try:
