@@ -122,23 +122,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_logging()
     import edgeinfer as ei
 
-    model = ei.load(args.model, max_sequences=4)
-    inexact = ei.load(args.model, max_sequences=4, kv=ei.KVOptions(exact=False))
-    waiting = ei.load(args.model, max_sequences=4)  # as before: a request waits for a running settling step
-    waiting.backend.interrupt = lambda: None
-    timelines = {id(m): Timeline(m) for m in (model, inexact, waiting)}
-    try:  # the same weights on onnxruntime, when prepared: its floor beside llama.cpp's
-        onnx = ei.load(args.model, backend="onnx", n_ctx=4096, max_sequences=4)
-    except ei.ModelNotPreparedError:
-        onnx = None  # `edgeinfer pull MODEL --backend onnx` makes it
-    models = tuple(m for m in (model, inexact, waiting, onnx) if m is not None)
+    model = ei.load(args.model, max_sequences=4)  # the default: onnx where prepared and faster on a CPU
+    llama = ei.load(args.model, backend="llama.cpp", max_sequences=4)
+    inexact = ei.load(args.model, backend="llama.cpp", max_sequences=4, kv=ei.KVOptions(exact=False))
+    if model.backend.name == "llama.cpp":  # not prepared for onnxruntime: the default is llama.cpp
+        llama.close()
+        models = (model, inexact)
+    else:
+        models = (model, llama, inexact)
+    timelines = {id(m): Timeline(m) for m in models}
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)
     # (case, model, idle seconds before the turn, whether the turn starts another chat)
-    cases = [("no idle", model, 0.0, False), ("no idle, settling not interrupted", waiting, 0.0, False),
-             ("idle", model, args.idle, False), ("no idle, exact=False", inexact, 0.0, False),
-             ("another chat, no idle", model, 0.0, True),
-             ("another chat, no idle, settling not interrupted", waiting, 0.0, True)]
+    turns = (("no idle", 0.0, False), ("idle", args.idle, False), ("another chat, no idle", 0.0, True))
+    cases = [(f"{name}, {label}", m, idle, other)
+             for name, m in (("default", model), ("llama.cpp", llama))[: len(models) - 1]
+             for label, idle, other in turns]
+    cases.append(("llama.cpp, no idle, exact=False", inexact, 0.0, False))
     rows: dict[str, dict[str, Any]] = {}
     steal_before = steal_ticks()
     for history in HISTORIES:
@@ -167,43 +167,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if not other:
                     followed = chat
         prompt = model.chat_prompt(followed.messages[:-1])
-        for label, m in (("prefill-only", model), ("prefill-only, onnx", onnx)):
-            if m is not None:
-                rows[f"{history}/{label}"] = {"history": len(prompt), "idle_s": None, "samples": [
-                    {"ttft": prefill_only(m, prompt, 25), "prefill_tokens": 25}]}
+        for m in models[:-1]:
+            sample = {"ttft": prefill_only(m, prompt, 25), "prefill_tokens": 25}
+            rows[f"{history}/{m.backend.name}, prefill-only"] = {"history": len(prompt), "idle_s": None,
+                                                                 "samples": [sample]}
     for m in models:
         m.close()
     for row in rows.values():
         row["median"] = {k: statistics.median(s[k] for s in row["samples"]) for k in row["samples"][0]}
-    # interrupting idle-time settling vs waiting for its step: median of per-round TTFT ratios
+    # the default vs llama.cpp, case by case: median of per-round TTFT ratios
     paired = {}
-    for history in HISTORIES:
-        for case in ("no idle", "another chat, no idle"):
-            ours = rows[f"{history}/{case}"]["samples"]
-            waited = rows[f"{history}/{case}, settling not interrupted"]["samples"]
-            paired[f"{history}/{case}"] = statistics.median(
-                x["ttft"] / y["ttft"] for x, y in zip(ours, waited, strict=True))
+    if len(models) == 3:
+        for history in HISTORIES:
+            for label, _, _ in turns:
+                ours, theirs = (rows[f"{history}/{name}, {label}"]["samples"]
+                                for name in ("default", "llama.cpp"))
+                paired[f"{history}/{label}"] = statistics.median(
+                    x["ttft"] / y["ttft"] for x, y in zip(ours, theirs, strict=True))
     data = {"machine": machine_info(), "model": args.model, "rounds": args.rounds, "rows": rows,
-            "interrupting_vs_waiting": paired,
+            "backend": model.backend.name, "default_vs_llama_cpp": paired,
             "steal_ticks": steal_ticks() - steal_before}
     table = [[key.split("/")[0], fmt(row["history"], 0), key.split("/")[1], fmt(row["median"]["ttft"], 0),
               fmt(row["median"].get("render"), 1), fmt(row["median"].get("settle"), 0),
               fmt(row["median"].get("prefill"), 0), fmt(row["median"].get("prefill_tokens"), 0),
               fmt(row["median"].get("other"), 0)] for key, row in rows.items()]
-    md = [f"# Follow-up turn TTFT ({args.model}, `ei.load` defaults)", "",
+    md = [f"# Follow-up turn TTFT ({args.model}, `ei.load` defaults: the {model.backend.name} backend)", "",
           markdown_table(["history", "prompt tokens", "case", "TTFT ms", "render ms", "settle wait ms",
                           "prefill ms", "prefill tokens", "other ms"], table), "",
-          f"Medians of {args.rounds} rounds (the cases alternating). exact=False: `KVOptions(exact=False)`, "
-          "reusing the previous answer's decode-computed KV as it is (no settling, not bit-exact vs a cold "
-          "run). prefill-only: the follow-up's "
-          "25 new tokens evaluated alone on top of the history (the least a turn can cost without a faster "
-          "kernel); prefill-only, onnx: the same on the onnx backend running the GGUF's own weights "
-          f"(`backend=\"onnx\"`, when prepared). Steal ticks during the run: {data['steal_ticks']}.", "",
-          "TTFT with settling interrupted / waiting for the settling step (median of per-round ratios): "
-          + "; ".join(f"{key.replace('/', ' tokens, ')} {ratio:.2f}x" for key, ratio in paired.items())
-          + ".", "",
-          "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3` (the onnx rows once "
-          "`EDGEINFER_HOME=/tmp/eihome edgeinfer pull smollm2-135m-instruct --backend onnx` made its folder)"]
+          f"Medians of {args.rounds} rounds (the cases alternating). default: `ei.load(MODEL)`; llama.cpp: "
+          "`backend=\"llama.cpp\"`; exact=False: `KVOptions(exact=False)`, reusing the previous answer's "
+          "decode-computed KV as it is (no settling, not bit-exact vs a cold run). prefill-only: the "
+          "follow-up's 25 new tokens evaluated alone on top of the history (the least a turn can cost "
+          f"without a faster kernel). Steal ticks during the run: {data['steal_ticks']}.", "",
+          "TTFT, the default / llama.cpp (median of per-round ratios): "
+          + ("; ".join(f"{key.replace('/', ' tokens, ')} {ratio:.2f}x" for key, ratio in paired.items())
+             or "the default is llama.cpp here") + ".", "",
+          "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3` (the default runs on "
+          "onnxruntime once `EDGEINFER_HOME=/tmp/eihome edgeinfer pull smollm2-135m-instruct` made its "
+          "folder)"]
     publish("followup", data, "\n".join(md) + "\n")
     return data
 

@@ -20,6 +20,7 @@ from edgeinfer.prepared import (
     SHORTLIST,
     Located,
     Preparation,
+    kinds_for,
     preparations,
 )
 
@@ -65,10 +66,13 @@ def run_preparation(preparation: Preparation) -> Path:
 
 
 def prepare(model: str | Path | Located, *, offline: bool | None = None, on_progress: Progress | None = None,
-            kinds: Collection[str] = KINDS) -> list[Path]:
+            kinds: Collection[str] = KINDS, backend: str | None = None) -> list[Path]:
     """Every transform a models.lock name (or a path) gets before use (or only ``kinds`` of them), done
-    once; their outputs."""
+    once; their outputs. With ``backend``, also the ONNX folder of a GGUF that runs there (asked for,
+    or by "auto" where its lock entry says so: ``edgeinfer.prepared.runs_on_onnx``)."""
     located = model if isinstance(model, Located) else locate_model(model, offline=offline)
+    if backend is not None:
+        kinds = kinds_for(located, backend, kinds)
     outputs = []
     for preparation in preparations(located, kinds):
         if on_progress is not None and not preparation.done:
@@ -78,13 +82,13 @@ def prepare(model: str | Path | Located, *, offline: bool | None = None, on_prog
 
 
 def prepare_for_use(model: object, *, offline: bool | None = None, on_progress: Progress | None = None,
-                    kinds: Collection[str] = KINDS) -> None:
+                    kinds: Collection[str] = KINDS, backend: str | None = None) -> None:
     """``prepare`` before an app or a command loads ``model`` by name or path; a model that cannot be
     prepared (a missing dependency, a damaged file) is reported when it is loaded, not here."""
     if not isinstance(model, (str, Path)):
         return  # a loaded model is used as it is
     try:
-        prepare(model, offline=offline, on_progress=on_progress, kinds=kinds)
+        prepare(model, offline=offline, on_progress=on_progress, kinds=kinds, backend=backend)
     except EdgeInferError as exc:  # an unknown name, a damaged file: loading it says so, once
         log.debug("could not prepare %s: %s", model, exc)
     except ImportError as exc:

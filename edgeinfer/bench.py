@@ -130,11 +130,11 @@ def worker(artifact: str, options: dict[str, Any], conn: Any) -> None:
                      offline=options.get("offline"))
         load_s = time.perf_counter() - start
         prompt = _prompt_ids(model, options["prompt_tokens"])
-        facts = {"name": display_name(artifact, located.name), "format": format_of(located.path),
+        ran = Path(model.path)  # what it runs: a models.lock GGUF may run as the ONNX folder made from it
+        facts = {"name": display_name(artifact, located.name), "format": format_of(ran),
                  "backend": model.backend.name, "device": model.backend.device,
-                 "size_bytes": artifact_size(located.path),
-                 "bytes_per_token": bytes_read_per_token(located.path), "load_s": load_s,
-                 "kv_bytes_per_1k_tokens": 1000 * model.backend.kv_bytes_per_token()}
+                 "size_bytes": artifact_size(ran), "bytes_per_token": bytes_read_per_token(ran),
+                 "load_s": load_s, "kv_bytes_per_1k_tokens": 1000 * model.backend.kv_bytes_per_token()}
         model.generate(prompt[:16], max_tokens=2, temperature=0)  # warm-up: first-touch of the weights
     except Exception as exc:  # noqa: BLE001 - reported as this artifact's error, the others go on
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

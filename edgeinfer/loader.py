@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from .backends import format_of, get_backend
+from .backends import format_of, get_backend, get_spec
 from .compute import device_queue
-from .device import Artifact, Probe, choose, probe_system
+from .device import Artifact, Choice, Probe, choose, probe_system
 from .disk_cache import DiskCache
 from .errors import BackendUnavailableError, ModelNotPreparedError, UnknownModelError
 from .gguf_check import ensure_gguf_checked, require_gguf_magic
@@ -66,6 +67,31 @@ def _prepared_onnx(located: Located) -> Path:
         f"{located.name} is a GGUF; on the onnx backend it runs as an ONNX folder made from it once, before "
         f"its first use: {how} (llama-architecture GGUFs; or edgeinfer_converters.prepare(...,"
         " kinds=['gguf-onnx']))")
+
+
+def faster_cpu_path(located: Located, path: Path, choice: Choice, probe: Probe, *, device: str = "auto",
+                    n_threads: int | None = None, held_by: str = "") -> tuple[Path, str, Choice]:
+    """The artifact a GGUF runs as, when its lock entry says the onnx backend runs it faster on a CPU and
+    the choice is the CPU: its prepared ONNX folder, with the reason. Otherwise the GGUF, and why it
+    stays on llama.cpp: ``held_by`` (options only llama.cpp takes), no onnxruntime, or not prepared."""
+    entry = located.entry
+    if entry is None or entry.cpu_backend != "onnx" or choice.device != "cpu":
+        return path, "gguf", choice
+    preparation = prepared(located, GGUF_ONNX)
+    if held_by:
+        why = f"{held_by} given, which the onnx backend does not take"
+    elif not get_spec("onnx").is_installed(probe):
+        why = "its faster onnx path needs onnxruntime: pip install 'edgeinfer[onnx]'"
+    elif preparation is None or not preparation.done:
+        why = f"its faster onnx path is made once, before use: run `edgeinfer pull {located.name}`"
+    else:
+        folder = preparation.target
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        onnx = choose(probe, Artifact("onnx", size), backend="onnx", device=device, n_threads=n_threads)
+        first = (f"{located.name} runs faster on onnxruntime on a CPU (the GGUF's own weights, as the ONNX "
+                 "folder prepared from it) -> onnx backend")
+        return folder, "onnx", replace(onnx, reasons=(first, *onnx.reasons[1:]))
+    return path, "gguf", replace(choice, reasons=(*choice.reasons, f"llama.cpp: {why}"))
 
 
 @lru_cache(maxsize=1)
@@ -163,6 +189,10 @@ def load(
     layers = _gguf_layers(path) if fmt == "gguf" and probe.gpus and n_gpu_layers is None else None
     choice = choose(probe, Artifact(fmt, size, layers), backend=backend, device=device,
                     n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+    if backend == "auto" and fmt == "gguf":
+        held_by = ", ".join([*(["memory"] if memory is not None else []), *sorted(backend_options)])
+        path, fmt, choice = faster_cpu_path(located, path, choice, probe, device=device, n_threads=n_threads,
+                                            held_by=held_by)
     factory = get_backend(choice.backend)
     # sequences asked for are kept for reuse as they are first used; by default one is added only for
     # requests that run at once, so a program used by one user at a time holds one

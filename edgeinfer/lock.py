@@ -27,6 +27,9 @@ SOURCE_TYPES = tuple(SOURCE_NEEDS)
 LOCK_ENV = "EDGEINFER_LOCK"  # another models.lock to use instead of the packaged and user ones
 PACKAGED, USER = "packaged", "user"  # where an entry comes from (or the path of a $EDGEINFER_LOCK file)
 FORMATS = ("gguf", "onnx", "hf")
+# what an entry's ``cpu_backend`` may name: "onnx" runs a GGUF's own weights as an ONNX folder made from it
+# at pull time (edgeinfer.prepared.GGUF_ONNX); "llama.cpp" (the default for a GGUF) needs nothing
+CPU_BACKENDS = ("llama.cpp", "onnx")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # for folder formats: the files the checksum covers
     sampling: dict[str, Any] = field(default_factory=dict)  # the model's recommended defaults
+    cpu_backend: str = ""  # the backend measured fastest for it on a CPU, when not its format's default
     origin: str = PACKAGED  # which lock it comes from: PACKAGED, USER, or the path of another file
 
 
@@ -111,6 +115,10 @@ def _entry(name: str, raw: Any, origin: Path, layer: str = PACKAGED) -> ModelEnt
         SamplingParams(**sampling)
     except (TypeError, ValueError, EdgeInferError) as exc:
         raise LockFileError(f"{where}: invalid sampling defaults: {exc}") from exc
+    cpu_backend = raw.get("cpu_backend", "")
+    if cpu_backend and (cpu_backend not in CPU_BACKENDS or raw["format"] != "gguf"):
+        raise LockFileError(f"{where}: cpu_backend {cpu_backend!r} is not one of {', '.join(CPU_BACKENDS)} "
+                            "(for a gguf entry)")
     sources = []
     for i, src in enumerate(raw["sources"]):
         src = check_source(src, f"{where}: sources[{i}]")
@@ -133,6 +141,7 @@ def _entry(name: str, raw: Any, origin: Path, layer: str = PACKAGED) -> ModelEnt
         aliases=tuple(raw.get("aliases", ())),
         files=tuple(raw.get("files", ())),
         sampling=dict(sampling),
+        cpu_backend=cpu_backend,
         origin=layer,
     )
 

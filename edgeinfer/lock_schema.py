@@ -29,6 +29,7 @@ ENTRY_KEYS: dict[str, tuple[str, bool]] = {
     "aliases": ("str list", False),
     "files": ("relative list", False),
     "sampling": ("table", False),
+    "cpu_backend": ("str", False),
 }
 SOURCE_KEYS: dict[str, tuple[str, bool]] = {
     "type": ("str", True),

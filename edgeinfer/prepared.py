@@ -12,6 +12,7 @@ converters package does the work at pull time (``edgeinfer pull NAME``, or
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ CHECKPOINT_DEFAULT_QUANT = "Q8_0"  # for a checkpoint pinned without a type (`ed
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
 GGUF_ONNX = "gguf-onnx"  # a GGUF as an ONNX folder with the GGUF's own weights (for the onnx backend)
 KINDS = (CHECKPOINT_GGUF, SHORTLIST)  # what every model gets; GGUF_ONNX only where it is asked for
+ONNX_MODULES = ("onnxruntime", "onnx", "tokenizers")  # what running and making an ONNX folder take
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,25 @@ class Preparation:
     @property
     def done(self) -> bool:
         return self.target.is_file() or (self.target / "edgeinfer.json").is_file()  # a GGUF, or a folder
+
+
+def onnx_installed() -> bool:
+    """Whether onnxruntime (and what makes an ONNX folder) is installed, without importing it."""
+    return all(importlib.util.find_spec(name) is not None for name in ONNX_MODULES)
+
+
+def runs_on_onnx(entry: ModelEntry | None, backend: str = "auto") -> bool:
+    """Whether a GGUF is meant for the onnx backend: asked for, or, for "auto", where its models.lock
+    entry says onnxruntime runs it faster on a CPU and onnxruntime is installed."""
+    if backend != "auto":
+        return backend == "onnx"
+    return entry is not None and entry.cpu_backend == "onnx" and onnx_installed()
+
+
+def kinds_for(located: Located, backend: str = "auto", kinds: Collection[str] = KINDS) -> tuple[str, ...]:
+    """The transforms of ``kinds`` that ``located`` gets before it is loaded on ``backend``, plus its ONNX
+    folder where it runs on the onnx backend (see ``runs_on_onnx``)."""
+    return (*kinds, GGUF_ONNX) if runs_on_onnx(located.entry, backend) else tuple(kinds)
 
 
 def prepared_dir() -> Path:

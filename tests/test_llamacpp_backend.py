@@ -117,7 +117,8 @@ def test_outputs_do_not_depend_on_the_thread_count(model: str):
     with ei.load(model, n_ctx=1024, n_threads=2, speculation=None, flash_attn=True,
                  kv=ei.KVOptions(settle=False)) as flash:
         assert not flash.backend.threads_adjustable and not flash.backend.set_threads(1)
-    with ei.load(model, n_ctx=1024, n_threads=2, speculation=None, kv=ei.KVOptions(settle=False)) as m:
+    with ei.load(model, backend="llama.cpp", n_ctx=1024, n_threads=2, speculation=None,
+                 kv=ei.KVOptions(settle=False)) as m:
         b = m.backend
         toks = m.tokenize("The history of the lighthouse begins with fires lit on hilltops. " * 60)[:600]
         seen = []

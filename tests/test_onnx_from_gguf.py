@@ -132,6 +132,32 @@ def test_logits_follow_llama_cpp_on_the_same_gguf(folder: Path, llama) -> None: 
     assert np.abs(ref - cand).max() < 3.0
 
 
+def test_an_interrupted_eval_leaves_the_sequence_as_it_was(folder: Path) -> None:
+    """``interrupt()`` stops an interruptible eval (onnxruntime's RunOptions.terminate, checked between
+    nodes): the sequence keeps its length, and the same eval afterwards gives the uninterrupted logits;
+    outside ``interruptible()`` nothing stops an eval."""
+    from edgeinfer.backends.base import EvalInterrupted
+    from edgeinfer.backends.onnx import OnnxBackend
+
+    backend = OnnxBackend(folder, n_ctx=512, n_threads=2, max_sequences=1)
+    try:
+        prompt = backend.tokenize(TEXTS[0] + TEXTS[2] + TEXTS[7])[:64]
+        backend.eval([EvalItem(0, prompt[:16])])
+        backend.interrupt()  # no interruptible eval running: nothing to stop
+        with backend.interruptible():
+            backend.interrupt()
+            with pytest.raises(EvalInterrupted):
+                backend.eval([EvalItem(0, prompt[16:])])
+        assert backend.seq_length(0) == 16
+        (row,) = backend.eval([EvalItem(0, prompt[16:])])
+        after = backend.logits(row).copy()
+        backend.kv_truncate(0, 16)
+        (row,) = backend.eval([EvalItem(0, prompt[16:])])
+        assert (backend.logits(row) == after).all() and backend.seq_length(0) == len(prompt)
+    finally:
+        backend.close()
+
+
 def test_greedy_choices_differ_from_llama_cpp_only_at_near_ties(folder: Path, gguf_path: Path, llama) -> None:  # noqa: ANN001
     """Along llama.cpp's own greedy continuation (teacher-forced), the ONNX folder picks the same next
     token, or one llama.cpp scores within 0.5 of its pick (llama.cpp's prefill and decode kernels flip
@@ -221,6 +247,40 @@ def test_a_pinned_gguf_runs_on_the_onnx_backend_once_prepared(tmp_path: Path, mo
     assert "converting" not in pulled.stdout  # made once, by the run above
     with ei.load(name, backend="onnx", n_threads=2, kv=ei.KVOptions(settle=False)) as model:
         assert model.backend.name == "onnx" and model.backend.caps.quantization == "gguf-Q4_1"
+
+
+def test_the_default_model_runs_on_onnx_by_default_once_prepared(tmp_path: Path, monkeypatch) -> None:
+    """models.lock says onnxruntime runs SmolLM2's GGUF faster on a CPU: ``ei.load(NAME)`` takes llama.cpp
+    (and says how to make the faster path) until `edgeinfer pull NAME` has made its ONNX folder, then the
+    onnx backend; options only llama.cpp takes, or asking for llama.cpp, keep llama.cpp; `edgeinfer env`
+    shows the same choice."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import edgeinfer as ei
+
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path / "home"))
+    name, kv = "smollm2-135m-instruct", ei.KVOptions(settle=False)
+    with ei.load(name, n_threads=2, kv=kv) as model:
+        assert model.backend.name == "llama.cpp"
+        assert f"run `edgeinfer pull {name}`" in model.choice.reasons[-1]
+    pulled = subprocess.run([sys.executable, "-m", "edgeinfer", "pull", name],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert pulled.returncode == 0 and "(prepared: gguf-onnx)" in pulled.stdout, pulled.stdout + pulled.stderr
+    with ei.load(name, n_threads=2, kv=kv) as model:
+        assert model.backend.name == "onnx" and "faster on onnxruntime" in model.choice.reasons[0]
+        answer = model.chat(system="You are a helpful assistant.").send("What is the capital of France?",
+                                                                         temperature=0)
+        assert "paris" in answer.text.lower()
+    with ei.load(name, n_threads=2, kv=kv, memory="2GB") as model:
+        assert model.backend.name == "llama.cpp" and "memory given" in model.choice.reasons[-1]
+    with ei.load(name, backend="llama.cpp", n_threads=2, kv=kv) as model:
+        assert model.backend.name == "llama.cpp"
+    env = subprocess.run([sys.executable, "-m", "edgeinfer", "env", name, "--json"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert json.loads(env.stdout)["plan"]["choice"]["backend"] == "onnx", env.stdout + env.stderr
 
 
 @pytest.mark.parametrize("tamper", ["zero heads", "heads not dividing", "tokens and types differ",

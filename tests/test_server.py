@@ -301,13 +301,18 @@ def _prompt(i: int) -> str:
     return f"Copy the code. Code: ID-{i}. Copy: ID-{i}. Copy:"
 
 
-def test_many_concurrent_clients_get_their_own_answers(model, tmp_path):
+def test_many_concurrent_clients_get_their_own_answers(tmp_path):
     """32 client threads against `edgeinfer serve` in another process: every request is answered
     once, with its own prompt's answer; 503 only while the queue is full; memory stays flat."""
     psutil = pytest.importorskip("psutil")
+    from edgeinfer_converters import prepare
+
     ids, rounds, clients, capacity = 50, 4, 32, 4 + 16
     defaults = ei.SamplingParams(**ModelLock.load().get("smollm2-135m-instruct").sampling)  # as served
-    expected = {i: model.generate(_prompt(i), defaults, temperature=0, max_tokens=8) for i in range(ids)}
+    prepare("smollm2-135m-instruct", backend="auto")  # what `serve` does first: the default runs on onnx
+    with ei.load("smollm2-135m-instruct", n_ctx=1024, n_threads=1, kv=ei.KVOptions(settle=False)) as alone:
+        assert alone.backend.name == "onnx"
+        expected = {i: alone.generate(_prompt(i), defaults, temperature=0, max_tokens=8) for i in range(ids)}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEINFER_API_KEY": KEY}
     args = ("smollm2-135m-instruct", "--threads", "1", "--n-ctx", "1024", "--max-sequences", "4")
     log = tmp_path / "serve.log"

@@ -22,11 +22,12 @@ pool, the only copies. Truncation is a length change; prefix copies copy positio
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ import numpy as np
 
 from ..device import onnx_providers_for
 from ..errors import BackendError, InvalidRequestError, KVCacheFullError, ModelLoadError
+from ..memory import DEFAULT_N_CTX
 from ..onnx_check import load_checked
-from .base import Backend, Capabilities, EvalItem
+from .base import Backend, Capabilities, EvalInterrupted, EvalItem
 from .onnx_tokens import TokenizerJson
 
 log = logging.getLogger("edgeinfer.onnx")
@@ -137,12 +139,13 @@ class OnnxBackend(Backend):
         self.tokens = TokenizerJson(folder / "tokenizer.json")
         self.ends = {int(t) for t in np.atleast_1d(meta.get("eos_token_id", []))}
         self.ends |= {i for t in END_OF_TURN if (i := self.tokens.id_of(t)) is not None}
-        limit = int(meta.get("context_length") or 2048)
-        n_ctx = min(n_ctx or 2048, limit)
+        limit = int(meta.get("context_length") or DEFAULT_N_CTX)
+        n_ctx = min(n_ctx or DEFAULT_N_CTX, limit)  # as llama.cpp's default; KV grows only as it is used
         self._pool = _KVPool(self.session, self.kv_shape[1], self.kv_shape[3], kv_dtype, self.n_layers,
                              max_sequences, n_ctx)
         self._pool.reserve(1, 1)  # one sequence of FIRST_CAPACITY positions (at most n_ctx)
         self._rows: list[np.ndarray] = []
+        self._run_options: Any = None  # an interruptible eval's RunOptions (interrupt() sets terminate)
         self.session_runs = 0  # onnxruntime runs so far (a batched eval makes one per range of slots)
         self.padding_rows = 0  # rows run for slots the eval did not use (gaps inside a batch)
         bos = meta.get("bos_token_id")
@@ -251,15 +254,34 @@ class OnnxBackend(Backend):
             binding.bind_cpu_input("num_logits_to_keep", np.asarray(kept, dtype=np.int64))
         logits = np.empty((rows, kept, self.caps.n_vocab), dtype=np.float32)  # written in place by the run
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        options = self._run_options
         try:
-            self.session.run_with_iobinding(binding)
+            self.session.run_with_iobinding(binding, options)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            if options is not None and options.terminate:  # it wrote only past the row's length
+                raise EvalInterrupted("the eval was interrupted for a request") from None
             raise BackendError(f"onnxruntime failed to run the model: {exc}") from exc
         self.session_runs += 1
         return logits
 
     def logits(self, row: int) -> np.ndarray:
         return self._rows[row]
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        # onnxruntime checks RunOptions.terminate between two nodes of the graph
+        import onnxruntime as ort
+
+        self._run_options = ort.RunOptions()
+        try:
+            yield
+        finally:
+            self._run_options = None
+
+    def interrupt(self) -> None:
+        options = self._run_options
+        if options is not None:
+            options.terminate = True
 
     # --- KV memory
     @property

@@ -12,7 +12,7 @@ from .. import __version__
 from ..backends import backend_specs, format_of
 from ..device import Artifact, choose, onnx_provider_report
 from ..errors import EdgeInferError
-from ..loader import cached_probe, locate_model
+from ..loader import cached_probe, faster_cpu_path, locate_model
 from ..lock import ModelLock
 from ..memory import (
     DEFAULT_N_CTX,
@@ -66,9 +66,12 @@ def env(args: argparse.Namespace) -> int:
     probe = cached_probe()
     plan: dict = {"model": args.model}
     try:
-        path = locate_model(args.model, offline=True).path
+        located = locate_model(args.model, offline=True)
+        path, fmt = located.path, format_of(located.path)
         size = path.stat().st_size if path.is_file() else 0
-        choice = choose(probe, Artifact(format_of(path), size))
+        choice = choose(probe, Artifact(fmt, size))
+        if fmt == "gguf":  # the ONNX folder it runs as, where that is faster on this CPU
+            path, fmt, choice = faster_cpu_path(located, path, choice, probe)
         plan.update(path=str(path), choice=choice.to_dict(), threads=threads_policy(choice.n_threads))
     except EdgeInferError as exc:
         choice = None

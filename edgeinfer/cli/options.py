@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import InvalidRequestError
 from ..loader import load
 from ..model import Model, make_params
-from ..prepared import CHECKPOINT_GGUF, GGUF_ONNX
+from ..prepared import CHECKPOINT_GGUF
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -60,8 +60,7 @@ def prepare_to_load(model: str, *, offline: bool | None, backend: str = "auto") 
     for the user what the runtime never does."""
     from edgeinfer_converters.preparation import prepare_for_use
 
-    kinds = (CHECKPOINT_GGUF, GGUF_ONNX) if backend == "onnx" else (CHECKPOINT_GGUF,)
-    prepare_for_use(model, offline=offline, kinds=kinds,
+    prepare_for_use(model, offline=offline, kinds=(CHECKPOINT_GGUF,), backend=backend,
                     on_progress=lambda message: print(message, file=sys.stderr))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import BackendUnavailableError
 from ..hub import is_hub_spec, parse_spec
 from ..lock import ModelEntry, ModelLock
-from ..prepared import GGUF_ONNX, KINDS, Located, preparations
+from ..prepared import Located, kinds_for, preparations
 from ..sources import cache_path, resolve
 
 
@@ -53,7 +53,7 @@ def pull(args: argparse.Namespace) -> int:
     resolved = resolve(entry, offline=args.offline, progress=True)
     print(f"{entry.name}: {resolved.path} (from {resolved.source}, sha256 verified)")
     located = Located(resolved.path, entry.name, entry)
-    planned = preparations(located, (*KINDS, GGUF_ONNX) if args.backend == "onnx" else KINDS)
+    planned = preparations(located, kinds_for(located, args.backend))
     if args.force:
         for preparation in planned:
             _remove(preparation.target)
