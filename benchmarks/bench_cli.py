@@ -1,6 +1,7 @@
-"""`edgeinfer bench` on the two default GGUF models and SmolLM2 converted to ONNX int4 (the artifact
-``python -m benchmarks.onnx`` converts and caches under ~/.cache/edgeinfer-bench/onnx-bench; left out,
-with a note, when that benchmark has not run here yet).
+"""`edgeinfer bench` on the default chat model as ``ei.load`` runs it (on a CPU: its GGUF's own weights on
+onnxruntime, prepared first) beside the same GGUF on llama.cpp (given by its path), Gemma 3 270M, and
+SmolLM2 converted to ONNX int4 (the artifact ``python -m benchmarks.onnx`` converts and caches under
+~/.cache/edgeinfer-bench/onnx-bench; left out, with a note, when that benchmark has not run here yet).
 
 Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.bench_cli [extra edgeinfer bench options]
 Writes benchmarks/results/bench.json (a summary), bench.md and bench.png; the full JSON to results/raw/.
@@ -18,6 +19,7 @@ from benchmarks.common import RAW_DIRNAME, RESULTS_DIR, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 ONNX_ARTIFACTS = Path.home() / ".cache" / "edgeinfer-bench" / "onnx-bench"
+DEFAULT = "smollm2-135m-instruct"
 
 
 def onnx_artifact() -> Path | None:
@@ -28,7 +30,12 @@ def onnx_artifact() -> Path | None:
 
 
 def main(argv: list[str]) -> int:
-    artifacts = ["smollm2-135m-instruct", "gemma-3-270m"]
+    from edgeinfer_converters import prepare
+
+    from edgeinfer.loader import locate_model
+
+    prepare(DEFAULT, backend="auto")  # what the first command that loads it does
+    artifacts = [str(locate_model(DEFAULT).path), DEFAULT, "gemma-3-270m"]  # by path: llama.cpp
     onnx = onnx_artifact()
     if onnx is None:
         print("no ONNX int4 artifact yet: run `python -m benchmarks.onnx` first to include one",

@@ -177,28 +177,18 @@ def speculative_figures(d: dict[str, Any]) -> list[Figure]:
 
 
 def followup_figures(d: dict[str, Any]) -> list[Figure]:
-    rows = d["rows"]
+    """Follow-up TTFT of the default (as ``ei.load`` runs it) beside llama.cpp, per history length."""
+    rows, paired = d["rows"], d.get("default_vs_llama_cpp", {})
     out = []
     for history in ("256", "1024", "3000"):
-        cases = [rows.get(f"{history}/{case}") for case in ("no idle", "idle", "no idle, exact=False")]
-        if all(cases):
-            out.append(Figure(f"follow-up TTFT after {history} tokens of history: straight after the "
-                              "answer / after idle time / straight after, `exact=False`",
-                              " / ".join(f"{num(c['median']['ttft'], 0)} ms" for c in cases)))
-        floors = [rows.get(f"{history}/prefill-only{tail}") for tail in (", onnx", "")]
-        if all(floors):
-            a, b = (f["median"]["ttft"] for f in floors)
-            out.append(Figure(f"the follow-up's 25 new tokens evaluated alone after {history} tokens of "
-                              "history, the GGUF's weights on the onnx backend / on llama.cpp",
-                              f"{x(a / b)} ({num(a, 0)} vs {num(b, 0)} ms)"))
-        ratio = d.get("interrupting_vs_waiting", {}).get(f"{history}/another chat, no idle")
-        other = [rows.get(f"{history}/another chat, no idle{tail}")
-                 for tail in ("", ", settling not interrupted")]
-        if ratio and all(other):
-            out.append(Figure(f"TTFT of another chat's first turn straight after a {history}-token answer, a "
-                              "request interrupting idle-time settling / waiting for its step (paired)",
-                              f"{x(ratio)} ({num(other[0]['median']['ttft'], 0)} vs "
-                              f"{num(other[1]['median']['ttft'], 0)} ms)"))
+        for case, what in (("idle", "after idle time"), ("no idle", "straight after the answer"),
+                           ("another chat, no idle", "another chat's first turn, straight after an answer")):
+            ours, theirs = (rows.get(f"{history}/{name}, {case}") for name in ("default", "llama.cpp"))
+            if ours and theirs and f"{history}/{case}" in paired:
+                out.append(Figure(f"follow-up TTFT after {history} tokens of history, {what}: the default "
+                                  f"({d.get('backend', '?')}) / llama.cpp (paired)",
+                                  f"{x(paired[f'{history}/{case}'])} ({num(ours['median']['ttft'], 0)} vs "
+                                  f"{num(theirs['median']['ttft'], 0)} ms)"))
     return out
 
 
@@ -428,7 +418,8 @@ STEPS: tuple[Step, ...] = (
          ("-m", "benchmarks.translate"), ("translate.json", "translate.md"), 5, translate_figures),
     Step("structured", "Structured output (JSON schema): edgeinfer vs llama-cpp-python",
          ("-m", "benchmarks.structured"), ("structured.json", "structured.md"), 13, structured_figures),
-    Step("bench", "`edgeinfer bench`: the default GGUF models and an ONNX int4 artifact side by side",
+    Step("bench", "`edgeinfer bench`: the default chat model as it runs (onnxruntime) beside its GGUF on "
+         "llama.cpp, Gemma 3 and an ONNX int4 artifact",
          ("-m", "benchmarks.bench_cli"), ("bench.json", "bench.md", "bench.png"), 3, bench_figures,
          needs="the ONNX int4 artifact benchmarks/onnx.py caches (left out with a note otherwise)"),
 )
