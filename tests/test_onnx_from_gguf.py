@@ -132,6 +132,33 @@ def test_logits_follow_llama_cpp_on_the_same_gguf(folder: Path, llama) -> None: 
     assert np.abs(ref - cand).max() < 3.0
 
 
+def test_a_prefill_split_anywhere_gives_the_kv_of_a_whole_one(folder: Path) -> None:
+    """What lets the prompt cache reuse a prefix to the token here (``reuse_align`` 1): a prompt prefilled
+    in two pieces at any split, the last of 2+ tokens, leaves bit-identical KV and logits; a last piece
+    of one token runs other kernels (``exact_min_batch`` 2)."""
+    from edgeinfer.backends.onnx import OnnxBackend
+
+    backend = OnnxBackend(folder, n_ctx=512, n_threads=2, max_sequences=1)
+    try:
+        assert (backend.caps.reuse_align, backend.caps.exact_min_batch) == (1, 2)
+        tokens = backend.tokenize(" ".join(TEXTS))[:160]
+
+        def prefill(*pieces: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+            backend.kv_truncate(0, 0)
+            for piece in pieces:
+                (row,) = backend.eval([EvalItem(0, piece)])
+            return backend.logits(row).copy(), backend._pool.filled(0)
+
+        whole, kv = prefill(tokens)
+        for split in (1, 3, 17, 64, 101, 158):
+            logits, held = prefill(tokens[:split], tokens[split:])
+            assert (logits == whole).all() and all((a == b).all() for a, b in zip(held, kv, strict=True))
+        logits, _ = prefill(tokens[:-1], tokens[-1:])
+        assert not (logits == whole).all()
+    finally:
+        backend.close()
+
+
 def test_an_interrupted_eval_leaves_the_sequence_as_it_was(folder: Path) -> None:
     """``interrupt()`` stops an interruptible eval (onnxruntime's RunOptions.terminate, checked between
     nodes): the sequence keeps its length, and the same eval afterwards gives the uninterrupted logits;
@@ -274,7 +301,9 @@ def test_the_default_model_runs_on_onnx_by_default_once_prepared(tmp_path: Path,
         answer = model.chat(system="You are a helpful assistant.").send("What is the capital of France?",
                                                                          temperature=0)
         assert "paris" in answer.text.lower()
-    with ei.load(name, n_threads=2, kv=kv, memory="2GB") as model:
+    from edgeinfer.memory import process_rss
+
+    with ei.load(name, n_threads=2, kv=kv, memory=process_rss() + 2**30) as model:  # a budget: llama.cpp
         assert model.backend.name == "llama.cpp" and "memory given" in model.choice.reasons[-1]
     with ei.load(name, backend="llama.cpp", n_threads=2, kv=kv) as model:
         assert model.backend.name == "llama.cpp"

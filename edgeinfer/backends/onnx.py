@@ -155,6 +155,10 @@ class OnnxBackend(Backend):
             chat_template=meta.get("chat_template"), architecture=str(meta.get("arch", "")),
             quantization=str(meta.get("quantization", "")), exact_verify=False,
             exact_batch=exact or not self.batching,
+            # rows computed alike: a prefill split anywhere gives the same KV, as long as no piece is a
+            # single token (one-token runs take other attention and matmul kernels), so prefixes are
+            # reused to the token (measured on SmolLM2's GGUF weights and int4)
+            **({"reuse_align": 1, "exact_min_batch": 2} if exact else {}),
         )
 
     def _text(self, token: Any) -> str:

@@ -43,27 +43,32 @@ class TokenizerJson:
         # backends pad per batch themselves, and a text over the context is refused, never cut silently
         self.tok.no_truncation()
         self.tok.no_padding()
-        vocab = self.tok.get_vocab(with_added_tokens=True)
         self.special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
-        byte_level = "ByteLevel" in repr(self.tok.decoder)
-        decoder = gpt2_byte_decoder() if byte_level else {}
-        self.pieces: dict[int, bytes] = {}
-        for text, token in vocab.items():
-            if text in self.special:
-                self.pieces[token] = b""
-            elif byte_level:
-                self.pieces[token] = bytes(decoder[c] for c in text if c in decoder)
-            elif match := BYTE_TOKEN.match(text):
-                self.pieces[token] = bytes([int(match.group(1), 16)])
-            else:
-                self.pieces[token] = text.replace("\u2581", " ").encode("utf-8")
-        self.ids = vocab
+        self._byte_level = "ByteLevel" in repr(self.tok.decoder)
+        self._decoder = gpt2_byte_decoder() if self._byte_level else {}
+        self.pieces: dict[int, bytes] = {}  # filled as tokens are first seen (a whole vocabulary: 0.1 s)
+        self.n_vocab = self.tok.get_vocab_size(with_added_tokens=True)
+
+    def _piece(self, token: int) -> bytes:
+        text = self.tok.id_to_token(token)
+        if text is None or text in self.special:
+            return b""
+        if self._byte_level:
+            return bytes(self._decoder[c] for c in text if c in self._decoder)
+        if match := BYTE_TOKEN.match(text):
+            return bytes([int(match.group(1), 16)])
+        return text.replace("\u2581", " ").encode("utf-8")
 
     def encode(self, text: str, *, add_special: bool) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=add_special).ids)
 
     def token_bytes(self, token: int) -> bytes:
-        return self.pieces.get(token, b"")
+        piece = self.pieces.get(token)
+        if piece is None:
+            if not 0 <= token < self.n_vocab:
+                return b""
+            piece = self.pieces[token] = self._piece(int(token))
+        return piece
 
     def id_of(self, text: str) -> int | None:
-        return self.ids.get(text)
+        return self.tok.token_to_id(text)
