@@ -320,7 +320,8 @@ def load_llama(path: Path, args: argparse.Namespace) -> Any:
 def load_ei(name: str, args: argparse.Namespace, **kw: Any) -> Any:
     import edgeinfer
 
-    return edgeinfer.load(name, n_ctx=args.n_ctx, n_threads=args.threads, max_sequences=4, **kw)
+    return edgeinfer.load(name, backend="llama.cpp", n_ctx=args.n_ctx, n_threads=args.threads,
+                          max_sequences=4, **kw)
 
 
 def rotated(items: Sequence[Any], k: int) -> list[Any]:

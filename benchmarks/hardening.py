@@ -77,7 +77,7 @@ def worker(variant: str, name: str) -> dict:
             pass
 
     started = time.perf_counter()
-    m = ei.load(name, n_threads=2, kv=ei.KVOptions(settle=False))
+    m = ei.load(name, backend="llama.cpp", n_threads=2, kv=ei.KVOptions(settle=False))
     load_s = time.perf_counter() - started
     if m.chat_template is None:
         m.chat_template = CHAT_TEMPLATE

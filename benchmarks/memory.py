@@ -173,7 +173,8 @@ log.setLevel(logging.DEBUG)
 log.addHandler(Grab())
 log.propagate = False
 import edgeinfer as ei
-model = ei.load(p["model"], n_threads=2, speculation=None, kv=ei.KVOptions(ram_bytes=0, settle=False))
+model = ei.load(p["model"], backend="llama.cpp", n_threads=2, speculation=None,
+                kv=ei.KVOptions(ram_bytes=0, settle=False))
 at_load = list(lines)
 buffers = {}
 for line in at_load:
@@ -197,7 +198,7 @@ import json, statistics, sys, threading, time
 """ + VM + r"""
 p = json.loads(sys.argv[1])
 import edgeinfer as ei
-model = ei.load(p["model"], n_ctx=2048, n_threads=2, max_sequences=4, speculation=None,
+model = ei.load(p["model"], backend="llama.cpp", n_ctx=2048, n_threads=2, max_sequences=4, speculation=None,
                 kv=ei.KVOptions(settle=False))
 N = p["tokens"]
 def med(xs):

@@ -36,7 +36,7 @@ t = time.perf_counter()
 import edgeinfer as ei
 imported = time.perf_counter() - t
 t = time.perf_counter()
-model = ei.load({model!r}, n_ctx=1024, n_threads=2, speculation=None)
+model = ei.load({model!r}, backend="llama.cpp", n_ctx=1024, n_threads=2, speculation=None)
 loaded = time.perf_counter() - t
 router = ei.Router([ei.Tier("small", model)])
 messages = [{{"role": "user", "content": "Name three rivers of Europe and say where each one flows."}}]

@@ -44,7 +44,8 @@ SMALL, LARGE, TOKENS = "smollm2-135m-instruct", "gemma-3-270m", {tokens}
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 mode, threads = sys.argv[1], (None if sys.argv[2] == "auto" else int(sys.argv[2]))
 def load(name):
-    return ei.load(name, n_ctx=512, n_threads=threads, speculation=None, kv=ei.KVOptions(settle=False))
+    return ei.load(name, backend="llama.cpp", n_ctx=512, n_threads=threads, speculation=None,
+                   kv=ei.KVOptions(settle=False))
 def run(model, prompt=PROMPT):
     model.engine.reset()  # no reuse between requests: every one prefills and decodes the same
     s = model.generate(prompt, max_tokens=TOKENS, temperature=0).stats

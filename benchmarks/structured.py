@@ -189,7 +189,7 @@ class Pair:
 
         self.name, self.tokens, self.base = name, tokens, name in BASE_MODELS
         t0 = time.perf_counter()
-        self.model = ei.load(name, n_threads=threads, n_ctx=2048, speculation=None,
+        self.model = ei.load(name, backend="llama.cpp", n_threads=threads, n_ctx=2048, speculation=None,
                              kv=ei.KVOptions(settle=False))
         self.load_s = {"edgeinfer": time.perf_counter() - t0}
         self.path = str(self.model.path)

@@ -159,7 +159,7 @@ def load(name: str, **options: Any) -> tuple[Any, dict]:
     before = vram_used_mib()
     start = time.perf_counter()
     try:
-        model = ei.load(name, offline=True, **options)
+        model = ei.load(name, offline=True, **{"backend": "llama.cpp", **options})  # the GPU's backend
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -274,9 +274,9 @@ def exactness(name: str, model: Any, options: dict) -> dict:
     out["reused_tokens"] = reused.stats.cached_tokens
     from edgeinfer.speculative import StepCosts
 
-    spec = ei.load(name, offline=True, speculation="prompt-lookup", **options)
+    spec = ei.load(name, offline=True, backend="llama.cpp", speculation="prompt-lookup", **options)
     spec.engine.step_costs = StepCosts(prior_slope=0.3, pinned=True)  # drafts are checked, on any device
-    plain = ei.load(name, offline=True, speculation=None, **options)
+    plain = ei.load(name, offline=True, backend="llama.cpp", speculation=None, **options)
     try:
         a = spec.complete_chat([{"role": "user", "content": GROUNDED}], max_tokens=96, temperature=0)
         b = plain.complete_chat([{"role": "user", "content": GROUNDED}], max_tokens=96, temperature=0)
