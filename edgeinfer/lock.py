@@ -117,8 +117,8 @@ def _entry(name: str, raw: Any, origin: Path, layer: str = PACKAGED) -> ModelEnt
         raise LockFileError(f"{where}: invalid sampling defaults: {exc}") from exc
     cpu_backend = raw.get("cpu_backend", "")
     if cpu_backend and (cpu_backend not in CPU_BACKENDS or raw["format"] != "gguf"):
-        raise LockFileError(f"{where}: cpu_backend {cpu_backend!r} is not one of {', '.join(CPU_BACKENDS)} "
-                            "(for a gguf entry)")
+        raise LockFileError(f"{where}: invalid cpu_backend {cpu_backend!r}: a gguf entry may name one of "
+                            f"{', '.join(CPU_BACKENDS)}")
     sources = []
     for i, src in enumerate(raw["sources"]):
         src = check_source(src, f"{where}: sources[{i}]")

@@ -4,10 +4,11 @@ lives in the cache), never the work.
 Three transforms exist: a pinned Hugging Face checkpoint becomes a GGUF (llama.cpp runs it): an embedding
 model in F16, a language model in the type its entry pins (``edgeinfer pull hf:…`` chose it); a GGUF
 with a shipped vocabulary shortlist gets its vocabulary cut to the translator's languages; and a GGUF
-asked for on the ONNX backend becomes an ONNX folder with its own quantized weights (only when asked:
-``backend="onnx"``, ``edgeinfer pull NAME --backend onnx``). The
-converters package does the work at pull time (``edgeinfer pull NAME``, or
-``edgeinfer_converters.prepare(NAME)``); the runtime only looks for the results, so ``ei.load`` only loads.
+meant for the ONNX backend becomes an ONNX folder with its own quantized weights: asked for
+(``backend="onnx"``, ``edgeinfer pull NAME --backend onnx``), or where its lock entry says onnxruntime
+runs it faster on a CPU (``cpu_backend = "onnx"``, the default chat model). The converters package does
+the work at pull time (``edgeinfer pull NAME``, ``edgeinfer_converters.prepare(NAME, backend="auto")``,
+or the first command that loads it); the runtime only looks for the results, so ``ei.load`` only loads.
 """
 
 from __future__ import annotations
