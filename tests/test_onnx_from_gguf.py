@@ -185,6 +185,15 @@ def test_an_interrupted_eval_leaves_the_sequence_as_it_was(folder: Path) -> None
         backend.close()
 
 
+def test_a_request_interrupts_idle_settling_on_onnx_and_reuse_stays_exact(folder: Path) -> None:
+    """The engine on this backend: a follow-up sent while the answer is being settled stops the settling
+    run between two nodes, and every turn still equals its cold output (the llama.cpp test's body)."""
+    from test_prompt_cache_llama import cold_model, interrupts_settling_and_stays_exact
+
+    with cold_model(folder) as cold:
+        interrupts_settling_and_stays_exact(folder, cold)
+
+
 def test_greedy_choices_differ_from_llama_cpp_only_at_near_ties(folder: Path, gguf_path: Path, llama) -> None:  # noqa: ANN001
     """Along llama.cpp's own greedy continuation (teacher-forced), the ONNX folder picks the same next
     token, or one llama.cpp scores within 0.5 of its pick (llama.cpp's prefill and decode kernels flip

@@ -1,5 +1,6 @@
 """KV reuse on the real llama.cpp backend: output with the cache equals output without it."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,17 +24,25 @@ QUESTIONS = ["What is the capital of France?", "Name a large animal.", "What col
              "And at night?"]
 
 
-@pytest.fixture(scope="module")
-def cold(smollm2_path):
+@contextlib.contextmanager
+def cold_model(path):
     """A second model that forgets everything before each request: the 'without cache' output."""
-    model = ei.load(smollm2_path, n_ctx=1024, kv=ei.KVOptions(settle=False))
+    model = ei.load(path, n_ctx=1024, kv=ei.KVOptions(settle=False))
 
     def run(messages: list[dict], **options) -> str:
         model.engine.reset()
         return model.complete_chat(messages, **{**GREEDY, **options}).text
 
-    yield run
-    model.close()
+    try:
+        yield run
+    finally:
+        model.close()
+
+
+@pytest.fixture(scope="module")
+def cold(smollm2_path):
+    with cold_model(smollm2_path) as run:
+        yield run
 
 
 def test_chat_turns_equal_their_cold_outputs(smollm2_path, cold):
@@ -240,12 +249,17 @@ def test_an_interrupted_eval_leaves_the_sequence_as_it_was(smollm2_path):
 def test_a_request_interrupts_idle_settling_at_once_and_reuse_stays_exact(smollm2_path, cold):
     """A follow-up sent while the previous answer is being settled stops the settling eval mid-graph (it
     does not wait for the step), and every turn still equals its cold output."""
+    interrupts_settling_and_stays_exact(smollm2_path, cold)
+
+
+def interrupts_settling_and_stays_exact(path, cold) -> None:
+    """The test above for the model at ``path`` (another backend's tests call it too)."""
     import threading
 
     from edgeinfer.backends.base import EvalInterrupted
     from edgeinfer.compute import device_queue
 
-    with ei.load(smollm2_path, n_ctx=1024) as m:
+    with ei.load(path, n_ctx=1024) as m:
         queue, backend = device_queue(m.backend.device), m.backend
         interrupted, reached, go = [], threading.Event(), threading.Event()
         settle_step, evaluate = m.engine.cache.settle_step, backend.eval
