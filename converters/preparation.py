@@ -93,3 +93,5 @@ def prepare_for_use(model: object, *, offline: bool | None = None, on_progress: 
         log.debug("could not prepare %s: %s", model, exc)
     except ImportError as exc:
         log.warning("could not prepare %s (%s missing); loading it as it is", model, exc.name)
+    except OSError as exc:  # a full disk, a cache folder it may not write: the model loads as it is
+        log.warning("could not prepare %s (%s); loading it as it is", model, exc)

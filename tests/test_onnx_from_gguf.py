@@ -321,6 +321,29 @@ def test_the_default_model_runs_on_onnx_by_default_once_prepared(tmp_path: Path,
     assert json.loads(env.stdout)["plan"]["choice"]["backend"] == "onnx", env.stdout + env.stderr
 
 
+def test_a_folder_that_cannot_be_made_leaves_the_default_on_llama_cpp(tmp_path: Path, monkeypatch,
+                                                                     caplog) -> None:
+    """A full disk (or a cache it may not write) while a command makes the ONNX folder: a warning, and
+    the model loads on llama.cpp, as before the folder existed."""
+    import logging
+
+    from edgeinfer_converters import preparation
+
+    import edgeinfer as ei
+    from edgeinfer.prepared import GGUF_ONNX
+
+    def full_disk(_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(preparation.RECIPES, GGUF_ONNX, full_disk)
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path / "home"))
+    with caplog.at_level(logging.WARNING):
+        preparation.prepare_for_use("smollm2-135m-instruct", backend="auto")
+    assert "No space left on device" in caplog.text
+    with ei.load("smollm2-135m-instruct", n_threads=2, kv=ei.KVOptions(settle=False)) as model:
+        assert model.backend.name == "llama.cpp"
+
+
 @pytest.mark.parametrize("tamper", ["zero heads", "heads not dividing", "tokens and types differ",
                                     "bos out of range", "a string for a size"])
 def test_inconsistent_metadata_is_refused_and_leaves_nothing(gguf_path: Path, tmp_path: Path,
