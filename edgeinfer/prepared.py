@@ -29,7 +29,7 @@ CHECKPOINT_GGUF = "checkpoint-gguf"  # a pinned HF checkpoint converted to a GGU
 CHECKPOINT_DEFAULT_QUANT = "Q8_0"  # for a checkpoint pinned without a type (`edgeinfer lock add FOLDER`)
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
 GGUF_ONNX = "gguf-onnx"  # a GGUF as an ONNX folder with the GGUF's own weights (for the onnx backend)
-KINDS = (CHECKPOINT_GGUF, SHORTLIST)  # what every model gets; GGUF_ONNX only where it is asked for
+KINDS = (CHECKPOINT_GGUF, SHORTLIST)  # what every model gets; GGUF_ONNX only where it runs on onnx
 ONNX_MODULES = ("onnxruntime", "onnx", "tokenizers")  # what running and making an ONNX folder take
 
 
