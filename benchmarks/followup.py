@@ -123,13 +123,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import edgeinfer as ei
 
     model = ei.load(args.model, max_sequences=4)  # the default: onnx where prepared and faster on a CPU
-    llama = ei.load(args.model, backend="llama.cpp", max_sequences=4)
     inexact = ei.load(args.model, backend="llama.cpp", max_sequences=4, kv=ei.KVOptions(exact=False))
-    if model.backend.name == "llama.cpp":  # not prepared for onnxruntime: the default is llama.cpp
-        llama.close()
-        models = (model, inexact)
-    else:
-        models = (model, llama, inexact)
+    llama = model  # not prepared for onnxruntime: the default is llama.cpp itself
+    if model.backend.name != "llama.cpp":
+        llama = ei.load(args.model, backend="llama.cpp", max_sequences=4)
+    models = (model, inexact) if llama is model else (model, llama, inexact)
     timelines = {id(m): Timeline(m) for m in models}
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)

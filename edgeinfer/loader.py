@@ -69,6 +69,11 @@ def _prepared_onnx(located: Located) -> Path:
         " kinds=['gguf-onnx']))")
 
 
+def artifact_bytes(path: Path) -> int:
+    """A model file's size, or the sum of a model folder's files."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
+
+
 def faster_cpu_path(located: Located, path: Path, choice: Choice, probe: Probe, *, device: str = "auto",
                     n_threads: int | None = None, held_by: str = "") -> tuple[Path, str, Choice]:
     """The artifact a GGUF runs as, when its lock entry says the onnx backend runs it faster on a CPU and
@@ -77,7 +82,7 @@ def faster_cpu_path(located: Located, path: Path, choice: Choice, probe: Probe, 
     entry = located.entry
     if entry is None or entry.cpu_backend != "onnx" or choice.device != "cpu":
         return path, "gguf", choice
-    preparation = prepared(located, GGUF_ONNX)
+    preparation = None if held_by else prepared(located, GGUF_ONNX)
     if held_by:
         why = f"{held_by} given, which the onnx backend does not take"
     elif not get_spec("onnx").is_installed(probe):
@@ -86,8 +91,8 @@ def faster_cpu_path(located: Located, path: Path, choice: Choice, probe: Probe, 
         why = f"its faster onnx path is made once, before use: run `edgeinfer pull {located.name}`"
     else:
         folder = preparation.target
-        size = sum(p.stat().st_size for p in folder.iterdir())
-        onnx = choose(probe, Artifact("onnx", size), backend="onnx", device=device, n_threads=n_threads)
+        onnx = choose(probe, Artifact("onnx", artifact_bytes(folder)), backend="onnx", device=device,
+                      n_threads=n_threads)
         first = (f"{located.name} runs faster on onnxruntime on a CPU (the GGUF's own weights, as the ONNX "
                  "folder prepared from it) -> onnx backend")
         return folder, "onnx", replace(onnx, reasons=(first, *onnx.reasons[1:]))
@@ -185,7 +190,7 @@ def load(
     if fmt == "gguf" and backend == "onnx":
         path, fmt = _prepared_onnx(located), "onnx"
     probe = probe or cached_probe()
-    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
+    size = artifact_bytes(path)
     layers = _gguf_layers(path) if fmt == "gguf" and probe.gpus and n_gpu_layers is None else None
     choice = choose(probe, Artifact(fmt, size, layers), backend=backend, device=device,
                     n_gpu_layers=n_gpu_layers, n_threads=n_threads)

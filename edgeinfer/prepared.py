@@ -30,7 +30,7 @@ CHECKPOINT_DEFAULT_QUANT = "Q8_0"  # for a checkpoint pinned without a type (`ed
 SHORTLIST = "shortlist"  # a GGUF's vocabulary cut to the languages of a shipped shortlist
 GGUF_ONNX = "gguf-onnx"  # a GGUF as an ONNX folder with the GGUF's own weights (for the onnx backend)
 KINDS = (CHECKPOINT_GGUF, SHORTLIST)  # what every model gets; GGUF_ONNX only where it runs on onnx
-ONNX_MODULES = ("onnxruntime", "onnx", "tokenizers")  # what running and making an ONNX folder take
+ONNX_MODULES = ("onnxruntime", "onnx", "tokenizers")  # what making (and running) an ONNX folder takes
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class Preparation:
         return self.target.is_file() or (self.target / "edgeinfer.json").is_file()  # a GGUF, or a folder
 
 
-def onnx_installed() -> bool:
-    """Whether onnxruntime (and what makes an ONNX folder) is installed, without importing it."""
+def can_make_onnx_folders() -> bool:
+    """Whether what makes an ONNX folder from a GGUF, and runs it, is installed (without importing it)."""
     return all(importlib.util.find_spec(name) is not None for name in ONNX_MODULES)
 
 
@@ -69,7 +69,7 @@ def runs_on_onnx(entry: ModelEntry | None, backend: str = "auto") -> bool:
     entry says onnxruntime runs it faster on a CPU and onnxruntime is installed."""
     if backend != "auto":
         return backend == "onnx"
-    return entry is not None and entry.cpu_backend == "onnx" and onnx_installed()
+    return entry is not None and entry.cpu_backend == "onnx" and can_make_onnx_folders()
 
 
 def kinds_for(located: Located, backend: str = "auto", kinds: Collection[str] = KINDS) -> tuple[str, ...]:

@@ -20,7 +20,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_bench_measures_a_model_and_writes_table_json_and_chart(tmp_path: Path):
+def test_bench_measures_a_model_and_writes_table_json_and_chart(tmp_path: Path, monkeypatch):
+    # a cache of its own: the default model's ONNX folder (which another test may have made in the
+    # session's cache) is not made here, so it runs as its GGUF on llama.cpp whatever ran before
+    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path / "home"))
     png, md, js = tmp_path / "bench.png", tmp_path / "bench.md", tmp_path / "bench.json"
     done = _cli("bench", "smollm2-135m-instruct", "no-such-model", "--prompt-tokens", "48",
                 "--gen-tokens", "8", "--repeats", "2", "--threads", "2", "--plot", str(png),
