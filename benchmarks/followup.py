@@ -1,13 +1,13 @@
 """A short follow-up turn's time to first token, and where it goes, after 256 / 1k / 3k tokens of history.
 
 One chat per history length on the default chat model (``ei.load`` defaults: KV reuse with idle-time
-settling). The history is a long first message and a 48-token greedy answer; then the follow-up "Summarize
-all of that in one line." (~25 new tokens) is sent right after the previous answer (no idle time: the
-previous answer's KV is still being settled), after 3 s of idle time (settled), and right after the answer
-on a model loaded with ``KVOptions(exact=False)`` (the answer's KV reused as decoding computed it). Two more
-cases send the first turn of another chat right after the answer. The cases without idle time also run on a
-model whose settling steps a request cannot interrupt (as before: it waits for the step running), all
-alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first piece) is split into:
+settling) and on ``backend="llama.cpp"``. The history is a long first message and a 48-token greedy answer;
+then the follow-up "Summarize all of that in one line." (~25 new tokens) is sent right after the previous
+answer (no idle time: the previous answer's KV is recomputed as a prefill computes it, for exact reuse),
+after 3 s of idle time (settled meanwhile), and right after the answer on models loaded with
+``KVOptions(exact=False)`` (the answer's KV reused as decoding computed it). One more case sends the first
+turn of another chat right after the answer. All alternate, for ``--rounds`` rounds. Each TTFT (from
+``stream()`` to the first piece) is split into:
 
   render    chat template + tokenization of the whole conversation
   settle    time the request waited for an idle settling step already running (or for it to stop)
@@ -15,7 +15,8 @@ alternating, for ``--rounds`` rounds. Each TTFT (from ``stream()`` to the first 
   other     the rest (scheduling, sampling, detokenizing)
 
 Reference: the same eval of the follow-up's new tokens alone at that history length (``prefill-only``),
-what a turn costs when nothing but its own message is computed; and, where the GGUF's own weights were
+what a turn costs when nothing but its own message is computed; each token of an answer at that history
+(``decode step``: one-token evals, default vs llama.cpp alternating); and, where the GGUF's own weights were
 prepared for onnxruntime (``edgeinfer pull MODEL --backend onnx``), the same eval on the onnx backend.
 
 Run:  EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup [--rounds 3]
@@ -113,6 +114,26 @@ def prefill_only(model: Any, prompt: list[int], new: int, repeats: int = 3) -> f
     return statistics.median(times)
 
 
+def decode_step(model: Any, prompt: list[int], windows: int = 8, steps: int = 4) -> float:
+    """ms per one-token eval after ``prompt`` (median over ``windows`` runs of ``steps`` steps): what each
+    token of the answer costs at that history."""
+    from edgeinfer.backends.base import EvalItem
+
+    backend, seq = model.backend, 3
+    model.engine.reset()
+    backend.kv_drop(seq)
+    backend.eval([EvalItem(seq, prompt)])
+    times = []
+    for _ in range(windows):
+        backend.kv_truncate(seq, len(prompt))
+        start = time.perf_counter()
+        for token in prompt[-steps:]:
+            backend.eval([EvalItem(seq, [token])])
+        times.append((time.perf_counter() - start) * 1e3 / steps)
+    backend.kv_drop(seq)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,7 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if model.backend.name != "llama.cpp":
         llama = ei.load(args.model, backend="llama.cpp", max_sequences=4)
     models = (model, inexact) if llama is model else (model, llama, inexact)
-    timelines = {id(m): Timeline(m) for m in models}
+    # the default's own way out of recomputing the answer, where the default is not llama.cpp
+    inexact_default = () if llama is model else (ei.load(args.model, max_sequences=4,
+                                                         kv=ei.KVOptions(exact=False)),)
+    timelines = {id(m): Timeline(m) for m in (*models, *inexact_default)}
     answer = ei.SamplingParams(temperature=0, max_tokens=48)
     turn = ei.SamplingParams(temperature=0, max_tokens=8)
     # (case, model, idle seconds before the turn, whether the turn starts another chat)
@@ -137,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              for name, m in (("default", model), ("llama.cpp", llama))[: len(models) - 1]
              for label, idle, other in turns]
     cases.append(("llama.cpp, no idle, exact=False", inexact, 0.0, False))
+    cases += [("default, no idle, exact=False", m, 0.0, False) for m in inexact_default]
     rows: dict[str, dict[str, Any]] = {}
+    decode: dict[str, dict[str, list[float]]] = {}  # history -> backend -> ms per decoded token
     steal_before = steal_ticks()
     for history in HISTORIES:
         words = " ".join((FILLER * 200).split()[: int(history * 0.7)])
@@ -169,7 +195,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sample = {"ttft": prefill_only(m, prompt, 25), "prefill_tokens": 25}
             rows[f"{history}/{m.backend.name}, prefill-only"] = {"history": len(prompt), "idle_s": None,
                                                                  "samples": [sample]}
-    for m in models:
+        for rnd in range(args.rounds):  # alternating, as the cases
+            for m in models[:-1] if rnd % 2 == 0 else models[-2::-1]:
+                steps = decode.setdefault(str(history), {}).setdefault(m.backend.name, [])
+                steps.append(decode_step(m, prompt))
+    for m in (*models, *inexact_default):
         m.close()
     for row in rows.values():
         row["median"] = {k: statistics.median(s[k] for s in row["samples"]) for k in row["samples"][0]}
@@ -184,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     x["ttft"] / y["ttft"] for x, y in zip(ours, theirs, strict=True))
     data = {"machine": machine_info(), "model": args.model, "rounds": args.rounds, "rows": rows,
             "backend": model.backend.name, "default_vs_llama_cpp": paired,
+            "decode_step_ms": {h: {name: statistics.median(v) for name, v in by.items()}
+                               for h, by in decode.items()},
             "steal_ticks": steal_ticks() - steal_before}
     table = [[key.split("/")[0], fmt(row["history"], 0), key.split("/")[1], fmt(row["median"]["ttft"], 0),
               fmt(row["median"].get("render"), 1), fmt(row["median"].get("settle"), 0),
@@ -200,6 +232,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "TTFT, the default / llama.cpp (median of per-round ratios): "
           + ("; ".join(f"{key.replace('/', ' tokens, ')} {ratio:.2f}x" for key, ratio in paired.items())
              or "the default is llama.cpp here") + ".", "",
+          "Each answer token after that history (ms per one-token eval, median of "
+          f"{args.rounds} alternating rounds of 8 x 4 steps): "
+          + "; ".join(f"{h} tokens: " + ", ".join(f"{name} {ms:.1f}" for name, ms in by.items())
+                      for h, by in data["decode_step_ms"].items()) + ".", "",
           "Run: `EDGEINFER_HOME=/tmp/eihome python -m benchmarks.followup --rounds 3` (the default runs on "
           "onnxruntime once `EDGEINFER_HOME=/tmp/eihome edgeinfer pull smollm2-135m-instruct` made its "
           "folder)"]

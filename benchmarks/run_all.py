@@ -189,6 +189,42 @@ def followup_figures(d: dict[str, Any]) -> list[Figure]:
                                   f"({d.get('backend', '?')}) / llama.cpp (paired)",
                                   f"{x(paired[f'{history}/{case}'])} ({num(ours['median']['ttft'], 0)} vs "
                                   f"{num(theirs['median']['ttft'], 0)} ms)"))
+        inexact = rows.get(f"{history}/default, no idle, exact=False")
+        if inexact:
+            out.append(Figure(f"follow-up TTFT after {history} tokens of history, straight after the answer, "
+                              "the default with `KVOptions(exact=False)`",
+                              f"{num(inexact['median']['ttft'], 0)} ms"))
+        steps = d.get("decode_step_ms", {}).get(history, {})
+        if len(steps) == 2:
+            (a, ours), (b, theirs) = steps.items()
+            out.append(Figure(f"ms per answer token after {history} tokens of history, {a} / {b}",
+                              f"{x(ours / theirs)} ({num(ours, 1)} vs {num(theirs, 1)} ms)"))
+    return out
+
+
+def onnx_one_token_figures(d: dict[str, Any]) -> list[Figure]:
+    """Where a one-token onnxruntime step departs from a prefill; the in-graph fix's exactness and cost."""
+    first = d["where"]["first_differing"] or {}
+    out = [Figure("first activation where a one-token step departs from a prefill (onnxruntime)",
+                  f"{first.get('op')} `{first.get('node')}`; logits differ by up to "
+                  f"{num(d['where']['logits_max_abs_diff'], 3)}"),
+           Figure("max logits diff of one-token steps vs a prefill, shipped / row-duplicated graph",
+                  " / ".join(f"{d['exactness'][g]['max_abs_diff']:.3g}" for g in ("shipped", "fixed"))),
+           Figure("two sequences in one decode run on the row-duplicated graph",
+                  "runs" if d["batching"]["fixed"] is None else "refused by onnxruntime")]
+    out += [Figure(f"decode step after {h} tokens, row-duplicated / shipped graph (paired)",
+                   f"{x(c['fixed_over_shipped']['median'])} ({num(c['fixed_ms']['median'], 2)} vs "
+                   f"{num(c['shipped_ms']['median'], 2)} ms)") for h, c in d["cost"].items()]
+    tasks = d.get("speculation", {}).get("tasks", {})
+    for kind in ("grounded", "json", "code", "open"):
+        ratios = [t["spec_vs_shipped"]["median"] for t in tasks.values() if t["kind"] == kind]
+        if ratios:
+            out.append(Figure(f"{kind} tasks, the row-duplicated graph with exact speculation / the shipped "
+                              "graph decoding plainly (per task)", ", ".join(x(r) for r in ratios)))
+    if tasks:
+        same = sum(t["spec_equals_fixed"] for t in tasks.values())
+        out.append(Figure("tasks whose speculative text on the row-duplicated graph equals its plain text",
+                          f"{same}/{len(tasks)}"))
     return out
 
 
@@ -396,6 +432,9 @@ STEPS: tuple[Step, ...] = (
     Step("followup", "A follow-up turn's time to first token, and where it goes",
          ("-m", "benchmarks.followup", "--rounds", "3"), ("followup.json", "followup.md"), 10,
          followup_figures),
+    Step("onnx_one_token", "One-token steps on onnxruntime vs a prefill: where they part, the fix's cost",
+         ("-m", "benchmarks.onnx_one_token", "--rounds", "5"), ("onnx_one_token.json", "onnx_one_token.md"),
+         6, onnx_one_token_figures, needs="the default chat model's ONNX folder (`edgeinfer pull`)"),
     Step("cache", "KV reuse: time to first token",
          ("-m", "benchmarks.cache"), ("cache.json", "cache.md"), 25, cache_figures),
     Step("convert", "HF -> GGUF conversion and quantization quality",

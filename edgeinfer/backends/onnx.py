@@ -156,8 +156,10 @@ class OnnxBackend(Backend):
             quantization=str(meta.get("quantization", "")), exact_verify=False,
             exact_batch=exact or not self.batching,
             # rows computed alike: a prefill split anywhere gives the same KV, as long as no piece is a
-            # single token (one-token runs take other attention and matmul kernels), so prefixes are
-            # reused to the token (measured on SmolLM2's GGUF weights and int4)
+            # single token, so prefixes are reused to the token (measured on SmolLM2's GGUF weights and
+            # int4). A one-token run differs in GroupQueryAttention alone: for one query row MLAS takes
+            # its one-row kernel (multiply, then add) for probabilities x V, for several its FMA kernel
+            # (benchmarks/onnx_one_token.py); hence no exact draft checks (exact_verify=False)
             **({"reuse_align": 1, "exact_min_batch": 2} if exact else {}),
         )
 
