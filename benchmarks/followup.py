@@ -114,13 +114,12 @@ def prefill_only(model: Any, prompt: list[int], new: int, repeats: int = 3) -> f
     return statistics.median(times)
 
 
-def decode_step(model: Any, prompt: list[int], windows: int = 8, steps: int = 4) -> float:
-    """ms per one-token eval after ``prompt`` (median over ``windows`` runs of ``steps`` steps): what each
-    token of the answer costs at that history."""
+def decode_step(backend: Any, prompt: list[int], windows: int = 8, steps: int = 4) -> float:
+    """ms per one-token eval after ``prompt`` (median over ``windows`` runs of ``steps`` steps), on a
+    sequence no engine uses: what each token of the answer costs at that history."""
     from edgeinfer.backends.base import EvalItem
 
-    backend, seq = model.backend, 3
-    model.engine.reset()
+    seq = 3
     backend.kv_drop(seq)
     backend.eval([EvalItem(seq, prompt)])
     times = []
@@ -198,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rnd in range(args.rounds):  # alternating, as the cases
             for m in models[:-1] if rnd % 2 == 0 else models[-2::-1]:
                 steps = decode.setdefault(str(history), {}).setdefault(m.backend.name, [])
-                steps.append(decode_step(m, prompt))
+                m.engine.reset()
+                steps.append(decode_step(m.backend, prompt))
     for m in (*models, *inexact_default):
         m.close()
     for row in rows.values():

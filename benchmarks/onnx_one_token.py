@@ -126,11 +126,9 @@ class Session:
     """A plain onnxruntime session over a folder (copies of past KV, no IOBinding): for exactness."""
 
     def __init__(self, folder: Path) -> None:
-        import onnxruntime as ort
+        from edgeinfer.backends.onnx import open_session
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options)
+        self.session = open_session(folder / "model.onnx", "cpu", None)
         names = [i.name for i in self.session.get_inputs()]
         self.keep = "num_logits_to_keep" in names
         self.layers = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
@@ -210,34 +208,22 @@ def batch_refusal(folder: Path) -> str | None:
 
 
 WORKER = r"""
-import json, sys, time
+import json, sys
 import numpy as np
-from edgeinfer.backends.base import EvalItem
+from benchmarks.followup import decode_step
 from edgeinfer.backends.onnx import OnnxBackend
-folder, histories, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+folder, histories, windows = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 backend = OnnxBackend(folder, n_threads=2)
-tokens = np.random.default_rng(0).integers(100, 20000, size=max(histories) + 8).tolist()
-out = {}
-for held in histories:
-    backend.kv_truncate(0, 0)
-    for i in range(0, held, 500):
-        backend.eval([EvalItem(0, tokens[i:min(i + 500, held)], 1)])
-    times = []
-    for _ in range(steps):
-        backend.kv_truncate(0, held)
-        start = time.perf_counter()
-        for j in range(4):
-            backend.eval([EvalItem(0, [tokens[held + j]], 1)])
-        times.append((time.perf_counter() - start) / 4 * 1000)
-    out[str(held)] = float(np.median(times))
-print(json.dumps(out))
+tokens = np.random.default_rng(0).integers(100, 20000, size=max(histories)).tolist()
+print(json.dumps({str(held): decode_step(backend, tokens[:held], windows) for held in histories}))
 """
 
 
-def step_times(folder: Path, steps: int) -> dict[str, float]:
+def step_times(folder: Path, windows: int) -> dict[str, float]:
     """Median decode step ms per history length, in a fresh process (one onnxruntime session)."""
-    done = subprocess.run([sys.executable, "-c", WORKER, str(folder), json.dumps(HISTORIES), str(steps)],
-                          capture_output=True, text=True, timeout=900, check=True)
+    done = subprocess.run([sys.executable, "-c", WORKER, str(folder), json.dumps(HISTORIES), str(windows)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=900, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
